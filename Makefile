@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install lint test test-core demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,gcp]'
+	touch $@
+
+install: $(STAMP)
+
+-include mk/*.mk
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: install lint
+	$(PY) -m pytest
+
+demo: install
+	$(PY) -m refluxo.demo
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,489 @@
+"""The stateless engine: one snapshot in, one node executed, one new snapshot out."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from .errors import DefinitionError, ExpressionError, NonRetryableError, RunFinished
+from .expressions import ExpressionTransform, TransformEngine
+from .model import (
+    DefinitionRef,
+    Node,
+    NodeResult,
+    RetryState,
+    Snapshot,
+    WaitState,
+    WorkflowDefinition,
+    now_ms,
+)
+from .nodes import Context, NodeDefinition, StepResult
+from .plugins import NodeContext, Plugin
+
+logger = logging.getLogger("refluxo.engine")
+
+TIMEOUT_HANDLE = "timeout"
+"""The ``sourceHandle`` a run follows when an event wait times out."""
+
+
+class _Keep:
+    """Marks an argument left unchanged."""
+
+
+_KEEP = _Keep()
+
+
+class _Fail(Exception):
+    """An executor outcome that fails the run without retries."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return f"ValidationError: {exc.error_count()} error(s): " + "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+class WorkflowEngine:
+    """Executes a workflow one node at a time; holds no state between calls.
+
+    Args:
+        workflow: the graph, a :class:`WorkflowDefinition` or its plain JSON form.
+        node_definitions: node type -> :class:`NodeDefinition`.
+        plugins: lifecycle hooks, called in order.
+        transform_engines: a pipeline run over each node's data before its executor;
+            defaults to the built-in ``{{ ... }}`` expressions (pass ``[]`` for none).
+        clock: epoch milliseconds; injectable for tests.
+        rng: the random source for retry jitter.
+        retention: keep at most this many results per node in the snapshot (the newest);
+            ``Snapshot.counts`` keeps the totals. None keeps every result.
+
+    Raises:
+        DefinitionError: the graph has unknown node types, duplicate ids, dangling edges or two
+            edges for one source and handle. The message names the culprit.
+    """
+
+    def __init__(
+        self,
+        workflow: WorkflowDefinition | Mapping[str, Any],
+        node_definitions: Mapping[str, NodeDefinition],
+        plugins: Sequence[Plugin] = (),
+        *,
+        transform_engines: Sequence[TransformEngine] | None = None,
+        clock: Callable[[], int] = now_ms,
+        rng: random.Random | None = None,
+        retention: int | None = None,
+    ) -> None:
+        if not isinstance(workflow, WorkflowDefinition):
+            try:
+                workflow = WorkflowDefinition.model_validate(workflow)
+            except ValidationError as exc:
+                raise DefinitionError(f"invalid workflow definition: {exc}") from exc
+        if retention is not None and retention < 1:
+            raise ValueError("retention keeps at least one result per node")
+        self.workflow = workflow
+        self.node_definitions = dict(node_definitions)
+        self.plugins = list(plugins)
+        self.transform_engines: list[TransformEngine] = (
+            [ExpressionTransform()] if transform_engines is None else list(transform_engines)
+        )
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.retention = retention
+        self._nodes, self._edges = self._index(workflow)
+        self._copy_data = not self.transform_engines
+
+    def _index(
+        self, workflow: WorkflowDefinition
+    ) -> tuple[dict[str, Node], dict[tuple[str, str | None], str]]:
+        nodes: dict[str, Node] = {}
+        for node in workflow.nodes:
+            if node.id in nodes:
+                raise DefinitionError(f"duplicate node id {node.id!r}")
+            if node.type not in self.node_definitions:
+                raise DefinitionError(
+                    f"node {node.id!r} has type {node.type!r}, which has no node definition"
+                )
+            nodes[node.id] = node
+        edges: dict[tuple[str, str | None], str] = {}
+        edge_ids: set[str] = set()
+        for edge in workflow.edges:
+            if edge.id in edge_ids:
+                raise DefinitionError(f"duplicate edge id {edge.id!r}")
+            edge_ids.add(edge.id)
+            for end in (edge.source, edge.target):
+                if end not in nodes:
+                    raise DefinitionError(f"edge {edge.id!r} points to unknown node {end!r}")
+            key = (edge.source, edge.source_handle)
+            if key in edges:
+                handle = "no handle" if edge.source_handle is None else repr(edge.source_handle)
+                raise DefinitionError(
+                    f"edge {edge.id!r}: node {edge.source!r} already has an edge for {handle}"
+                )
+            edges[key] = edge.target
+        if not nodes:
+            raise DefinitionError("a workflow needs at least one node")
+        return nodes, edges
+
+    @property
+    def start_node_id(self) -> str:
+        """The node a run starts at: the one node without incoming edges, else the first."""
+        targets = {target for target in self._edges.values()}
+        roots = [n.id for n in self.workflow.nodes if n.id not in targets]
+        return roots[0] if len(roots) == 1 else self.workflow.nodes[0].id
+
+    def node(self, node_id: str) -> Node:
+        """The node with id ``node_id``; raises KeyError when there is none."""
+        return self._nodes[node_id]
+
+    def next_node_id(self, node_id: str, handle: str | None = None) -> str | None:
+        """The target of ``node_id``'s edge for ``handle``, or None when there is no such edge."""
+        return self._edges.get((node_id, handle))
+
+    def create_initial_snapshot(
+        self,
+        workflow_id: str,
+        start_node_id: str | None = None,
+        *,
+        input: Any = None,
+        definition: DefinitionRef | None = None,
+    ) -> Snapshot:
+        """A new ``active`` snapshot at version 0, about to run ``start_node_id``."""
+        start = start_node_id or self.start_node_id
+        if start not in self._nodes:
+            raise DefinitionError(f"start node {start!r} is not in the workflow")
+        return Snapshot(
+            workflow_id=workflow_id,
+            status="active",
+            current_node_id=start,
+            version=0,
+            last_started_at=self.clock(),
+            total_execution_time=0,
+            input=input,
+            definition=definition,
+        )
+
+    async def execute(
+        self,
+        *,
+        snapshot: Snapshot,
+        external_payload: Any = None,
+        step_limit: int = 100,
+        globals: Any = None,
+    ) -> Snapshot:
+        """Run steps until the run is no longer ``active`` (paused, retry pending, finished).
+
+        The first step gets ``external_payload``. After ``step_limit`` steps a still active run
+        is returned ``failed`` with the reason in ``metadata["failedReason"]``.
+        """
+        current = snapshot
+        if current.is_terminal:
+            return current
+        payload = external_payload
+        steps = 0
+        while True:
+            if steps >= step_limit:
+                return current.model_copy(
+                    update={
+                        "status": "failed",
+                        "version": current.version + 1,
+                        "metadata": {
+                            **current.metadata,
+                            "failedReason": f"step limit of {step_limit} exceeded",
+                        },
+                    }
+                )
+            current = await self.execute_step(current, payload, globals)
+            payload = None
+            steps += 1
+            if current.status != "active":
+                return current
+
+    async def execute_step(
+        self, snapshot: Snapshot, external_payload: Any = None, globals: Any = None
+    ) -> Snapshot:
+        """Execute one node and return the next snapshot (``version + 1``); never mutates input.
+
+        ``active``: runs the current node. ``error``: retries the failed node now (the caller
+        decides when; see ``Snapshot.due_at``). ``paused``: after a sleep, goes on with the
+        next node; otherwise runs the paused node again with ``external_payload``, or takes
+        the ``timeout`` edge when an event wait is past its deadline and no payload is given.
+
+        Raises:
+            RunFinished: the snapshot is completed or failed.
+            DefinitionError: the snapshot's current node is not in this workflow.
+        """
+        if snapshot.is_terminal:
+            raise RunFinished(f"run {snapshot.workflow_id!r} is {snapshot.status}")
+        start = self.clock()
+        if snapshot.version == 0:
+            await self._hook("on_workflow_start", snapshot)
+
+        base = snapshot
+        payload = external_payload
+        wait = snapshot.wait if snapshot.status == "paused" else None
+        if wait is not None and wait.kind == "sleep":
+            payload = None
+        elif (
+            wait is not None
+            and payload is None
+            and wait.until is not None
+            and start >= wait.until
+            and snapshot.current_node_id is not None
+        ):
+            return await self._timeout(snapshot, snapshot.current_node_id, start)
+
+        node_id = base.current_node_id
+        if node_id is None:
+            return self._finish(base, start, status="completed", context=base.context)
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise DefinitionError(
+                f"run {snapshot.workflow_id!r} is at node {node_id!r}, "
+                "which is not in this workflow"
+            )
+        definition = self.node_definitions[node.type]
+        retry = base.retry_state
+        attempt = retry.attempts + 1 if retry is not None and retry.node_id == node_id else 1
+        context = Context(base.context, base.counts)
+        ctx = NodeContext(
+            node=node,
+            definition=definition,
+            snapshot=snapshot,
+            input=node.data,
+            external_payload=payload,
+            globals=globals,
+            attempt=attempt,
+        )
+        await self._hook("on_before_node", ctx)
+
+        data: Any = node.data
+        try:
+            try:
+                data = copy.deepcopy(node.data) if self._copy_data else node.data
+                for transform in self.transform_engines:
+                    data = await transform.transform(data, context, globals)
+                if definition.input_model is not None:
+                    data = definition.input_model.model_validate(data)
+            except (ValidationError, ExpressionError) as exc:
+                raise _Fail(_describe(exc)) from exc
+            raw = definition.executor(data, context, payload, globals)
+            if inspect.isawaitable(raw):
+                raw = await raw
+            result = raw if isinstance(raw, StepResult) else StepResult(data=raw)
+            output = self._output(definition, result.data, node_id)
+        except _Fail as exc:
+            cause = exc.__cause__ or exc
+            return await self._error(snapshot, base, ctx, data, cause, str(exc), start, False)
+        except NonRetryableError as exc:
+            return await self._error(snapshot, base, ctx, data, exc, _describe(exc), start, False)
+        except Exception as exc:
+            return await self._error(snapshot, base, ctx, data, exc, _describe(exc), start, True)
+
+        after = NodeContext(
+            node=node,
+            definition=definition,
+            snapshot=snapshot,
+            input=data,
+            external_payload=payload,
+            globals=globals,
+            output=output,
+            attempt=attempt,
+        )
+        wait_request = result.wait
+        if result.pause or (wait_request is not None and wait_request.kind == "event"):
+            new_wait = None
+            if wait_request is not None:
+                until = wait_request.until
+                if until is None and wait_request.delay_ms is not None:
+                    until = start + wait_request.delay_ms
+                new_wait = WaitState(kind="event", event=wait_request.event, until=until)
+            await self._hook("on_after_node", after)
+            paused = self._finish(base, start, status="paused", context=base.context, wait=new_wait)
+            await self._hook("on_workflow_pause", paused)
+            return paused
+
+        entry = NodeResult(output=output, timestamp=self.clock(), attempt=attempt)
+        new_context, counts = self._record(base, node_id, entry)
+        next_id = self.next_node_id(node_id, result.next_handle)
+        await self._hook("on_after_node", after)
+        if wait_request is not None:
+            until = wait_request.until
+            if until is None:
+                until = start + (wait_request.delay_ms or 0)
+            slept = self._finish(
+                base,
+                start,
+                status="paused",
+                context=new_context,
+                counts=counts,
+                current=next_id,
+                wait=WaitState(kind="sleep", until=until),
+            )
+            await self._hook("on_workflow_pause", slept)
+            return slept
+        done = self._finish(
+            base,
+            start,
+            status="active" if next_id is not None else "completed",
+            context=new_context,
+            counts=counts,
+            current=next_id,
+        )
+        if done.status == "completed":
+            await self._hook("on_workflow_complete", done)
+        return done
+
+    def _output(self, definition: NodeDefinition, data: Any, node_id: str) -> Any:
+        try:
+            if definition.output_model is not None:
+                model = (
+                    data
+                    if isinstance(data, definition.output_model)
+                    else definition.output_model.model_validate(data)
+                )
+                return model.model_dump(mode="json")
+            if isinstance(data, BaseModel):
+                return data.model_dump(mode="json")
+            return to_jsonable_python(data)
+        except ValidationError as exc:
+            raise _Fail(f"output of node {node_id!r} is invalid: {_describe(exc)}") from exc
+        except PydanticSerializationError as exc:
+            raise _Fail(f"output of node {node_id!r} is not JSON-compatible: {exc}") from exc
+
+    async def _timeout(self, snapshot: Snapshot, node_id: str, start: int) -> Snapshot:
+        event = snapshot.wait.event if snapshot.wait else None
+        what = f"event {event!r}" if event else "an event"
+        target = self.next_node_id(node_id, TIMEOUT_HANDLE)
+        entry = NodeResult(
+            output=None, timestamp=start, error=f"EventTimeout: no {what} in time", attempt=1
+        )
+        new_context, counts = self._record(snapshot, node_id, entry)
+        if target is None:
+            return self._finish(
+                snapshot,
+                start,
+                status="failed",
+                context=new_context,
+                counts=counts,
+                metadata={**snapshot.metadata, "failedReason": f"timed out waiting for {what}"},
+            )
+        return self._finish(
+            snapshot, start, status="active", context=new_context, counts=counts, current=target
+        )
+
+    async def _error(
+        self,
+        snapshot: Snapshot,
+        base: Snapshot,
+        ctx: NodeContext,
+        data: Any,
+        exc: BaseException,
+        message: str,
+        start: int,
+        retryable: bool,
+    ) -> Snapshot:
+        node_id = ctx.node.id
+        attempt = ctx.attempt
+        entry = NodeResult(output=None, timestamp=self.clock(), error=message, attempt=attempt)
+        new_context, counts = self._record(base, node_id, entry)
+        await self._hook(
+            "on_node_error",
+            NodeContext(
+                node=ctx.node,
+                definition=ctx.definition,
+                snapshot=snapshot,
+                input=data,
+                external_payload=ctx.external_payload,
+                globals=ctx.globals,
+                error=exc,
+                attempt=attempt,
+            ),
+        )
+        policy = ctx.definition.retry_policy
+        if retryable and policy is not None and attempt < policy.max_attempts:
+            next_at = self.clock() + policy.delay_ms(attempt, self.rng)
+            return self._finish(
+                base,
+                start,
+                status="error",
+                context=new_context,
+                counts=counts,
+                retry_state=RetryState(node_id=node_id, attempts=attempt, next_retry_at=next_at),
+            )
+        return self._finish(
+            base,
+            start,
+            status="failed",
+            context=new_context,
+            counts=counts,
+            metadata={**base.metadata, "failedReason": f"node {node_id!r} failed: {message}"},
+        )
+
+    def _record(
+        self, snapshot: Snapshot, node_id: str, entry: NodeResult
+    ) -> tuple[dict[str, list[NodeResult]], dict[str, int] | None]:
+        context = dict(snapshot.context)
+        results = [*context.get(node_id, ()), entry]
+        counts = snapshot.counts
+        if self.retention is not None:
+            counts = dict(counts or {})
+            counts[node_id] = snapshot.execution_count(node_id) + 1
+            if len(results) > self.retention:
+                results = results[-self.retention :]
+        context[node_id] = results
+        return context, counts
+
+    def _finish(
+        self,
+        base: Snapshot,
+        start: int,
+        *,
+        status: str,
+        context: dict[str, list[NodeResult]],
+        counts: dict[str, int] | None = None,
+        current: str | _Keep | None = _KEEP,
+        wait: WaitState | None = None,
+        retry_state: RetryState | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Snapshot:
+        update: dict[str, Any] = {
+            "status": status,
+            "context": context,
+            "version": base.version + 1,
+            "last_started_at": start,
+            "total_execution_time": (base.total_execution_time or 0) + (self.clock() - start),
+            "wait": wait,
+            "retry_state": retry_state,
+        }
+        if counts is not None:
+            update["counts"] = counts
+        if not isinstance(current, _Keep):
+            update["current_node_id"] = current
+        if metadata is not None:
+            update["metadata"] = metadata
+        return base.model_copy(update=update)
+
+    async def _hook(self, name: str, arg: Any) -> None:
+        for plugin in self.plugins:
+            hook = getattr(plugin, name, None)
+            if hook is None:
+                continue
+            try:
+                outcome = hook(arg)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                logger.exception(
+                    "plugin %s: hook %s raised; the step goes on",
+                    getattr(plugin, "name", type(plugin).__name__),
+                    name,
+                )

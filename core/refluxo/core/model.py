@@ -1,0 +1,230 @@
+"""The wire models: workflow definitions and snapshots.
+
+Python attributes are snake_case; JSON uses the camelCase names of the TypeScript engine and
+epoch-millisecond timestamps, so a snapshot written by either engine loads in the other.
+Unknown fields are kept on load and written back on dump.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic.alias_generators import to_camel
+
+Status = Literal["active", "paused", "error", "completed", "failed"]
+"""A run's status. ``error`` means a retry is pending; ``failed`` is final."""
+
+TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+
+
+def now_ms() -> int:
+    """The current time in epoch milliseconds (the default clock)."""
+    return time.time_ns() // 1_000_000
+
+
+class WireModel(BaseModel):
+    """Base of every JSON model: camelCase aliases, unknown fields kept."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="allow",
+        ser_json_inf_nan="constants",
+    )
+
+    # Optional fields that are left out of the JSON when unset, as the TypeScript engine does.
+    _omit_if_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self._omit_if_none:
+                for key in (name, to_camel(name)):
+                    if key in data and data[key] is None:
+                        del data[key]
+        return data
+
+    def to_json(self) -> str:
+        """This model as compact JSON, with the wire (camelCase) names."""
+        return self.model_dump_json(by_alias=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """This model as a JSON-compatible dict, with the wire (camelCase) names."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class Node(WireModel):
+    """One unit of work in a workflow graph."""
+
+    id: str
+    type: str
+    data: Any = None
+    metadata: Any = None
+
+    _omit_if_none = frozenset({"metadata"})
+
+
+class Edge(WireModel):
+    """A connection from ``source`` to ``target``, taken when the source's handle matches."""
+
+    id: str
+    source: str
+    target: str
+    source_handle: str | None = None
+
+    _omit_if_none = frozenset({"source_handle"})
+
+
+class WorkflowDefinition(WireModel):
+    """A workflow graph: nodes and the edges between them. Loads from plain JSON."""
+
+    nodes: list[Node]
+    edges: list[Edge] = Field(default_factory=list)
+
+    def shape_hash(self) -> str:
+        """A hash of what a running snapshot depends on: node ids and types, and the edges.
+
+        Node ``data`` is left out on purpose: changing a node's configuration is a compatible
+        change and runs in flight pick it up; renaming, retyping or rewiring nodes is not.
+        """
+        shape = {
+            "nodes": sorted([n.id, n.type] for n in self.nodes),
+            "edges": sorted([e.source, e.source_handle or "", e.target] for e in self.edges),
+        }
+        raw = json.dumps(shape, separators=(",", ":")).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class NodeResult(WireModel):
+    """One execution of a node: its output, or the error it raised."""
+
+    output: Any = None
+    timestamp: int
+    error: str | None = None
+    attempt: int = 1
+
+    _omit_if_none = frozenset({"error"})
+
+
+class RetryState(WireModel):
+    """The retry pending on a node while the run's status is ``error``."""
+
+    node_id: str
+    attempts: int
+    next_retry_at: int | None = None
+
+    _omit_if_none = frozenset({"next_retry_at"})
+
+
+class WaitState(WireModel):
+    """What a paused run waits for.
+
+    ``kind == "sleep"``: the run wakes at ``until`` and goes on with ``currentNodeId``.
+    ``kind == "event"``: the current node runs again with the event's payload; when ``until``
+    passes first, the run follows the node's ``timeout`` edge (or fails without one).
+    """
+
+    kind: Literal["sleep", "event"]
+    until: int | None = None
+    event: str | None = None
+
+    _omit_if_none = frozenset({"until", "event"})
+
+
+class Event(WireModel):
+    """An external event delivered to a run and not yet consumed by a waiting node."""
+
+    payload: Any = None
+    name: str | None = None
+    received_at: int
+
+    _omit_if_none = frozenset({"name"})
+
+
+class DefinitionRef(WireModel):
+    """Which workflow definition a run executes: its name and :meth:`shape_hash`."""
+
+    name: str
+    hash: str
+
+
+class Snapshot(WireModel):
+    """The whole state of a run. JSON round-trips losslessly; extra fields are kept.
+
+    The fields after ``retry_state`` are refluxo's additions to the TypeScript engine's
+    snapshot; they are left out of the JSON while unset, so a TypeScript snapshot loads
+    unchanged and one written here loads there.
+    """
+
+    workflow_id: str
+    status: Status
+    current_node_id: str | None
+    context: dict[str, list[NodeResult]] = Field(default_factory=dict)
+    version: int = 0
+    last_started_at: int | None = None
+    total_execution_time: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    retry_state: RetryState | None = None
+    wait: WaitState | None = None
+    definition: DefinitionRef | None = None
+    input: Any = None
+    inbox: list[Event] | None = None
+    counts: dict[str, int] | None = None
+
+    _omit_if_none = frozenset(
+        {
+            "last_started_at",
+            "total_execution_time",
+            "retry_state",
+            "wait",
+            "definition",
+            "input",
+            "inbox",
+            "counts",
+        }
+    )
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (``workflowId`` on the wire, the TypeScript engine's name for it)."""
+        return self.workflow_id
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run is completed or failed."""
+        return self.status in TERMINAL
+
+    def due_at(self) -> int | None:
+        """When the run next needs a step without outside help (epoch ms), or None.
+
+        ``active`` runs are due now (0); a retry is due at ``nextRetryAt``; a sleep or an event
+        timeout at ``wait.until``. A paused run with no deadline, and a finished run, are never
+        due: only an event moves them.
+        """
+        if self.status == "active":
+            return 0
+        if self.status == "error" and self.retry_state is not None:
+            return self.retry_state.next_retry_at or 0
+        if self.status == "paused" and self.wait is not None and self.wait.until is not None:
+            return self.wait.until
+        return None
+
+    def results(self, node_id: str) -> list[NodeResult]:
+        """The results recorded for ``node_id`` (oldest first; possibly trimmed by retention)."""
+        return self.context.get(node_id, [])
+
+    def execution_count(self, node_id: str) -> int:
+        """How many results ``node_id`` has produced, including any trimmed by retention."""
+        if self.counts is not None and node_id in self.counts:
+            return self.counts[node_id]
+        return len(self.context.get(node_id, []))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Snapshot:
+        """Load a snapshot from its JSON text."""
+        return cls.model_validate_json(raw)

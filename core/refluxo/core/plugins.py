@@ -1,0 +1,65 @@
+"""Plugins: hooks around the engine's lifecycle.
+
+Subclass :class:`Plugin` and override the hooks you need; each may be async or plain. A hook
+that raises is logged and the step goes on as if it had not been there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import Node, Snapshot
+    from .nodes import NodeDefinition
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What a node hook is told.
+
+    Attributes:
+        node: the node being executed.
+        definition: its node definition.
+        snapshot: the snapshot the step started from.
+        input: the node's data after transforms (``on_node_error``: as far as it got).
+        external_payload: the payload the step was given.
+        globals: the caller's globals (secrets: do not log them).
+        output: the node's output (``on_after_node`` only).
+        error: the exception (``on_node_error`` only).
+        attempt: which attempt this was, 1 for the first.
+    """
+
+    node: Node
+    definition: NodeDefinition
+    snapshot: Snapshot
+    input: Any
+    external_payload: Any
+    globals: Any
+    output: Any = None
+    error: BaseException | None = None
+    attempt: int = 1
+
+
+class Plugin:
+    """Base class for plugins; every hook does nothing unless overridden."""
+
+    name: str = "plugin"
+
+    async def on_workflow_start(self, snapshot: Snapshot) -> None:
+        """Before the first step of a run (the snapshot at version 0)."""
+
+    async def on_before_node(self, ctx: NodeContext) -> None:
+        """Before a node's transforms and executor run."""
+
+    async def on_after_node(self, ctx: NodeContext) -> None:
+        """After a node's executor returned (also when it paused)."""
+
+    async def on_node_error(self, ctx: NodeContext) -> None:
+        """After a node's executor, transforms or validation raised."""
+
+    async def on_workflow_complete(self, snapshot: Snapshot) -> None:
+        """After the step that completed the run."""
+
+    async def on_workflow_pause(self, snapshot: Snapshot) -> None:
+        """After a step that paused the run (pause, event wait or sleep)."""
