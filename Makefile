@@ -14,17 +14,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
--include mk/*.mk
+
 
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
 test: install lint
 	$(PY) -m pytest
 
 demo: install
-	$(PY) -m refluxo.demo
+	$(PY) -m refluxo.local.demo
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build

@@ -4,6 +4,7 @@ The core imports the standard library and pydantic only, does no I/O at import t
 unchanged under CPython and Pyodide.
 """
 
+from .dispatcher import Dispatcher, DispatchResult, Workflow
 from .engine import TIMEOUT_HANDLE, WorkflowEngine
 from .errors import (
     BackendError,
@@ -22,8 +23,10 @@ from .errors import (
     WorkflowNotFound,
 )
 from .expressions import ExpressionTransform, TransformEngine
+from .memory import MemoryScheduler, MemoryStateStore
 from .model import (
     DefinitionRef,
+    DispatchMessage,
     Edge,
     Event,
     Node,
@@ -36,6 +39,7 @@ from .model import (
 )
 from .nodes import Context, NodeDefinition, RetryPolicy, StepResult
 from .plugins import NodeContext, Plugin
+from .ports import Scheduler, StateStore
 
 __all__ = [
     "TIMEOUT_HANDLE",
@@ -43,10 +47,15 @@ __all__ = [
     "Context",
     "DefinitionError",
     "DefinitionRef",
+    "DispatchMessage",
+    "DispatchResult",
+    "Dispatcher",
     "Edge",
     "Event",
     "ExpressionError",
     "ExpressionTransform",
+    "MemoryScheduler",
+    "MemoryStateStore",
     "Node",
     "NodeContext",
     "NodeDefinition",
@@ -60,14 +69,17 @@ __all__ = [
     "RunAlreadyExists",
     "RunFinished",
     "RunNotFound",
+    "Scheduler",
     "SchedulerError",
     "Snapshot",
+    "StateStore",
     "Status",
     "StepResult",
     "StoreError",
     "TransformEngine",
     "VersionConflict",
     "WaitState",
+    "Workflow",
     "WorkflowDefinition",
     "WorkflowEngine",
     "WorkflowMismatch",

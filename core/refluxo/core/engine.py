@@ -52,6 +52,27 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _secrets(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if len(value) >= 4 else []
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _secrets(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _secrets(v)]
+    return []
+
+
+def redact(text: str, globals: Any) -> str:
+    """``text`` with every string value of ``globals`` (4 characters or more) masked.
+
+    Error messages are stored in snapshots and logs; an exception that quotes a secret it was
+    given must not carry the secret there.
+    """
+    for secret in sorted(_secrets(globals), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 class WorkflowEngine:
     """Executes a workflow one node at a time; holds no state between calls.
 
@@ -393,6 +414,7 @@ class WorkflowEngine:
     ) -> Snapshot:
         node_id = ctx.node.id
         attempt = ctx.attempt
+        message = redact(message, ctx.globals)
         entry = NodeResult(output=None, timestamp=self.clock(), error=message, attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
         await self._hook(

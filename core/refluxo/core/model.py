@@ -142,8 +142,9 @@ class Event(WireModel):
     payload: Any = None
     name: str | None = None
     received_at: int
+    id: str | None = None
 
-    _omit_if_none = frozenset({"name"})
+    _omit_if_none = frozenset({"name", "id"})
 
 
 class DefinitionRef(WireModel):
@@ -228,3 +229,21 @@ class Snapshot(WireModel):
     def from_json(cls, raw: str | bytes) -> Snapshot:
         """Load a snapshot from its JSON text."""
         return cls.model_validate_json(raw)
+
+
+class DispatchMessage(WireModel):
+    """ "Run the next step of run X": what a scheduler delivers to the dispatcher.
+
+    ``version`` is the snapshot version the message was scheduled for: a message for any other
+    version is a duplicate or stale. ``hop`` counts re-schedules of the same version (early
+    arrivals and long delays reached in several hops), so that each has a distinct ``key``.
+    """
+
+    run_id: str
+    version: int
+    hop: int = 0
+
+    @property
+    def key(self) -> str:
+        """A deduplication key: the same for every schedule of the same delivery."""
+        return f"{self.run_id}.{self.version}.{self.hop}"

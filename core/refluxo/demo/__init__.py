@@ -15,6 +15,7 @@ from refluxo.core import (
     NodeDefinition,
     RetryPolicy,
     StepResult,
+    Workflow,
     WorkflowDefinition,
 )
 
@@ -100,3 +101,8 @@ NODES = {
     "decide": NodeDefinition(executor=decide),
     "note": NodeDefinition(executor=note),
 }
+
+
+def workflows() -> list[Workflow]:
+    """The workflows a deployment of the demo hosts (what ``--app refluxo.demo`` loads)."""
+    return [Workflow("demo", DEFINITION, NODES)]

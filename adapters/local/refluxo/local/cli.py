@@ -1,0 +1,140 @@
+"""``refluxo``: run the embedded runtime and talk to any refluxo deployment.
+
+    refluxo dev [--app refluxo.demo] [--db .refluxo/dev.db] [--port 8000]
+    refluxo start WORKFLOW [--id ID] [--input JSON]
+    refluxo event RUN_ID [--payload JSON] [--name NAME] [--id EVENT_ID]
+    refluxo cancel RUN_ID [--reason TEXT]
+    refluxo inspect RUN_ID [--json]
+    refluxo graph WORKFLOW [--app refluxo.demo]
+
+The client commands call the HTTP API at ``--url`` (default ``$REFLUXO_URL`` or
+http://127.0.0.1:8000) with ``--token`` (default ``$REFLUXO_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from refluxo.core import Snapshot
+from refluxo.core.logs import configure_logging
+from refluxo.core.timeline import render_timeline, to_mermaid
+
+from .client import ApiError, Client
+
+
+def _json_arg(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"refluxo: not valid JSON: {text!r} ({exc})") from None
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, args.token)
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+async def _dev(args: argparse.Namespace) -> None:
+    from .runtime import LocalRuntime, load_app
+
+    configure_logging(args.log)
+    globals_ = _json_arg(os.environ.get("REFLUXO_GLOBALS"))
+    async with LocalRuntime(
+        load_app(args.app), db_path=args.db, api_token=args.token, globals=globals_
+    ) as runtime:
+        server = await runtime.serve(args.host, args.port)
+        names = ", ".join(runtime.dispatcher.workflows)
+        print(f"refluxo dev: serving {names} on {server.url} (state in {args.db})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("refluxo dev: stopping", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="refluxo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=os.environ.get("REFLUXO_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--token", default=os.environ.get("REFLUXO_TOKEN"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="serve the HTTP API with SQLite and the local scheduler")
+    dev.add_argument("--app", default=os.environ.get("REFLUXO_APP", "refluxo.demo"))
+    dev.add_argument("--db", default=".refluxo/dev.db")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--log", choices=["text", "json"], default="text")
+
+    start = sub.add_parser("start", help="start a run")
+    start.add_argument("workflow")
+    start.add_argument("--id")
+    start.add_argument("--input")
+
+    event = sub.add_parser("event", help="send an event to a run")
+    event.add_argument("run_id")
+    event.add_argument("--payload", default="null")
+    event.add_argument("--name")
+    event.add_argument("--id", dest="event_id")
+
+    cancel = sub.add_parser("cancel", help="cancel a run")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--reason")
+
+    inspect = sub.add_parser("inspect", help="show a run as a timeline")
+    inspect.add_argument("run_id")
+    inspect.add_argument("--json", action="store_true", help="print the raw snapshot")
+
+    graph = sub.add_parser("graph", help="print a workflow as a Mermaid diagram")
+    graph.add_argument("workflow")
+    graph.add_argument("--app", default=os.environ.get("REFLUXO_APP", "refluxo.demo"))
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "dev":
+            asyncio.run(_dev(args))
+        elif args.command == "start":
+            _print(_client(args).start(args.workflow, args.id, _json_arg(args.input)))
+        elif args.command == "event":
+            _print(
+                _client(args).event(args.run_id, _json_arg(args.payload), args.name, args.event_id)
+            )
+        elif args.command == "cancel":
+            _print(_client(args).cancel(args.run_id, args.reason))
+        elif args.command == "inspect":
+            raw = _client(args).get(args.run_id)
+            if args.json:
+                _print(raw)
+            else:
+                print(render_timeline(Snapshot.model_validate(raw)))
+        elif args.command == "graph":
+            from .runtime import load_app
+
+            found = {w.name: w for w in load_app(args.app)}
+            if args.workflow not in found:
+                print(f"refluxo: no workflow {args.workflow!r} in {args.app}", file=sys.stderr)
+                return 2
+            print(to_mermaid(found[args.workflow].engine.workflow))
+    except ApiError as exc:
+        print(f"refluxo: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"refluxo: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

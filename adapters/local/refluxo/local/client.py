@@ -1,0 +1,66 @@
+"""A small blocking client of the refluxo HTTP API (standard library only), for the CLI."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class ApiError(Exception):
+    """The API answered with an error status."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        message = body.get("error", {}).get("message") if isinstance(body, dict) else body
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.body = body
+
+
+class Client:
+    """Calls one refluxo deployment at ``url`` (with ``token`` when the API requires one)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("content-type", "application/json")
+        if self.token:
+            request.add_header("authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = raw.decode(errors="replace")
+            raise ApiError(exc.code, payload) from None
+
+    def start(self, workflow: str, run_id: str | None = None, input: Any = None) -> Any:
+        body: dict[str, Any] = {"input": input}
+        if run_id:
+            body["id"] = run_id
+        return self.call("POST", f"/workflows/{workflow}/runs", body)[1]
+
+    def get(self, run_id: str) -> Any:
+        return self.call("GET", f"/runs/{run_id}")[1]
+
+    def event(
+        self, run_id: str, payload: Any, name: str | None = None, event_id: str | None = None
+    ) -> Any:
+        body: dict[str, Any] = {"payload": payload}
+        if name:
+            body["name"] = name
+        if event_id:
+            body["id"] = event_id
+        return self.call("POST", f"/runs/{run_id}/events", body)[1]
+
+    def cancel(self, run_id: str, reason: str | None = None) -> Any:
+        return self.call("POST", f"/runs/{run_id}/cancel", {"reason": reason} if reason else {})[1]

@@ -1,0 +1,215 @@
+"""A :class:`~refluxo.core.ports.StateStore` in one SQLite file, shared safely by processes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
+from refluxo.core.model import Snapshot, now_ms
+from refluxo.core.ports import StateStore
+
+from ._sqlite import connect, translated
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT,
+    status TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    snapshot TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, updated_at);
+CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, updated_at);
+"""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as :meth:`SQLiteStateStore.list_runs` lists it, without its snapshot.
+
+    Attributes:
+        run_id: the run's id.
+        workflow: the name of its workflow definition, or None when the run has none.
+        status: the run's status (``active``, ``paused``, ``error``, ``completed``, ``failed``).
+        version: the stored snapshot's version.
+        updated_at: when the run was last written, in epoch milliseconds.
+    """
+
+    run_id: str
+    workflow: str | None
+    status: str
+    version: int
+    updated_at: int
+
+
+class SQLiteStateStore(StateStore):
+    """Stores each run as one row of a ``runs`` table: the snapshot's JSON plus a few columns.
+
+    Several processes may share one file: creates are ``INSERT OR IGNORE`` and saves are
+    ``UPDATE ... WHERE version = ?``, each one atomic statement, so optimistic locking holds
+    across processes. The file is opened in WAL mode on first use, not in the constructor.
+
+    The methods are ``async`` to fit the port but call SQLite synchronously: a statement takes
+    microseconds, and a thread hop would cost more. While another process holds the write lock,
+    a call blocks the event loop for up to ``busy_timeout_ms`` before it fails with a transient
+    :class:`~refluxo.core.errors.StoreError`.
+
+    Args:
+        path: the database file; created (with its table) when missing.
+        max_bytes: refuse snapshots whose JSON is larger, with
+            :class:`~refluxo.core.errors.PayloadTooLarge`; None for no limit.
+        busy_timeout_ms: how long a write waits for another connection's lock.
+        clock: epoch milliseconds, for the ``updated_at`` column.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        busy_timeout_ms: int = 5000,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.busy_timeout_ms = busy_timeout_ms
+        self.clock = clock
+        self._conn: sqlite3.Connection | None = None
+        # The connection is shared; the lock keeps two threads' statements from interleaving.
+        self._lock = threading.Lock()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
+            try:
+                conn.executescript(_SCHEMA)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection; the next call opens it again."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _encode(self, snapshot: Snapshot) -> str:
+        raw = snapshot.to_json()
+        if self.max_bytes is not None:
+            size = len(raw.encode())
+            if size > self.max_bytes:
+                raise PayloadTooLarge("snapshot", size, self.max_bytes)
+        return raw
+
+    def _columns(self, snapshot: Snapshot) -> tuple[str | None, str, int, int, str]:
+        workflow = snapshot.definition.name if snapshot.definition is not None else None
+        raw = self._encode(snapshot)
+        return workflow, snapshot.status, snapshot.version, self.clock(), raw
+
+    async def create(self, snapshot: Snapshot) -> bool:
+        """Store ``snapshot`` as a new run, only if no run with its id exists.
+
+        Returns:
+            True when it was stored; False when the id was taken (nothing was written).
+
+        Raises:
+            PayloadTooLarge: the snapshot's JSON is over ``max_bytes``; nothing was written.
+            StoreError: SQLite failed; ``transient`` when the file was locked.
+        """
+        columns = self._columns(snapshot)
+        with self._lock, translated(StoreError, f"create {snapshot.workflow_id!r}"):
+            cur = self._db().execute(
+                "INSERT OR IGNORE INTO runs (id, workflow, status, version, updated_at, snapshot)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (snapshot.workflow_id, *columns),
+            )
+            return cur.rowcount == 1
+
+    async def load(self, run_id: str) -> Snapshot:
+        """Return the stored snapshot of ``run_id``.
+
+        Raises:
+            RunNotFound: no run has that id.
+            StoreError: SQLite failed, or the stored JSON is not a valid snapshot.
+        """
+        with self._lock, translated(StoreError, f"load {run_id!r}"):
+            row = self._db().execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(run_id)
+        try:
+            return Snapshot.from_json(row[0])
+        except ValidationError as exc:
+            raise StoreError(
+                f"run {run_id!r}: the stored snapshot is not valid: {exc}", transient=False
+            ) from exc
+
+    async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
+        """Replace the stored run with ``snapshot`` if its stored version is ``expected_version``.
+
+        Raises:
+            VersionConflict: the stored version differs; nothing was written.
+            RunNotFound: no run has that id; nothing was written.
+            PayloadTooLarge: the snapshot's JSON is over ``max_bytes``; nothing was written.
+            StoreError: SQLite failed; ``transient`` when the file was locked.
+        """
+        run_id = snapshot.workflow_id
+        workflow, status, version, updated_at, raw = self._columns(snapshot)
+        with self._lock, translated(StoreError, f"save {run_id!r}"):
+            db = self._db()
+            cur = db.execute(
+                "UPDATE runs SET workflow = ?, status = ?, version = ?, updated_at = ?,"
+                " snapshot = ? WHERE id = ? AND version = ?",
+                (workflow, status, version, updated_at, raw, run_id, expected_version),
+            )
+            if cur.rowcount == 1:
+                return
+            # Nothing matched: tell a missing run from a stale version. Runs are never deleted,
+            # so a row seen now existed when the UPDATE ran; its version may have moved since,
+            # which only makes ``actual`` fresher.
+            row = db.execute("SELECT version FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(run_id)
+        raise VersionConflict(run_id, expected_version, int(row[0]))
+
+    async def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[RunSummary]:
+        """The most recently updated runs, newest first, without their snapshots.
+
+        Args:
+            status: only runs with this status.
+            workflow: only runs of the workflow definition with this name.
+            limit: at most this many.
+
+        Raises:
+            StoreError: SQLite failed.
+        """
+        where: list[str] = []
+        params: list[object] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        sql = "SELECT id, workflow, status, version, updated_at FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        # id breaks ties so that pages of runs written in the same millisecond are stable.
+        sql += " ORDER BY updated_at DESC, id LIMIT ?"
+        params.append(limit)
+        with self._lock, translated(StoreError, "list runs"):
+            rows = self._db().execute(sql, params).fetchall()
+        return [RunSummary(*row) for row in rows]

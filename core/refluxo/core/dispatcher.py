@@ -1,0 +1,424 @@
+"""The single-step dispatcher every runtime runs: load, execute one step, save, schedule.
+
+Queues deliver at least once and sometimes late or early, invocations race, and a process can
+die between saving and scheduling. The rules that make that safe:
+
+* A message names a run and the version it was scheduled for. A message for any other version
+  is a duplicate or stale and does nothing, except that when the stored run is exactly one
+  version ahead and still needs a delivery, it is scheduled again: a crash between saving and
+  scheduling does not strand the run (a scheduler that deduplicates collapses the copy).
+* A message that arrives before the run is due (a retry, a sleep, an event timeout) schedules
+  itself again for the due time; delays longer than the scheduler allows take several hops.
+* A save that loses the optimistic-locking race means another invocation won: the result is
+  dropped and nothing is scheduled.
+* A paused run moves only through an event or its own deadline, never a duplicate message.
+  Events are kept in the run's inbox until a node waits for them, so an early event is not lost.
+* Executors run at least once per step: side effects should be idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .engine import WorkflowEngine
+from .errors import (
+    DefinitionError,
+    RunFinished,
+    RunNotFound,
+    VersionConflict,
+    WorkflowMismatch,
+    WorkflowNotFound,
+)
+from .expressions import TransformEngine
+from .model import (
+    DefinitionRef,
+    DispatchMessage,
+    Event,
+    Snapshot,
+    WorkflowDefinition,
+    now_ms,
+)
+from .nodes import NodeDefinition
+from .plugins import Plugin
+from .ports import Scheduler, StateStore
+
+logger = logging.getLogger("refluxo.steps")
+
+Outcome = Literal[
+    "stepped",  # one step executed and saved
+    "stale",  # a duplicate or an old message: nothing to do
+    "recovered",  # the run was one version ahead and unscheduled: scheduled again
+    "conflict",  # another invocation saved first: this result was dropped
+    "early",  # not due yet: scheduled again for the due time (or the next hop)
+    "waiting",  # paused with nothing to resume it: an event or a deadline will
+    "finished",  # the run is completed or failed
+    "unknown_run",  # no such run
+    "refused",  # the run's definition is not the deployed one
+]
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+"""What a run id may be: safe as a document id, a key and a task name on every platform."""
+
+_MAX_CONFLICT_RETRIES = 5
+
+
+def check_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is valid, else raise ValueError saying what a run id may be."""
+    if not RUN_ID.match(run_id) or run_id in (".", ".."):
+        raise ValueError(
+            "a run id is 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a "
+            f"letter or digit; got {run_id!r}"
+        )
+    return run_id
+
+
+class Workflow:
+    """A named workflow a deployment hosts: its definition and the code behind its nodes.
+
+    Args:
+        name: the name runs are started under (``POST /workflows/{name}/runs``).
+        definition: the graph, or its plain JSON form.
+        nodes: node type -> :class:`NodeDefinition`.
+        plugins, transform_engines, retention: passed to :class:`WorkflowEngine`.
+        start: the start node; defaults to the one node without incoming edges.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        definition: WorkflowDefinition | Mapping[str, Any],
+        nodes: Mapping[str, NodeDefinition],
+        *,
+        plugins: Sequence[Plugin] = (),
+        transform_engines: Sequence[TransformEngine] | None = None,
+        retention: int | None = None,
+        start: str | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", name):
+            raise DefinitionError(f"invalid workflow name {name!r}: letters, digits, '_', '-'")
+        self.name = name
+        self.engine = WorkflowEngine(
+            definition,
+            nodes,
+            plugins,
+            transform_engines=transform_engines,
+            retention=retention,
+            clock=clock,
+        )
+        self.start = start or self.engine.start_node_id
+        self.engine.node(self.start)  # raises KeyError early for a bad start node
+        self.ref = DefinitionRef(name=name, hash=self.engine.workflow.shape_hash())
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    """What one delivery did, for the HTTP layer and the logs."""
+
+    outcome: Outcome
+    run_id: str
+    version: int | None = None
+    status: str | None = None
+    detail: str | None = None
+
+
+def _event_matches(snapshot: Snapshot, event: Event) -> bool:
+    wait = snapshot.wait
+    if wait is None:  # a plain pause takes any event
+        return True
+    if wait.kind != "event":
+        return False
+    return wait.event is None or event.name is None or event.name == wait.event
+
+
+class Dispatcher:
+    """Ties the engine to a :class:`StateStore` and a :class:`Scheduler`, one step per call.
+
+    Args:
+        workflows: the workflows this deployment hosts.
+        store: where runs live.
+        scheduler: how the next step gets delivered.
+        globals: passed to every executor and transform (secrets: never stored or logged).
+        clock: epoch milliseconds.
+    """
+
+    def __init__(
+        self,
+        workflows: Iterable[Workflow],
+        store: StateStore,
+        scheduler: Scheduler,
+        *,
+        globals: Any = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.workflows = {w.name: w for w in workflows}
+        self.store = store
+        self.scheduler = scheduler
+        self.globals = globals
+        self.clock = clock
+
+    # --- public operations (the HTTP API maps onto these) ----------------------------------
+
+    def workflow(self, name: str) -> Workflow:
+        """The workflow registered as ``name``; raises WorkflowNotFound."""
+        try:
+            return self.workflows[name]
+        except KeyError:
+            raise WorkflowNotFound(name) from None
+
+    async def start(
+        self, workflow: str, *, run_id: str | None = None, input: Any = None
+    ) -> tuple[Snapshot, bool]:
+        """Start a run of ``workflow``; the first step gets ``input`` as its external payload.
+
+        Returns:
+            The run's snapshot, and True if it was created now. The same ``run_id`` again
+            returns the existing run and starts nothing (but re-sends its first delivery if
+            the run never took a step, in case the first call died before scheduling it).
+
+        Raises:
+            WorkflowNotFound, ValueError (bad run id), RunAlreadyExists-like WorkflowMismatch
+            when the id belongs to a run of another workflow; store and scheduler errors.
+        """
+        wf = self.workflow(workflow)
+        run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
+        snapshot = wf.engine.create_initial_snapshot(
+            run_id, wf.start, input=input, definition=wf.ref
+        )
+        if await self.store.create(snapshot):
+            await self._schedule_next(snapshot)
+            return snapshot, True
+        existing = await self.store.load(run_id)
+        if existing.definition is not None and existing.definition.name != workflow:
+            raise WorkflowMismatch(
+                f"run {run_id!r} exists already as a run of workflow {existing.definition.name!r}"
+            )
+        if existing.version == 0 and existing.status == "active":
+            await self._schedule_next(existing)
+        return existing, False
+
+    async def get(self, run_id: str) -> Snapshot:
+        """The run's snapshot; raises RunNotFound."""
+        return await self.store.load(run_id)
+
+    async def send_event(
+        self, run_id: str, payload: Any, name: str | None = None, *, event_id: str | None = None
+    ) -> Snapshot:
+        """Deliver an external event to a run; a waiting node consumes it, else it is kept.
+
+        ``event_id`` makes a retried call safe: an event whose id is still in the run's inbox
+        is not added twice, and the delivery that resumes the run is sent again (in case the
+        first call died between saving the event and scheduling that delivery).
+
+        Raises:
+            RunNotFound, RunFinished (the run is completed or failed), store errors.
+        """
+        event = Event(payload=payload, name=name, received_at=self.clock(), id=event_id)
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            current = await self.store.load(run_id)
+            if current.is_terminal:
+                raise RunFinished(f"run {run_id!r} is {current.status}; it takes no events")
+            if event_id is not None and any(e.id == event_id for e in current.inbox or []):
+                await self._schedule_next(current)
+                return current
+            updated = current.model_copy(
+                update={"inbox": [*(current.inbox or []), event], "version": current.version + 1}
+            )
+            try:
+                await self.store.save(updated, expected_version=current.version)
+            except VersionConflict:
+                continue
+            await self._schedule_next(updated)
+            return updated
+        raise VersionConflict(run_id, -1, None)
+
+    async def cancel(self, run_id: str, reason: str | None = None) -> Snapshot:
+        """Cancel a run: it ends ``failed`` with the reason in its metadata; no step runs after.
+
+        Raises:
+            RunNotFound, RunFinished (already completed or failed), store errors.
+        """
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            current = await self.store.load(run_id)
+            if current.is_terminal:
+                raise RunFinished(f"run {run_id!r} is already {current.status}")
+            why = reason or "cancelled"
+            cancelled = current.model_copy(
+                update={
+                    "status": "failed",
+                    "version": current.version + 1,
+                    "wait": None,
+                    "retry_state": None,
+                    "metadata": {
+                        **current.metadata,
+                        "cancelled": True,
+                        "failedReason": f"cancelled: {why}",
+                        "cancelledAt": self.clock(),
+                    },
+                }
+            )
+            try:
+                await self.store.save(cancelled, expected_version=current.version)
+            except VersionConflict:
+                continue
+            return cancelled
+        raise VersionConflict(run_id, -1, None)
+
+    async def dispatch(self, message: DispatchMessage) -> DispatchResult:
+        """Handle one scheduler delivery: at most one step of the run it names.
+
+        Raises:
+            BackendError: a store or scheduler failure; when ``transient``, deliver again.
+        """
+        try:
+            snapshot = await self.store.load(message.run_id)
+        except RunNotFound:
+            return self._result("unknown_run", message.run_id)
+        if snapshot.version != message.version:
+            if snapshot.version == message.version + 1 and self._needs_delivery(snapshot):
+                await self._schedule_next(snapshot)
+                return self._result("recovered", message.run_id, snapshot)
+            return self._result("stale", message.run_id, snapshot)
+        if snapshot.is_terminal:
+            return self._result("finished", message.run_id, snapshot)
+        try:
+            workflow = self._workflow_of(snapshot)
+        except (WorkflowMismatch, WorkflowNotFound) as exc:
+            logger.error("%s", exc, extra={"refluxo": {"run": snapshot.run_id}})
+            return self._result("refused", message.run_id, snapshot, str(exc))
+
+        now = self.clock()
+        base = snapshot
+        payload: Any = None
+        if snapshot.status == "paused":
+            index = self._matching_event(snapshot)
+            if index is not None:
+                inbox = list(snapshot.inbox or [])
+                payload = inbox.pop(index).payload
+                base = snapshot.model_copy(update={"inbox": inbox or None})
+            else:
+                due = snapshot.due_at()
+                if due is None:
+                    return self._result("waiting", message.run_id, snapshot)
+                if due > now:
+                    await self._schedule_next(snapshot, hop=message.hop + 1)
+                    return self._result("early", message.run_id, snapshot)
+        elif snapshot.status == "error":
+            due = snapshot.due_at() or 0
+            if due > now:
+                await self._schedule_next(snapshot, hop=message.hop + 1)
+                return self._result("early", message.run_id, snapshot)
+        if snapshot.status != "paused" and not any(
+            r.error is None for results in snapshot.context.values() for r in results
+        ):
+            payload = snapshot.input  # the run's input goes to its first step, retries included
+
+        node_id = base.current_node_id
+        started = time.perf_counter()
+        new = await workflow.engine.execute_step(base, payload, self.globals)
+        duration_ms = (time.perf_counter() - started) * 1000
+        try:
+            await self.store.save(new, expected_version=snapshot.version)
+        except VersionConflict:
+            self._log_step(new, node_id, "conflict", duration_ms)
+            return self._result("conflict", message.run_id, snapshot)
+        self._log_step(new, node_id, "stepped", duration_ms)
+        await self._schedule_next(new)
+        return self._result("stepped", message.run_id, new)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _workflow_of(self, snapshot: Snapshot) -> Workflow:
+        ref = snapshot.definition
+        if ref is None:
+            if len(self.workflows) == 1:
+                return next(iter(self.workflows.values()))
+            raise WorkflowMismatch(f"run {snapshot.run_id!r} does not record its workflow")
+        workflow = self.workflow(ref.name)
+        if workflow.ref.hash != ref.hash:
+            raise WorkflowMismatch(
+                f"run {snapshot.run_id!r} was started on definition {ref.hash} of workflow "
+                f"{ref.name!r}, but {workflow.ref.hash} is deployed and their nodes or edges "
+                "differ; redeploy a compatible definition to continue it"
+            )
+        return workflow
+
+    @staticmethod
+    def _matching_event(snapshot: Snapshot) -> int | None:
+        if snapshot.status != "paused":
+            return None
+        for i, event in enumerate(snapshot.inbox or []):
+            if _event_matches(snapshot, event):
+                return i
+        return None
+
+    def _needs_delivery(self, snapshot: Snapshot) -> bool:
+        if snapshot.is_terminal:
+            return False
+        if snapshot.status == "paused" and self._matching_event(snapshot) is not None:
+            return True
+        return snapshot.due_at() is not None
+
+    async def _schedule_next(self, snapshot: Snapshot, *, hop: int = 0) -> None:
+        if not self._needs_delivery(snapshot):
+            return
+        now = self.clock()
+        due = 0 if self._matching_event(snapshot) is not None else (snapshot.due_at() or 0)
+        at: int | None = None
+        if due > now:
+            limit = self.scheduler.max_delay_ms
+            # Hop targets are aligned on the due time, so duplicates pick the same one.
+            hops_left = (due - now - 1) // limit
+            at = due - hops_left * limit
+        message = DispatchMessage(run_id=snapshot.run_id, version=snapshot.version, hop=hop)
+        await self.scheduler.schedule(message, at=at)
+
+    def _result(
+        self,
+        outcome: Outcome,
+        run_id: str,
+        snapshot: Snapshot | None = None,
+        detail: str | None = None,
+    ) -> DispatchResult:
+        return DispatchResult(
+            outcome=outcome,
+            run_id=run_id,
+            version=None if snapshot is None else snapshot.version,
+            status=None if snapshot is None else snapshot.status,
+            detail=detail,
+        )
+
+    def _log_step(
+        self, new: Snapshot, node_id: str | None, outcome: str, duration_ms: float
+    ) -> None:
+        results = new.context.get(node_id or "", [])
+        last = results[-1] if results else None
+        fields = {
+            "run": new.run_id,
+            "workflow": new.definition.name if new.definition else None,
+            "version": new.version,
+            "node": node_id,
+            "outcome": outcome,
+            "status": new.status,
+            "attempt": last.attempt if last is not None else None,
+            "durationMs": round(duration_ms, 3),
+        }
+        if last is not None and last.error and outcome == "stepped":
+            fields["error"] = last.error
+        level = logging.WARNING if new.status in ("error", "failed") else logging.INFO
+        logger.log(
+            level,
+            "run %s v%s %s -> %s (%s)",
+            new.run_id,
+            new.version,
+            node_id or "-",
+            new.status,
+            outcome,
+            extra={"refluxo": fields},
+        )

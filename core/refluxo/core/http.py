@@ -1,0 +1,330 @@
+"""One HTTP API, written once, mounted by every runtime (local server, Cloud Function, Worker).
+
+Routes::
+
+    POST /workflows/{name}/runs   {"id"?: str, "input"?: any}    201 new run, 200 existing
+    GET  /runs/{id}                                              200 the snapshot as JSON
+    POST /runs/{id}/events        {"payload": any, "name"?, "id"?} 202 (id: safe retries)
+    POST /runs/{id}/cancel        {"reason"?: str}               200
+    POST /_dispatch               a DispatchMessage              200 with the outcome
+    GET  /healthz                                                200
+
+Errors are JSON, ``{"error": {"code": ..., "message": ...}}``: 400 malformed JSON or fields,
+401/403 credentials, 404 unknown route, workflow or run, 405 method, 409 finished run or id
+taken, 413 body over the limit, 503 transient backend failure (the platform delivers again).
+Bad input changes nothing. A runtime converts its request into :class:`HttpRequest`, awaits
+:meth:`HttpApi.handle`, and converts the :class:`HttpResponse` back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .dispatcher import Dispatcher, check_run_id
+from .errors import (
+    BackendError,
+    PayloadTooLarge,
+    RunFinished,
+    RunNotFound,
+    VersionConflict,
+    WorkflowMismatch,
+    WorkflowNotFound,
+)
+from .model import DispatchMessage
+
+logger = logging.getLogger("refluxo.http")
+
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """A request as every runtime can build it. Header names are matched case-insensitively."""
+
+    method: str
+    path: str
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name``, or None."""
+        wanted = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == wanted:
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A response: status, JSON body bytes, headers."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
+
+    @classmethod
+    def json(cls, status: int, payload: Any) -> HttpResponse:
+        return cls(status, json.dumps(payload, separators=(",", ":")).encode())
+
+    def json_body(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+class HttpError(Exception):
+    """An error answer: status, a stable code, and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+Authenticator = Callable[[HttpRequest], Awaitable[bool]]
+"""Decides whether a request carries the right credential."""
+
+
+def bearer_token(token: str) -> Authenticator:
+    """An authenticator that accepts ``Authorization: Bearer <token>`` (constant-time)."""
+
+    async def check(request: HttpRequest) -> bool:
+        value = request.header("authorization") or ""
+        scheme, _, given = value.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+    return check
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartRunBody(_Strict):
+    id: str | None = None
+    input: Any = None
+
+
+class EventBody(_Strict):
+    payload: Any
+    name: str | None = None
+    id: str | None = None
+
+
+class CancelBody(_Strict):
+    reason: str | None = None
+
+
+_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("POST", re.compile(r"^/workflows/(?P<name>[^/]+)/runs$"), "start"),
+    ("GET", re.compile(r"^/runs/(?P<run_id>[^/]+)$"), "get"),
+    ("POST", re.compile(r"^/runs/(?P<run_id>[^/]+)/events$"), "event"),
+    ("POST", re.compile(r"^/runs/(?P<run_id>[^/]+)/cancel$"), "cancel"),
+    ("POST", re.compile(r"^/_dispatch$"), "dispatch"),
+    ("GET", re.compile(r"^/healthz$"), "health"),
+]
+
+
+def _summary(snapshot: Any) -> dict[str, Any]:
+    return {
+        "workflowId": snapshot.workflow_id,
+        "status": snapshot.status,
+        "version": snapshot.version,
+    }
+
+
+class HttpApi:
+    """The refluxo HTTP API over a :class:`Dispatcher`.
+
+    Args:
+        dispatcher: what the routes operate on.
+        api_token: when set, the public routes require ``Authorization: Bearer <api_token>``.
+        dispatch_auth: how ``/_dispatch`` authenticates the scheduler (a bearer token, or an
+            OIDC check on Google Cloud). Without one, ``/_dispatch`` refuses every request.
+        max_body_bytes: larger bodies are refused with 413 before they are parsed.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        api_token: str | None = None,
+        dispatch_auth: Authenticator | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self._api_auth = bearer_token(api_token) if api_token else None
+        self._dispatch_auth = dispatch_auth
+        self.max_body_bytes = max_body_bytes
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        """Answer one request; never raises."""
+        try:
+            return await self._route(request)
+        except HttpError as exc:
+            return HttpResponse.json(
+                exc.status, {"error": {"code": exc.code, "message": exc.message}}
+            )
+        except BackendError as exc:
+            level = logging.WARNING if exc.transient else logging.ERROR
+            logger.log(level, "backend failure on %s %s: %s", request.method, request.path, exc)
+            status, code = (503, "unavailable") if exc.transient else (500, "backend_error")
+            return HttpResponse.json(status, {"error": {"code": code, "message": str(exc)}})
+        except Exception:
+            logger.exception("unexpected error on %s %s", request.method, request.path)
+            return HttpResponse.json(
+                500, {"error": {"code": "internal", "message": "internal error"}}
+            )
+
+    async def _route(self, request: HttpRequest) -> HttpResponse:
+        path = request.path.split("?", 1)[0]
+        if len(path) > 1 and path.endswith("/"):
+            path = path[:-1]
+        allowed: list[str] = []
+        for method, pattern, action in _ROUTES:
+            match = pattern.match(path)
+            if match is None:
+                continue
+            if method != request.method.upper():
+                allowed.append(method)
+                continue
+            if len(request.body) > self.max_body_bytes:
+                raise HttpError(
+                    413,
+                    "payload_too_large",
+                    f"the body is {len(request.body)} bytes, over the limit of "
+                    f"{self.max_body_bytes}",
+                )
+            if action == "health":
+                return HttpResponse.json(200, {"ok": True})
+            if action == "dispatch":
+                return await self._dispatch(request)
+            if self._api_auth is not None and not await self._api_auth(request):
+                raise HttpError(401, "unauthorized", "a valid bearer token is required")
+            handler = getattr(self, f"_{action}")
+            response: HttpResponse = await handler(request, **match.groupdict())
+            return response
+        if allowed:
+            raise HttpError(405, "method_not_allowed", f"{path} takes {', '.join(allowed)}")
+        raise HttpError(404, "not_found", f"no route for {request.method} {path}")
+
+    # --- body parsing --------------------------------------------------------------------
+
+    @staticmethod
+    def _json(request: HttpRequest, *, required: bool = True) -> Any:
+        if not request.body.strip():
+            if required:
+                raise HttpError(400, "invalid_json", "the body must be a JSON object")
+            return {}
+        try:
+            data = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise HttpError(400, "invalid_json", "the body must be a JSON object")
+        return data
+
+    @staticmethod
+    def _fields(model: type[_Strict], data: Any) -> Any:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: "
+                + (
+                    "missing"
+                    if e["type"] == "missing"
+                    else "unknown field"
+                    if e["type"] == "extra_forbidden"
+                    else e["msg"]
+                )
+                for e in exc.errors()
+            )
+            raise HttpError(400, "invalid_request", problems) from None
+
+    @staticmethod
+    def _run_id(run_id: str) -> str:
+        try:
+            return check_run_id(run_id)
+        except ValueError as exc:
+            raise HttpError(400, "invalid_run_id", str(exc)) from None
+
+    # --- routes --------------------------------------------------------------------------
+
+    async def _start(self, request: HttpRequest, name: str) -> HttpResponse:
+        body = self._fields(StartRunBody, self._json(request, required=False))
+        run_id = self._run_id(body.id) if body.id is not None else None
+        try:
+            snapshot, created = await self.dispatcher.start(name, run_id=run_id, input=body.input)
+        except WorkflowNotFound as exc:
+            raise HttpError(404, "unknown_workflow", str(exc)) from None
+        except WorkflowMismatch as exc:
+            raise HttpError(409, "run_id_taken", str(exc)) from None
+        except PayloadTooLarge as exc:
+            raise HttpError(413, "payload_too_large", str(exc)) from None
+        return HttpResponse.json(201 if created else 200, _summary(snapshot))
+
+    async def _get(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        try:
+            snapshot = await self.dispatcher.get(self._run_id(run_id))
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        return HttpResponse(200, snapshot.to_json().encode())
+
+    async def _event(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        body = self._fields(EventBody, self._json(request))
+        try:
+            snapshot = await self.dispatcher.send_event(
+                self._run_id(run_id), body.payload, body.name, event_id=body.id
+            )
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        except RunFinished as exc:
+            raise HttpError(409, "run_finished", str(exc)) from None
+        except PayloadTooLarge as exc:
+            raise HttpError(413, "payload_too_large", str(exc)) from None
+        except VersionConflict as exc:
+            raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
+        return HttpResponse.json(202, _summary(snapshot))
+
+    async def _cancel(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        body = self._fields(CancelBody, self._json(request, required=False))
+        try:
+            snapshot = await self.dispatcher.cancel(self._run_id(run_id), body.reason)
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        except RunFinished as exc:
+            raise HttpError(409, "run_finished", str(exc)) from None
+        except VersionConflict as exc:
+            raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
+        return HttpResponse.json(200, _summary(snapshot))
+
+    async def _dispatch(self, request: HttpRequest) -> HttpResponse:
+        if self._dispatch_auth is None:
+            raise HttpError(403, "forbidden", "dispatch is not enabled on this endpoint")
+        if not await self._dispatch_auth(request):
+            raise HttpError(401, "unauthorized", "the scheduler's credential is missing or wrong")
+        data = self._json(request)
+        try:
+            message = DispatchMessage.model_validate(data)
+        except ValidationError as exc:
+            raise HttpError(400, "invalid_message", f"not a dispatch message: {exc}") from None
+        result = await self.dispatcher.dispatch(message)
+        return HttpResponse.json(
+            200,
+            {
+                "outcome": result.outcome,
+                "runId": result.run_id,
+                "version": result.version,
+                "status": result.status,
+            },
+        )

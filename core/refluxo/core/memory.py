@@ -1,0 +1,109 @@
+"""In-memory adapters of both ports: for tests, for one process, and for ``execute``-style use.
+
+Both take an injectable clock (epoch milliseconds), so tests control time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+
+from .errors import PayloadTooLarge, RunNotFound, VersionConflict
+from .model import DispatchMessage, Snapshot, now_ms
+from .ports import Scheduler, StateStore
+
+
+class MemoryStateStore(StateStore):
+    """Keeps snapshots as JSON text in a dict; copies in and out so callers share nothing.
+
+    Args:
+        max_bytes: refuse snapshots whose JSON is larger (None: no limit).
+    """
+
+    def __init__(self, *, max_bytes: int | None = None) -> None:
+        self._runs: dict[str, str] = {}
+        self._versions: dict[str, int] = {}
+        self.max_bytes = max_bytes
+
+    def _encode(self, snapshot: Snapshot) -> str:
+        raw = snapshot.to_json()
+        if self.max_bytes is not None and len(raw.encode()) > self.max_bytes:
+            raise PayloadTooLarge("snapshot", len(raw.encode()), self.max_bytes)
+        return raw
+
+    async def create(self, snapshot: Snapshot) -> bool:
+        raw = self._encode(snapshot)
+        if snapshot.workflow_id in self._runs:
+            return False
+        self._runs[snapshot.workflow_id] = raw
+        self._versions[snapshot.workflow_id] = snapshot.version
+        return True
+
+    async def load(self, run_id: str) -> Snapshot:
+        try:
+            return Snapshot.from_json(self._runs[run_id])
+        except KeyError:
+            raise RunNotFound(run_id) from None
+
+    async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
+        run_id = snapshot.workflow_id
+        if run_id not in self._runs:
+            raise RunNotFound(run_id)
+        current = self._versions[run_id]
+        if current != expected_version:
+            raise VersionConflict(run_id, expected_version, current)
+        self._runs[run_id] = self._encode(snapshot)
+        self._versions[run_id] = snapshot.version
+
+    def run_ids(self) -> list[str]:
+        """Every stored run id."""
+        return list(self._runs)
+
+
+class MemoryScheduler(Scheduler):
+    """Holds messages in a heap ordered by due time; deduplicates by ``key``.
+
+    Nothing is delivered by itself: call :meth:`pop_due` (or :meth:`wait_due`) and hand the
+    messages to a dispatcher, as a worker loop would.
+    """
+
+    def __init__(
+        self, *, clock: Callable[[], int] = now_ms, max_delay_ms: int = 30 * 24 * 3600 * 1000
+    ) -> None:
+        self.clock = clock
+        self._max_delay_ms = max_delay_ms
+        self._heap: list[tuple[int, int, DispatchMessage]] = []
+        self._keys: set[str] = set()
+        self._seq = itertools.count()
+        self.scheduled: list[tuple[DispatchMessage, int | None]] = []
+
+    @property
+    def max_delay_ms(self) -> int:
+        return self._max_delay_ms
+
+    async def schedule(self, message: DispatchMessage, *, at: int | None = None) -> None:
+        now = self.clock()
+        if at is not None and at - now > self._max_delay_ms:
+            raise ValueError(f"at is {at - now} ms away, over the maximum of {self._max_delay_ms}")
+        self.scheduled.append((message, at))
+        if message.key in self._keys:
+            return
+        self._keys.add(message.key)
+        heapq.heappush(self._heap, (at if at is not None else now, next(self._seq), message))
+
+    def pending(self) -> list[tuple[int, DispatchMessage]]:
+        """Every undelivered message with its due time, soonest first."""
+        return [(due, msg) for due, _, msg in sorted(self._heap)]
+
+    def next_due(self) -> int | None:
+        """The due time of the soonest message, or None when there is none."""
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self) -> list[DispatchMessage]:
+        """Remove and return every message that is due now, soonest first."""
+        now = self.clock()
+        due: list[DispatchMessage] = []
+        while self._heap and self._heap[0][0] <= now:
+            due.append(heapq.heappop(self._heap)[2])
+        return due

@@ -1,0 +1,85 @@
+"""The two ports every runtime implements: where runs live, and how steps get delivered.
+
+Adapters name the port they implement (``class SQLiteStateStore(StateStore)``) so a type
+checker catches a missing method. Every adapter passes the contract suites in
+``tests/contract/``; each contract test is named after one sentence below.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from .model import DispatchMessage, Snapshot
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Stores snapshots by run id, with optimistic locking on ``Snapshot.version``.
+
+    Errors: every method raises :class:`~refluxo.core.errors.StoreError` when the backend
+    fails; its ``transient`` flag says whether trying again may succeed.
+    """
+
+    async def create(self, snapshot: Snapshot) -> bool:
+        """Store ``snapshot`` as a new run, only if no run with its id exists.
+
+        Returns:
+            True when it was stored; False when a run with that id already existed, in which
+            case nothing was written.
+
+        Raises:
+            PayloadTooLarge: the snapshot is over the store's size limit; nothing was written.
+            StoreError: the backend failed.
+        """
+        ...
+
+    async def load(self, run_id: str) -> Snapshot:
+        """Return the stored snapshot of ``run_id``.
+
+        Raises:
+            RunNotFound: no run has that id.
+            StoreError: the backend failed.
+        """
+        ...
+
+    async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
+        """Replace the stored run with ``snapshot`` if its stored version is ``expected_version``.
+
+        Of two saves that expect the same version, at most one succeeds.
+
+        Raises:
+            VersionConflict: the stored version is not ``expected_version``; nothing was written.
+            RunNotFound: no run has that id; nothing was written.
+            PayloadTooLarge: the snapshot is over the store's size limit; nothing was written.
+            StoreError: the backend failed.
+        """
+        ...
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """Delivers :class:`DispatchMessage` s to the dispatcher, now or at a given time.
+
+    Delivery is at least once: a message may arrive twice, late, or (on platforms whose clocks
+    differ) a little early; the dispatcher tolerates all three. How a message reaches the
+    dispatcher is the adapter's business (an HTTP call to ``/_dispatch``, a queue consumer, a
+    worker loop).
+    """
+
+    @property
+    def max_delay_ms(self) -> int:
+        """The longest delay ``schedule`` accepts, in milliseconds; later times take hops."""
+        ...
+
+    async def schedule(self, message: DispatchMessage, *, at: int | None = None) -> None:
+        """Deliver ``message`` at epoch milliseconds ``at``, or as soon as possible when None.
+
+        A time in the past means as soon as possible. Scheduling a message whose ``key`` was
+        scheduled before may be collapsed into one delivery (adapters that can, do: it is
+        how a duplicate step collapses); a scheduler that cannot deduplicate delivers both.
+
+        Raises:
+            ValueError: ``at`` is more than ``max_delay_ms`` from now.
+            SchedulerError: the backend refused or failed; nothing may have been scheduled.
+        """
+        ...
