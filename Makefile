@@ -14,14 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-
+include mk/gcp.mk
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test: install lint
+test: install lint setup-gcp
 	$(PY) -m pytest
 
 demo: install

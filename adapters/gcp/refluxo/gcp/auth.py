@@ -1,0 +1,99 @@
+"""Authenticating Cloud Tasks deliveries: the OIDC token Cloud Tasks attaches to each task.
+
+Cloud Tasks signs an ID token for the queue's service account, with the function's URL as the
+audience. :class:`OidcVerifier` checks the signature against Google's certificates (fetched
+once and cached), the audience, the expiry, and that the token was issued to the expected
+service account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from refluxo.core.http import HttpRequest
+
+logger = logging.getLogger("refluxo.gcp.auth")
+
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
+
+
+class OidcVerifier:
+    """Accepts a request whose ``Authorization: Bearer`` ID token is valid for this function.
+
+    Args:
+        audience: the audience the tokens carry (the function's URL).
+        service_account: the e-mail the tokens must be issued to.
+        certs_url: where the signing certificates are (Google's, unless testing).
+        cache_seconds: how long fetched certificates are reused.
+    """
+
+    def __init__(
+        self,
+        audience: str,
+        service_account: str,
+        *,
+        certs_url: str = GOOGLE_CERTS_URL,
+        cache_seconds: float = 3600.0,
+    ) -> None:
+        self.audience = audience
+        self.service_account = service_account
+        self.certs_url = certs_url
+        self.cache_seconds = cache_seconds
+        self._certs: Mapping[str, str] | None = None
+        self._fetched_at = 0.0
+
+    def _fetch_certs(self) -> Mapping[str, str]:
+        import google.auth.transport.requests as transport
+        from google.oauth2 import id_token
+
+        now = time.monotonic()
+        if self._certs is None or now - self._fetched_at > self.cache_seconds:
+            self._certs = id_token._fetch_certs(  # type: ignore[no-untyped-call]
+                transport.Request(), self.certs_url
+            )
+            self._fetched_at = now
+        return self._certs
+
+    def verify(self, token: str) -> Mapping[str, Any]:
+        """Return the token's claims; raise ValueError when it is not acceptable."""
+        from google.auth import jwt
+
+        claims: Mapping[str, Any] = jwt.decode(  # type: ignore[no-untyped-call]
+            token, certs=self._fetch_certs(), audience=self.audience, clock_skew_in_seconds=10
+        )
+        if claims.get("iss") not in _ISSUERS:
+            raise ValueError(f"unexpected issuer {claims.get('iss')!r}")
+        if claims.get("email") != self.service_account or not claims.get("email_verified"):
+            raise ValueError(f"token issued to {claims.get('email')!r}, not the queue's account")
+        return claims
+
+    async def __call__(self, request: HttpRequest) -> bool:
+        scheme, _, token = (request.header("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        try:
+            await asyncio.to_thread(self.verify, token.strip())
+        except Exception as exc:  # any failure to verify means: not authenticated
+            logger.warning("dispatch token refused: %s", exc)
+            return False
+        return True
+
+
+DISPATCH_TOKEN_HEADER = "x-refluxo-dispatch-token"
+"""The header that carries a shared dispatch secret where OIDC is not available (emulators)."""
+
+
+def shared_secret(secret: str) -> Any:
+    """An authenticator that accepts the ``X-Refluxo-Dispatch-Token`` header equal to ``secret``."""
+
+    async def check(request: HttpRequest) -> bool:
+        given = request.header(DISPATCH_TOKEN_HEADER) or ""
+        return hmac.compare_digest(given, secret)
+
+    return check

@@ -1,0 +1,95 @@
+"""The HTTP Cloud Function: functions-framework's (Flask) request in, the shared API's answer out.
+
+functions-framework serves a synchronous function from several threads. The async API and its
+gRPC clients live on one event loop in a background thread, started with the first request;
+each request is handed to that loop and its thread waits for the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from refluxo.core.http import HttpApi, HttpRequest, HttpResponse
+from refluxo.core.logs import configure_logging
+
+from .bootstrap import GcpSettings, bootstrap
+
+logger = logging.getLogger("refluxo.gcp")
+
+
+class _LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="refluxo-loop", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, coro: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result()
+
+
+class FunctionApp:
+    """The Cloud Function's handler; built from the environment on its first request.
+
+    Args:
+        settings: the configuration; read from the environment when None.
+        max_body_bytes: the limit applied before the body is read (defaults to the API's).
+    """
+
+    def __init__(self, settings: GcpSettings | None = None) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._loop: _LoopThread | None = None
+        self._api: HttpApi | None = None
+
+    def _ready(self) -> tuple[_LoopThread, HttpApi]:
+        with self._lock:
+            if self._api is None or self._loop is None:
+                configure_logging("json")
+                settings = self._settings or GcpSettings.from_env()
+                loop = _LoopThread()
+
+                async def build() -> HttpApi:
+                    return bootstrap(settings)
+
+                self._api = loop.run(build())
+                self._loop = loop
+            return self._loop, self._api
+
+    def __call__(self, request: Any) -> tuple[bytes, int, dict[str, str]]:
+        """Answer a Flask request (what functions-framework passes)."""
+        loop, api = self._ready()
+        length = request.content_length
+        if length is not None and length > api.max_body_bytes:
+            response = HttpResponse.json(
+                413,
+                {
+                    "error": {
+                        "code": "payload_too_large",
+                        "message": f"the body is {length} bytes, over the limit of "
+                        f"{api.max_body_bytes}",
+                    }
+                },
+            )
+        else:
+            body = request.get_data(cache=False)
+            req = HttpRequest(
+                method=request.method,
+                path=request.path,
+                body=body,
+                headers=dict(request.headers.items()),
+            )
+            response = loop.run(api.handle(req))
+        return response.body, response.status, dict(response.headers)
+
+
+def create_handler(settings: GcpSettings | None = None) -> Callable[[Any], Any]:
+    """The function functions-framework calls: ``refluxo = create_handler()`` in ``main.py``."""
+    return FunctionApp(settings)

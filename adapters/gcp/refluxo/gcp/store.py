@@ -1,0 +1,329 @@
+"""The :class:`StateStore` on Cloud Firestore: one document per run.
+
+Document layout (collection ``refluxo_runs`` by default, document id = run id)::
+
+    status     string      the snapshot's status                      (queryable)
+    version    integer     the snapshot's version: the locking field  (queryable)
+    workflow   string|null snapshot.definition.name                   (queryable)
+    updatedAt  timestamp   server time of the last write              (queryable)
+    snapshot   string      the whole snapshot as JSON text
+
+The snapshot is kept as JSON text rather than a Firestore map: maps cannot hold arrays of
+arrays, limit nesting depth and do not keep every JSON number exactly, so text is the lossless
+choice. Deployments should exempt ``snapshot`` from single-field indexing (it is never queried,
+and indexing a large string costs write throughput).
+
+The document id is the run id itself, except for ids Firestore forbids or reserves (``.``,
+``..``, ``__*__``, anything with ``/``) and ids that begin with ``~``: those are stored under
+``~`` + the percent-encoded id. Plain ids never begin with ``~``, so the mapping stays one to one
+(the dispatcher's run ids, ``[A-Za-z0-9][A-Za-z0-9._:-]{0,127}``, are always stored verbatim).
+Only the empty id and ids whose document id would pass Firestore's 1500-byte limit are refused.
+
+``save`` is a compare-and-set without a transaction: it reads ``version`` and the document's
+``update_time``, then writes with an ``update_time`` precondition, which Firestore checks
+atomically on commit. A read-write transaction would work too, but Firestore transactions
+lock: concurrent savers wait on each other's locks and can all abort (in the emulator each
+round costs a two-second lock timeout, and sixteen racers with three attempts each were seen to
+end with no winner). With a precondition the first commit wins and the others fail at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.async_document import AsyncDocumentReference
+from google.cloud.firestore_v1.base_document import DocumentSnapshot
+from pydantic import ValidationError
+
+from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
+from refluxo.core.model import Snapshot, Status
+from refluxo.core.ports import StateStore
+
+from ._errors import BACKEND_ERRORS, store_error
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "FIRESTORE_MAX_DOCUMENT_BYTES",
+    "FirestoreStateStore",
+    "document_id",
+    "document_size",
+    "run_id_of",
+]
+
+FIRESTORE_MAX_DOCUMENT_BYTES = 1_048_576
+"""Firestore's limit on a document's size, computed as :func:`document_size` does."""
+
+DEFAULT_MAX_BYTES = FIRESTORE_MAX_DOCUMENT_BYTES - 4096
+"""The default limit on a snapshot's JSON: Firestore's limit less room for the other fields
+and the document's name (a few hundred bytes; the exact document size is checked as well)."""
+
+_RESERVED_ID = re.compile(r"\.|\.\.|__.*__", re.DOTALL)
+_ESCAPE = "~"
+_MAX_ID_BYTES = 1500
+
+_STATUS, _VERSION, _WORKFLOW, _UPDATED_AT, _SNAPSHOT = (
+    "status",
+    "version",
+    "workflow",
+    "updatedAt",
+    "snapshot",
+)
+
+
+def document_id(run_id: str) -> str | None:
+    """The document id that holds ``run_id``, or None when no document id can hold it."""
+    if not run_id:
+        return None
+    doc_id = run_id
+    if "/" in run_id or run_id.startswith(_ESCAPE) or _RESERVED_ID.fullmatch(run_id):
+        doc_id = _ESCAPE + urllib.parse.quote(run_id, safe="")
+    try:
+        size = len(doc_id.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates
+        return None
+    return doc_id if size <= _MAX_ID_BYTES else None
+
+
+def run_id_of(doc_id: str) -> str:
+    """The run id stored under document id ``doc_id`` (the inverse of :func:`document_id`)."""
+    if doc_id.startswith(_ESCAPE):
+        return urllib.parse.unquote(doc_id[len(_ESCAPE) :])
+    return doc_id
+
+
+def _value_size(value: Any) -> int:
+    # https://firebase.google.com/docs/firestore/storage-size
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, int | float | dt.datetime):
+        return 8
+    if value is firestore.SERVER_TIMESTAMP:
+        return 8  # stored as a timestamp
+    if isinstance(value, str):
+        return len(value.encode("utf-8")) + 1
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(len(str(k).encode("utf-8")) + 1 + _value_size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_value_size(v) for v in value)
+    raise TypeError(f"no Firestore size rule for {type(value).__name__}")
+
+
+def document_size(path: str, fields: Mapping[str, Any]) -> int:
+    """The size Firestore counts for a document at ``path`` (``collection/id[/...]``).
+
+    Per Firestore's storage-size rules: the name is the sum of its path segments (UTF-8 bytes
+    + 1 each) + 16; each field is its name (UTF-8 bytes + 1) plus its value (strings UTF-8
+    bytes + 1; integers, doubles and timestamps 8; null and booleans 1; maps and arrays the sum
+    of their contents); the document adds 32.
+    """
+    name = sum(len(segment.encode("utf-8")) + 1 for segment in path.split("/")) + 16
+    return name + _value_size(dict(fields)) + 32
+
+
+class FirestoreStateStore(StateStore):
+    """Keeps each run in one Firestore document; see the module docstring for the layout.
+
+    Args:
+        client: a ready ``firestore.AsyncClient`` (the emulator's, when testing).
+        collection: the collection path that holds the runs (a subcollection path works too).
+        max_bytes: refuse snapshots whose JSON is larger than this many bytes. The whole
+            document must also fit Firestore's 1 MiB limit, which is checked exactly.
+
+    ``create`` raises ValueError for a run id no document id can hold (empty, or too long);
+    ``load`` and ``save`` answer RunNotFound for one, since no such run can exist.
+
+    Raises:
+        ValueError: ``max_bytes`` is not between 1 and Firestore's document limit.
+    """
+
+    def __init__(
+        self,
+        client: firestore.AsyncClient,
+        collection: str = "refluxo_runs",
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if not 0 < max_bytes <= FIRESTORE_MAX_DOCUMENT_BYTES:
+            raise ValueError(
+                f"max_bytes must be between 1 and {FIRESTORE_MAX_DOCUMENT_BYTES}, got {max_bytes}"
+            )
+        self._client = client
+        self._collection = client.collection(collection)
+        self.collection = collection
+        self.max_bytes = max_bytes
+
+    # --- the port --------------------------------------------------------------------------
+
+    async def create(self, snapshot: Snapshot) -> bool:
+        doc_id = document_id(snapshot.workflow_id)
+        if doc_id is None:
+            raise ValueError(
+                f"cannot store run id {snapshot.workflow_id!r}: a run id must be non-empty "
+                f"and at most {_MAX_ID_BYTES} bytes of UTF-8 (encoded)"
+            )
+        ref = self._collection.document(doc_id)
+        fields = self._fields(snapshot, ref.path)
+        try:
+            await ref.create(fields)
+        except BACKEND_ERRORS as exc:
+            # Not every Conflict: ABORTED is one too, and means "try again", not "exists".
+            if isinstance(exc, gexc.AlreadyExists) or type(exc) is gexc.Conflict:
+                return False
+            raise store_error(exc, f"create run {snapshot.workflow_id!r}") from exc
+        return True
+
+    async def load(self, run_id: str) -> Snapshot:
+        doc_id = document_id(run_id)
+        if doc_id is None:
+            raise RunNotFound(run_id)  # no run can have this id
+        try:
+            doc = await self._collection.document(doc_id).get()
+        except BACKEND_ERRORS as exc:
+            raise store_error(exc, f"load run {run_id!r}") from exc
+        if not doc.exists:
+            raise RunNotFound(run_id)
+        return _parse(run_id, doc)
+
+    async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
+        run_id = snapshot.workflow_id
+        doc_id = document_id(run_id)
+        if doc_id is None:
+            raise RunNotFound(run_id)
+        ref = self._collection.document(doc_id)
+        fields = self._fields(snapshot, ref.path)
+        try:
+            before = await ref.get([_VERSION])
+        except BACKEND_ERRORS as exc:
+            raise store_error(exc, f"read run {run_id!r} before saving it") from exc
+        if not before.exists:
+            raise RunNotFound(run_id)
+        stored = _version(before)
+        if stored != expected_version:
+            raise VersionConflict(run_id, expected_version, stored)
+        try:
+            await ref.update(
+                fields, option=self._client.write_option(last_update_time=before.update_time)
+            )
+        except (gexc.FailedPrecondition, gexc.NotFound) as exc:
+            # Written (or deleted) since we read it, or some other precondition failed.
+            await self._explain_lost_write(run_id, expected_version, before, exc)
+        except BACKEND_ERRORS as exc:
+            raise store_error(exc, f"save run {run_id!r}") from exc
+
+    # --- beyond the port -------------------------------------------------------------------
+
+    async def list_runs(
+        self,
+        *,
+        status: Status | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+    ) -> list[str]:
+        """The ids of up to ``limit`` runs with the given status and/or workflow name.
+
+        Runs come in document-id order. Equality filters on ``status`` and ``workflow`` are
+        served by Firestore's automatic single-field indexes; no composite index is needed.
+
+        Raises:
+            StoreError: the backend failed.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        query: Any = self._collection
+        if status is not None:
+            query = query.where(filter=firestore.FieldFilter(_STATUS, "==", status))
+        if workflow is not None:
+            query = query.where(filter=firestore.FieldFilter(_WORKFLOW, "==", workflow))
+        # An empty projection: document names only, not the (large) snapshots.
+        query = query.select([]).limit(limit)
+        try:
+            return [run_id_of(doc.id) async for doc in query.stream()]
+        except BACKEND_ERRORS as exc:
+            raise store_error(exc, "list runs") from exc
+
+    def stored_size(self, snapshot: Snapshot) -> int:
+        """The size Firestore will count for ``snapshot``'s document (see :func:`document_size`).
+
+        Raises:
+            ValueError: no document id can hold the snapshot's run id.
+        """
+        doc_id = document_id(snapshot.workflow_id)
+        if doc_id is None:
+            raise ValueError(f"cannot store run id {snapshot.workflow_id!r}")
+        raw = snapshot.to_json()
+        return document_size(self._collection.document(doc_id).path, _layout(snapshot, raw))
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _fields(self, snapshot: Snapshot, path: str) -> dict[str, Any]:
+        """The document's fields; raises PayloadTooLarge before anything is written."""
+        raw = snapshot.to_json()
+        size = len(raw.encode("utf-8"))
+        if size > self.max_bytes:
+            raise PayloadTooLarge(f"snapshot of run {snapshot.workflow_id!r}", size, self.max_bytes)
+        fields = _layout(snapshot, raw)
+        doc_size = document_size(path, fields)
+        if doc_size > FIRESTORE_MAX_DOCUMENT_BYTES:
+            raise PayloadTooLarge(
+                f"Firestore document of run {snapshot.workflow_id!r}",
+                doc_size,
+                FIRESTORE_MAX_DOCUMENT_BYTES,
+            )
+        return fields
+
+    async def _explain_lost_write(
+        self,
+        run_id: str,
+        expected: int,
+        before: DocumentSnapshot[AsyncDocumentReference],
+        exc: Exception,
+    ) -> None:
+        """Raise what a refused conditional write means, judging by the document now."""
+        try:
+            after = await self._collection.document(before.id).get([_VERSION])
+        except BACKEND_ERRORS as reread:
+            raise store_error(reread, f"re-read run {run_id!r} after a refused save") from exc
+        if not after.exists:
+            raise RunNotFound(run_id) from exc
+        if after.update_time != before.update_time:
+            # Another writer got in between our read and our write: it won.
+            raise VersionConflict(run_id, expected, _version(after)) from exc
+        raise store_error(exc, f"save run {run_id!r}") from exc
+
+
+def _layout(snapshot: Snapshot, raw: str) -> dict[str, Any]:
+    return {
+        _STATUS: snapshot.status,
+        _VERSION: snapshot.version,
+        _WORKFLOW: snapshot.definition.name if snapshot.definition is not None else None,
+        _UPDATED_AT: firestore.SERVER_TIMESTAMP,
+        _SNAPSHOT: raw,
+    }
+
+
+def _version(doc: DocumentSnapshot[AsyncDocumentReference]) -> int | None:
+    value = (doc.to_dict() or {}).get(_VERSION)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _parse(run_id: str, doc: DocumentSnapshot[AsyncDocumentReference]) -> Snapshot:
+    raw = (doc.to_dict() or {}).get(_SNAPSHOT)
+    if not isinstance(raw, str):
+        raise StoreError(
+            f"document {doc.reference.path!r} has no {_SNAPSHOT!r} text field: not a refluxo run",
+            transient=False,
+        )
+    try:
+        return Snapshot.from_json(raw)
+    except ValidationError as exc:
+        raise StoreError(
+            f"run {run_id!r}: the stored snapshot is not valid: {exc}", transient=False
+        ) from exc

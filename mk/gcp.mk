@@ -1,0 +1,36 @@
+# Google Cloud test infrastructure (included from the top Makefile).
+#
+#   make setup-gcp   install gcloud-tasks-emulator into its own venv and check
+#                    that the Firestore emulator (Java) is installed.
+#
+# gcloud-tasks-emulator 0.6.2 pins protobuf<5 and google-cloud-tasks<3, so it
+# lives in .tools/tasks-emulator/, never in the project venv. tests/gcp/emulators.py
+# finds it there (or via $REFLUXO_TASKS_EMULATOR / PATH).
+
+GCP_TOOLS_PYTHON ?= $(or $(PYTHON),python3)
+TASKS_EMULATOR_VERSION := 0.6.2
+TASKS_EMULATOR_VENV := .tools/tasks-emulator
+# The version is in the stamp's name: changing it reinstalls.
+TASKS_EMULATOR_STAMP := $(TASKS_EMULATOR_VENV)/.installed-gcloud-tasks-emulator-$(TASKS_EMULATOR_VERSION)
+
+.PHONY: setup-gcp setup-tasks-emulator check-firestore-emulator
+
+setup-gcp: setup-tasks-emulator check-firestore-emulator
+
+setup-tasks-emulator: $(TASKS_EMULATOR_STAMP)
+
+$(TASKS_EMULATOR_STAMP):
+	$(GCP_TOOLS_PYTHON) -m venv --clear $(TASKS_EMULATOR_VENV)
+	$(TASKS_EMULATOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		'gcloud-tasks-emulator==$(TASKS_EMULATOR_VERSION)'
+	$(TASKS_EMULATOR_VENV)/bin/python -W ignore -c 'import gcloud_tasks_emulator.server'
+	test -x $(TASKS_EMULATOR_VENV)/bin/gcloud-tasks-emulator
+	touch $@
+
+# The Firestore emulator cannot come from PyPI: it ships with the Cloud SDK.
+# The lookup (PATH, the SDK next to gcloud, `gcloud info`, `dpkg -L`) is the
+# one the tests use; on failure it prints how to install the emulator.
+check-firestore-emulator:
+	@launcher=$$($(GCP_TOOLS_PYTHON) tests/gcp/emulators.py locate-firestore) || { \
+		echo "setup-gcp: the Firestore emulator is missing (see above)." >&2; exit 1; }; \
+	echo "Firestore emulator: $$launcher"
