@@ -14,18 +14,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-include mk/gcp.mk
+include mk/gcp.mk mk/cloudflare.mk
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test: install lint setup-gcp
+test: install lint setup-gcp setup-cloudflare
 	$(PY) -m pytest
 
 demo: install
 	$(PY) -m refluxo.local.demo
 
-clean:
+clean: clean-cloudflare
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build
