@@ -46,7 +46,7 @@ from .model import (
 )
 from .nodes import NodeDefinition
 from .plugins import Plugin
-from .ports import Scheduler, StateStore
+from .ports import ResultArchive, Scheduler, StateStore
 
 logger = logging.getLogger("refluxo.steps")
 
@@ -86,6 +86,10 @@ class Workflow:
         definition: the graph, or its plain JSON form.
         nodes: node type -> :class:`NodeDefinition`.
         plugins, transform_engines, retention: passed to :class:`WorkflowEngine`.
+            ``retention=N`` keeps the newest N results per node in the snapshot, so a run's
+            snapshot (and each step's write) stays the same size however long the run is.
+        archive: with a retention, keep the trimmed results in the store (which must then
+            be a :class:`~refluxo.core.ports.ResultArchive`) instead of dropping them.
         start: the start node; defaults to the one node without incoming edges.
     """
 
@@ -98,9 +102,12 @@ class Workflow:
         plugins: Sequence[Plugin] = (),
         transform_engines: Sequence[TransformEngine] | None = None,
         retention: int | None = None,
+        archive: bool = False,
         start: str | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
+        if archive and retention is None:
+            raise DefinitionError("archive=True needs a retention limit: nothing is trimmed")
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", name):
             raise DefinitionError(f"invalid workflow name {name!r}: letters, digits, '_', '-'")
         self.name = name
@@ -112,6 +119,7 @@ class Workflow:
             retention=retention,
             clock=clock,
         )
+        self.archive = archive
         self.start = start or self.engine.start_node_id
         self.engine.node(self.start)  # raises KeyError early for a bad start node
         self.ref = DefinitionRef(name=name, hash=self.engine.workflow.shape_hash())
@@ -158,6 +166,13 @@ class Dispatcher:
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
+        archiving = [w.name for w in self.workflows.values() if w.archive]
+        if archiving and not isinstance(store, ResultArchive):
+            raise DefinitionError(
+                f"workflow(s) {', '.join(archiving)} archive trimmed results, but "
+                f"{type(store).__name__} keeps no archive; choose a store that does or drop "
+                "archive=True"
+            )
         self.store = store
         self.scheduler = scheduler
         self.globals = globals
@@ -323,6 +338,8 @@ class Dispatcher:
         started = time.perf_counter()
         new = await workflow.engine.execute_step(base, payload, self.globals)
         duration_ms = (time.perf_counter() - started) * 1000
+        if workflow.archive and node_id is not None:
+            await self._archive_trimmed(base, new, node_id)
         try:
             await self.store.save(new, expected_version=snapshot.version)
         except VersionConflict:
@@ -333,6 +350,18 @@ class Dispatcher:
         return self._result("stepped", message.run_id, new)
 
     # --- internals ---------------------------------------------------------------------------
+
+    async def _archive_trimmed(self, old: Snapshot, new: Snapshot, node_id: str) -> None:
+        # Archived before the save: a save that then loses its race leaves entries that the
+        # winner writes again identically (they are results both loaded, never the new one).
+        before = old.context.get(node_id, [])
+        appended = new.execution_count(node_id) - old.execution_count(node_id)
+        dropped = len(before) + appended - len(new.context.get(node_id, []))
+        trimmed = before[:dropped] if dropped > 0 else []
+        if trimmed:
+            first_index = old.execution_count(node_id) - len(before)
+            assert isinstance(self.store, ResultArchive)
+            await self.store.archive_results(old.run_id, node_id, first_index, trimmed)
 
     def _workflow_of(self, snapshot: Snapshot) -> Workflow:
         ref = snapshot.definition

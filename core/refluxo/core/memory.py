@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .errors import PayloadTooLarge, RunNotFound, VersionConflict
-from .model import DispatchMessage, Snapshot, now_ms
-from .ports import Scheduler, StateStore
+from .model import DispatchMessage, NodeResult, Snapshot, now_ms
+from .ports import ResultArchive, Scheduler, StateStore
 
 
-class MemoryStateStore(StateStore):
+class MemoryStateStore(StateStore, ResultArchive):
     """Keeps snapshots as JSON text in a dict; copies in and out so callers share nothing.
+
+    It also keeps the results a retention limit trims (:class:`ResultArchive`).
 
     Args:
         max_bytes: refuse snapshots whose JSON is larger (None: no limit).
@@ -24,6 +26,7 @@ class MemoryStateStore(StateStore):
     def __init__(self, *, max_bytes: int | None = None) -> None:
         self._runs: dict[str, str] = {}
         self._versions: dict[str, int] = {}
+        self._archive: dict[tuple[str, str], dict[int, str]] = {}
         self.max_bytes = max_bytes
 
     def _encode(self, snapshot: Snapshot) -> str:
@@ -55,6 +58,17 @@ class MemoryStateStore(StateStore):
             raise VersionConflict(run_id, expected_version, current)
         self._runs[run_id] = self._encode(snapshot)
         self._versions[run_id] = snapshot.version
+
+    async def archive_results(
+        self, run_id: str, node_id: str, first_index: int, results: Sequence[NodeResult]
+    ) -> None:
+        kept = self._archive.setdefault((run_id, node_id), {})
+        for offset, result in enumerate(results):
+            kept.setdefault(first_index + offset, result.to_json())
+
+    async def archived_results(self, run_id: str, node_id: str) -> list[NodeResult]:
+        kept = self._archive.get((run_id, node_id), {})
+        return [NodeResult.model_validate_json(kept[i]) for i in sorted(kept)]
 
     def run_ids(self) -> list[str]:
         """Every stored run id."""

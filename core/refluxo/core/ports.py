@@ -7,9 +7,10 @@ checker catches a missing method. Every adapter passes the contract suites in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .model import DispatchMessage, Snapshot
+from .model import DispatchMessage, NodeResult, Snapshot
 
 
 @runtime_checkable
@@ -81,5 +82,33 @@ class Scheduler(Protocol):
         Raises:
             ValueError: ``at`` is more than ``max_delay_ms`` from now.
             SchedulerError: the backend refused or failed; nothing may have been scheduled.
+        """
+        ...
+
+
+@runtime_checkable
+class ResultArchive(Protocol):
+    """Optional: a store that keeps the results a retention limit trims out of snapshots.
+
+    A workflow with ``retention=N, archive=True`` needs a store that implements this too.
+    """
+
+    async def archive_results(
+        self, run_id: str, node_id: str, first_index: int, results: Sequence[NodeResult]
+    ) -> None:
+        """Keep ``results`` as the results of ``node_id`` numbered from ``first_index`` (0-based).
+
+        Idempotent: an index that is kept already is left as it is.
+
+        Raises:
+            StoreError: the backend failed.
+        """
+        ...
+
+    async def archived_results(self, run_id: str, node_id: str) -> list[NodeResult]:
+        """Every kept result of ``node_id`` in ``run_id``, oldest first (empty when none).
+
+        Raises:
+            StoreError: the backend failed.
         """
         ...

@@ -30,9 +30,10 @@ end with no winner). With a precondition the first commit wins and the others fa
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -42,8 +43,8 @@ from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from pydantic import ValidationError
 
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
-from refluxo.core.model import Snapshot, Status
-from refluxo.core.ports import StateStore
+from refluxo.core.model import NodeResult, Snapshot, Status
+from refluxo.core.ports import ResultArchive, StateStore
 
 from ._errors import BACKEND_ERRORS, store_error
 
@@ -128,7 +129,7 @@ def document_size(path: str, fields: Mapping[str, Any]) -> int:
     return name + _value_size(dict(fields)) + 32
 
 
-class FirestoreStateStore(StateStore):
+class FirestoreStateStore(StateStore, ResultArchive):
     """Keeps each run in one Firestore document; see the module docstring for the layout.
 
     Args:
@@ -217,6 +218,50 @@ class FirestoreStateStore(StateStore):
             await self._explain_lost_write(run_id, expected_version, before, exc)
         except BACKEND_ERRORS as exc:
             raise store_error(exc, f"save run {run_id!r}") from exc
+
+    # --- the optional archive of trimmed results ----------------------------------------
+
+    def _results(self, run_id: str) -> Any:
+        doc_id = document_id(run_id)
+        if doc_id is None:
+            raise RunNotFound(run_id)
+        return self._collection.document(doc_id).collection("results")
+
+    async def archive_results(
+        self, run_id: str, node_id: str, first_index: int, results: Sequence[NodeResult]
+    ) -> None:
+        """Keep trimmed results in the run's ``results`` subcollection, one document each.
+
+        Document ids are ``<sha of the node id>-<index>``: writing one again writes the same
+        content (trimmed results are ones every racer loaded), so a plain ``set`` is idempotent.
+        """
+        results_ref = self._results(run_id)
+        node_key = hashlib.sha256(node_id.encode()).hexdigest()[:16]
+        batch = self._client.batch()
+        for offset, result in enumerate(results):
+            index = first_index + offset
+            batch.set(
+                results_ref.document(f"{node_key}-{index:012d}"),
+                {"node": node_id, "index": index, "result": result.to_json()},
+            )
+        try:
+            await batch.commit()
+        except BACKEND_ERRORS as exc:
+            raise store_error(exc, f"archive results of run {run_id!r}") from exc
+
+    async def archived_results(self, run_id: str, node_id: str) -> list[NodeResult]:
+        """Every archived result of ``node_id``, oldest first (an equality query: no index)."""
+        try:
+            docs = [
+                doc.to_dict() or {}
+                async for doc in self._results(run_id)
+                .where(filter=firestore.FieldFilter("node", "==", node_id))
+                .stream()
+            ]
+        except BACKEND_ERRORS as exc:
+            raise store_error(exc, f"read archived results of run {run_id!r}") from exc
+        docs.sort(key=lambda d: int(d["index"]))
+        return [NodeResult.model_validate_json(d["result"]) for d in docs]
 
     # --- beyond the port -------------------------------------------------------------------
 

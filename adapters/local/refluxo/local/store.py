@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
-from refluxo.core.model import Snapshot, now_ms
-from refluxo.core.ports import StateStore
+from refluxo.core.model import NodeResult, Snapshot, now_ms
+from refluxo.core.ports import ResultArchive, StateStore
 
 from ._sqlite import connect, translated
 
@@ -29,6 +29,13 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, updated_at);
 CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, updated_at);
+CREATE TABLE IF NOT EXISTS archived_results (
+    run_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    PRIMARY KEY (run_id, node_id, idx)
+) WITHOUT ROWID;
 """
 
 
@@ -51,7 +58,7 @@ class RunSummary:
     updated_at: int
 
 
-class SQLiteStateStore(StateStore):
+class SQLiteStateStore(StateStore, ResultArchive):
     """Stores each run as one row of a ``runs`` table: the snapshot's JSON plus a few columns.
 
     Several processes may share one file: creates are ``INSERT OR IGNORE`` and saves are
@@ -182,6 +189,32 @@ class SQLiteStateStore(StateStore):
         if row is None:
             raise RunNotFound(run_id)
         raise VersionConflict(run_id, expected_version, int(row[0]))
+
+    async def archive_results(
+        self, run_id: str, node_id: str, first_index: int, results: Sequence[NodeResult]
+    ) -> None:
+        """Keep results trimmed out of a snapshot (see :class:`ResultArchive`); idempotent."""
+        rows = [(run_id, node_id, first_index + i, r.to_json()) for i, r in enumerate(results)]
+        with self._lock, translated(StoreError, f"archive results of {run_id!r}"):
+            self._db().executemany(
+                "INSERT OR IGNORE INTO archived_results (run_id, node_id, idx, result)"
+                " VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+    async def archived_results(self, run_id: str, node_id: str) -> list[NodeResult]:
+        """Every archived result of ``node_id`` in ``run_id``, oldest first."""
+        with self._lock, translated(StoreError, f"read archived results of {run_id!r}"):
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT result FROM archived_results WHERE run_id = ? AND node_id = ?"
+                    " ORDER BY idx",
+                    (run_id, node_id),
+                )
+                .fetchall()
+            )
+        return [NodeResult.model_validate_json(row[0]) for row in rows]
 
     async def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 100

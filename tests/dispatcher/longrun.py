@@ -1,0 +1,63 @@
+"""A loop workflow that runs N iterations, and a driver that runs it through a dispatcher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from refluxo.core import Context, NodeDefinition, StepResult, Workflow
+from refluxo.core.dispatcher import Dispatcher
+from refluxo.core.memory import MemoryScheduler
+from refluxo.core.ports import StateStore
+
+
+async def tick(data: Any, context: Context, payload: Any, globals: Any) -> StepResult:
+    n = context.count("tick")  # how many times it ran before: retention-proof
+    done = n + 1 >= data["iterations"]
+    return StepResult(data={"i": n, "pad": "x" * 200}, next_handle="done" if done else "again")
+
+
+def loop_workflow(iterations: int, **options: Any) -> Workflow:
+    return Workflow(
+        "loop",
+        {
+            "nodes": [
+                {"id": "tick", "type": "tick", "data": {"iterations": iterations}},
+                {
+                    "id": "end",
+                    "type": "end",
+                    "data": {"ran": "{{ tick.count }}", "last": "{{ tick.last.data.i }}"},
+                },
+            ],
+            "edges": [
+                {"id": "again", "source": "tick", "target": "tick", "sourceHandle": "again"},
+                {"id": "done", "source": "tick", "target": "end", "sourceHandle": "done"},
+            ],
+        },
+        {
+            "tick": NodeDefinition(executor=tick),
+            "end": NodeDefinition(executor=lambda data, ctx, payload, g: data),
+        },
+        **options,
+    )
+
+
+async def run_loop(
+    store: StateStore, workflow: Workflow, run_id: str = "loop-1", *, every: int = 1
+) -> dict[int, int]:
+    """Run the loop to its end; return step -> stored snapshot's JSON size, every ``every``
+    steps (and at step 100, the baseline the flatness checks compare with)."""
+    scheduler = MemoryScheduler()
+    dispatcher = Dispatcher([workflow], store, scheduler)
+    await dispatcher.start(workflow.name, run_id=run_id)
+    sizes: dict[int, int] = {}
+    step = 0
+    while True:
+        due = scheduler.pop_due()
+        if not due:
+            return sizes
+        for message in due:
+            result = await dispatcher.dispatch(message)
+            assert result.outcome == "stepped", result
+            step += 1
+            if step % every == 0 or step == 100:
+                sizes[step] = len((await store.load(run_id)).to_json().encode())
