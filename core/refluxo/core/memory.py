@@ -78,8 +78,9 @@ class MemoryStateStore(StateStore, ResultArchive):
 class MemoryScheduler(Scheduler):
     """Holds messages in a heap ordered by due time; deduplicates by ``key``.
 
-    Nothing is delivered by itself: call :meth:`pop_due` (or :meth:`wait_due`) and hand the
-    messages to a dispatcher, as a worker loop would.
+    Nothing is delivered by itself: call :meth:`pop_due` and hand the messages to a
+    dispatcher, as a worker loop would. It remembers every key and every schedule call (in
+    :attr:`scheduled`, for assertions): meant for tests and short-lived processes.
     """
 
     def __init__(

@@ -46,7 +46,8 @@ class StateStore(Protocol):
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
         """Replace the stored run with ``snapshot`` if its stored version is ``expected_version``.
 
-        Of two saves that expect the same version, at most one succeeds.
+        Afterwards the stored version is ``snapshot.version``. Of two saves that expect the
+        same version, at most one succeeds.
 
         Raises:
             VersionConflict: the stored version is not ``expected_version``; nothing was written.
@@ -76,8 +77,9 @@ class Scheduler(Protocol):
         """Deliver ``message`` at epoch milliseconds ``at``, or as soon as possible when None.
 
         A time in the past means as soon as possible. Scheduling a message whose ``key`` was
-        scheduled before may be collapsed into one delivery (adapters that can, do: it is
-        how a duplicate step collapses); a scheduler that cannot deduplicate delivers both.
+        scheduled before, within the adapter's deduplication window, may be collapsed into one
+        delivery (adapters that can, do: it is how a duplicate step collapses); a scheduler
+        that cannot deduplicate delivers both.
 
         Raises:
             ValueError: ``at`` is more than ``max_delay_ms`` from now.

@@ -308,7 +308,8 @@ class SQLiteScheduler(Scheduler):
         """Deliver every message due now, one at a time, then return; for tests and scripts.
 
         Messages that handlers schedule for now are delivered too. A handler that raises is
-        treated as in :meth:`run` (retried later, so not again in this call).
+        treated as in :meth:`run` (retried later, so not again in this call). If ``drain`` is
+        interrupted mid-delivery, that message stays leased until ``lease_ms`` has passed.
 
         Args:
             handler: what each message is delivered to.
@@ -368,7 +369,8 @@ class SQLiteScheduler(Scheduler):
             if loop is current:
                 event.set()
             else:  # A worker on another thread's loop: asyncio.Event is not thread-safe.
-                loop.call_soon_threadsafe(event.set)
+                with contextlib.suppress(RuntimeError):  # That loop closed meanwhile.
+                    loop.call_soon_threadsafe(event.set)
 
     def _backoff_ms(self, attempts: int) -> int:
         return int(min(self.retry_base_ms * 2 ** (attempts - 1), self.retry_max_ms))
@@ -398,7 +400,11 @@ class SQLiteScheduler(Scheduler):
                 [(now, key) for key in dead],
             )
             for key in dead:
-                logger.error("dead-lettered %s: its lease expired %d times", key, self.max_attempts)
+                logger.error(
+                    "dead-lettered %s after %d attempts: its lease expired (worker died or hung)",
+                    key,
+                    self.max_attempts,
+                )
             db.executemany(
                 "UPDATE messages SET state = 'pending', attempts = attempts + 1,"
                 " lease_until = NULL, lease_token = NULL,"
