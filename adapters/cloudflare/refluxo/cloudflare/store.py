@@ -1,0 +1,470 @@
+"""The :class:`StateStore` on Cloudflare: :class:`D1StateStore` (strict) and :class:`KVStateStore`.
+
+Use D1 unless you have a reason not to. D1 is SQLite: ``save`` is one conditional ``UPDATE``
+and ``create`` one ``INSERT ... ON CONFLICT DO NOTHING``, both atomic, so of two writers
+exactly one wins, as the port promises. Workers KV has no conditional write at all; the KV
+store does the most KV allows and says below what that leaves open.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
+from refluxo.core.model import NodeResult, Snapshot, now_ms
+from refluxo.core.ports import ResultArchive, StateStore
+
+from ._bindings import D1Database, KVNamespace
+from ._errors import describe, store_error
+
+__all__ = [
+    "D1_MAX_ROW_BYTES",
+    "D1_SCHEMA",
+    "DEFAULT_D1_MAX_BYTES",
+    "KV_MAX_KEY_BYTES",
+    "KV_MAX_VALUE_BYTES",
+    "D1StateStore",
+    "KVStateStore",
+]
+
+KV_MAX_VALUE_BYTES = 25 * 1024 * 1024
+"""Workers KV's limit on a value (25 MiB)."""
+
+KV_MAX_KEY_BYTES = 512
+"""Workers KV's limit on a key, in bytes of UTF-8."""
+
+D1_MAX_ROW_BYTES = 1_000_000
+"""D1's limit on a string, a BLOB and a whole row (1,000,000 bytes, per D1's limits page)."""
+
+DEFAULT_D1_MAX_BYTES = D1_MAX_ROW_BYTES - 1024
+"""The default limit on a snapshot's JSON in D1: a row's limit less room for the other columns
+(the whole row is checked as well)."""
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj[name]`` for a dict (what the SDK makes of a JS object) or ``obj.name``; else None."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _parse(run_id: str, raw: Any, where: str) -> Snapshot:
+    if isinstance(raw, bytes | bytearray | memoryview):
+        raw = bytes(raw).decode("utf-8")
+    if not isinstance(raw, str):
+        raise StoreError(
+            f"{where} holds a {type(raw).__name__} for run {run_id!r}, not snapshot JSON",
+            transient=False,
+        )
+    try:
+        return Snapshot.from_json(raw)
+    except ValidationError as exc:
+        raise StoreError(
+            f"{where}: the stored snapshot of run {run_id!r} is not valid: {exc}", transient=False
+        ) from exc
+
+
+def _encoded(snapshot: Snapshot, limit: int) -> str:
+    raw = snapshot.to_json()
+    size = len(raw.encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLarge(f"snapshot of run {snapshot.workflow_id!r}", size, limit)
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Workers KV
+# --------------------------------------------------------------------------------------------
+
+
+class KVStateStore(StateStore):
+    """Keeps each run as one Workers KV value; read, check, write, and check again.
+
+    Layout: key ``prefix + run_id``; value the snapshot's JSON text; KV metadata
+    ``{"version": N, "writer": W}``, where ``W`` is a random token fresh for every write.
+
+    * ``create`` reads the key and writes only if it is absent.
+    * ``save`` reads the stored version (from the metadata) and writes only if it is
+      ``expected_version``.
+    * After writing, both read the key again: if the metadata carries another writer's
+      token, a concurrent writer got in between and won; ``create`` then answers False and
+      ``save`` raises :class:`VersionConflict`, so the loser drops its step, as on a store
+      with compare-and-set.
+
+    What it cannot guarantee, because KV has no compare-and-set and is eventually consistent:
+
+    * **Lost updates between concurrent writers.** The check and the write are two calls.
+      Two writers that both read before either writes both write, and if each re-reads its
+      own value before the other's write lands, both believe they won: the later write
+      silently replaces the earlier one (a step's result, or an event added to the inbox, is
+      lost). The re-read narrows this window; it does not close it. Its contract tests
+      therefore declare no ``atomic_compare_and_set``.
+    * **Stale reads across locations.** A write is visible at once where it was made, but
+      other Cloudflare locations may keep serving the previous value for up to 60 seconds
+      (KV's cache). An invocation in another location can load an old version, and even
+      pass the version check against that stale copy and overwrite a newer run.
+    * **One write per second per key.** KV refuses faster writes to one key with 429; that
+      surfaces as a transient :class:`StoreError` and the queue consumer retries with backoff.
+      Steps of one run closer than a second apart are therefore slowed down, not lost.
+
+    Good enough for runs that only one invocation drives at a time from one location, and for
+    trying things out; use :class:`D1StateStore` when correctness under concurrency matters.
+
+    Args:
+        namespace: the KV namespace binding (``env.STATE``).
+        prefix: put before every run id to make the key; lets several deployments share a
+            namespace.
+        max_bytes: refuse snapshots whose JSON is larger (at most KV's 25 MiB value limit).
+
+    ``create`` raises ValueError for a run id whose key would pass KV's 512-byte limit;
+    ``load`` and ``save`` answer RunNotFound for one, since no such run can exist.
+    """
+
+    def __init__(
+        self,
+        namespace: KVNamespace,
+        *,
+        prefix: str = "run:",
+        max_bytes: int = KV_MAX_VALUE_BYTES,
+    ) -> None:
+        if not 0 < max_bytes <= KV_MAX_VALUE_BYTES:
+            raise ValueError(
+                f"max_bytes must be between 1 and {KV_MAX_VALUE_BYTES} (KV's value limit), "
+                f"got {max_bytes}"
+            )
+        self._kv = namespace
+        self.prefix = prefix
+        self.max_bytes = max_bytes
+
+    # --- the port --------------------------------------------------------------------------
+
+    async def create(self, snapshot: Snapshot) -> bool:
+        run_id = snapshot.workflow_id
+        key = self._key(run_id)
+        if key is None:
+            raise ValueError(
+                f"cannot store run id {run_id!r}: with the prefix {self.prefix!r} its KV key "
+                f"would be empty or over {KV_MAX_KEY_BYTES} bytes"
+            )
+        raw = _encoded(snapshot, self.max_bytes)
+        existing = await self._call(self._kv.get(key), f"read run {run_id!r} before creating it")
+        if existing is not None:
+            return False
+        token = await self._write(key, raw, snapshot, f"create run {run_id!r}")
+        writer, _ = await self._writer(key, run_id)
+        return writer == token
+
+    async def load(self, run_id: str) -> Snapshot:
+        key = self._key(run_id)
+        if key is None:
+            raise RunNotFound(run_id)
+        raw = await self._call(self._kv.get(key, type="text"), f"load run {run_id!r}")
+        if raw is None:
+            raise RunNotFound(run_id)
+        return _parse(run_id, raw, f"KV key {key!r}")
+
+    async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
+        run_id = snapshot.workflow_id
+        key = self._key(run_id)
+        if key is None:
+            raise RunNotFound(run_id)
+        raw = _encoded(snapshot, self.max_bytes)
+        found = await self._call(
+            self._kv.getWithMetadata(key, type="text"), f"read run {run_id!r} before saving it"
+        )
+        value = _field(found, "value")
+        if value is None:
+            raise RunNotFound(run_id)
+        stored = _version_of(_field(found, "metadata"), value)
+        if stored != expected_version:
+            raise VersionConflict(run_id, expected_version, stored)
+        token = await self._write(key, raw, snapshot, f"save run {run_id!r}")
+        writer, version = await self._writer(key, run_id)
+        if writer != token:
+            # Another writer passed the same check and wrote after us: its snapshot stands.
+            raise VersionConflict(run_id, expected_version, version)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _key(self, run_id: str) -> str | None:
+        key = self.prefix + run_id
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:  # lone surrogates
+            return None
+        if not run_id or size > KV_MAX_KEY_BYTES or key in (".", ".."):
+            return None
+        return key
+
+    async def _write(self, key: str, raw: str, snapshot: Snapshot, doing: str) -> str:
+        token = uuid.uuid4().hex
+        metadata = {"version": snapshot.version, "writer": token}
+        await self._call(self._kv.put(key, raw, metadata=metadata), doing)
+        return token
+
+    async def _writer(self, key: str, run_id: str) -> tuple[str | None, int | None]:
+        """The writer token and version the key holds now (read back after a write)."""
+        found = await self._call(
+            self._kv.getWithMetadata(key, type="text"), f"read run {run_id!r} back after writing"
+        )
+        value = _field(found, "value")
+        if value is None:  # deleted meanwhile
+            return None, None
+        metadata = _field(found, "metadata")
+        writer = _field(metadata, "writer")
+        return (writer if isinstance(writer, str) else None), _version_of(metadata, value)
+
+    @staticmethod
+    async def _call(pending: Awaitable[Any], doing: str) -> Any:
+        try:
+            return await pending
+        except Exception as exc:
+            raise store_error(exc, "Workers KV", doing) from exc
+
+
+def _version_of(metadata: Any, value: Any) -> int | None:
+    """The stored version: from the metadata, or from the JSON when the metadata lacks it."""
+    version = _field(metadata, "version")
+    if isinstance(version, int) and not isinstance(version, bool):
+        return version
+    if isinstance(version, float) and version.is_integer():  # JS numbers may come back so
+        return int(version)
+    if isinstance(value, str):
+        try:
+            version = json.loads(value).get("version")
+        except (ValueError, AttributeError):
+            return None
+        if isinstance(version, int) and not isinstance(version, bool):
+            return version
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# D1
+# --------------------------------------------------------------------------------------------
+
+D1_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS {table} (
+    id TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    workflow TEXT,
+    snapshot TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status, updated_at)",
+    """CREATE TABLE IF NOT EXISTS {table}_results (
+    run_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    PRIMARY KEY (run_id, node_id, idx)
+) WITHOUT ROWID""",
+)
+"""The statements that create the runs table and its results archive (``{table}`` is the
+runs table's name); idempotent."""
+
+# Statements per D1 batch when archiving: one round trip each, well under D1's limits.
+_ARCHIVE_BATCH = 50
+
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,55}")
+_NO_TABLE = re.compile(r"no such table", re.IGNORECASE)
+
+
+class D1StateStore(StateStore, ResultArchive):
+    """Keeps each run as one row of a D1 (SQLite) table; every write is one atomic statement.
+
+    The table (``refluxo_runs`` by default; created on first use, or ahead of time with
+    :meth:`ensure_schema`)::
+
+        id          TEXT PRIMARY KEY   the run id (case-sensitive)
+        version     INTEGER            the snapshot's version: the locking column
+        status      TEXT               the snapshot's status          (indexed with updated_at)
+        workflow    TEXT NULL          snapshot.definition.name
+        snapshot    TEXT               the whole snapshot as JSON text
+        updated_at  INTEGER            epoch milliseconds of the last write
+
+    * ``create``: ``INSERT ... ON CONFLICT (id) DO NOTHING``; ``meta.changes`` says whether
+      the row was inserted.
+    * ``save``: ``UPDATE ... WHERE id = ?6 AND version = ?7``; zero changed rows means the
+      version moved on (VersionConflict) or the run does not exist (RunNotFound), which one
+      read then tells apart.
+
+    SQLite runs each statement atomically, so of concurrent writers exactly one wins: this
+    store passes the whole StateStore contract, concurrency included.
+
+    It also keeps the results a retention limit trims out of snapshots
+    (:class:`~refluxo.core.ports.ResultArchive`), one row each in ``<table>_results``
+    (``run_id``, ``node_id``, ``idx``, ``result`` JSON; inserted ``ON CONFLICT DO NOTHING``).
+
+    Args:
+        database: the D1 binding (``env.DB``).
+        table: the table's name (letters, digits, ``_``).
+        max_bytes: refuse snapshots whose JSON is larger; at most D1's row limit
+            (1,000,000 bytes), which is checked for the whole row as well.
+        clock: epoch milliseconds, for ``updated_at``.
+    """
+
+    def __init__(
+        self,
+        database: D1Database,
+        *,
+        table: str = "refluxo_runs",
+        max_bytes: int = DEFAULT_D1_MAX_BYTES,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        if not _TABLE_NAME.fullmatch(table):
+            raise ValueError(f"invalid D1 table name {table!r}: letters, digits and '_'")
+        if not 0 < max_bytes <= D1_MAX_ROW_BYTES:
+            raise ValueError(
+                f"max_bytes must be between 1 and {D1_MAX_ROW_BYTES} (D1's row limit), "
+                f"got {max_bytes}"
+            )
+        self._db = database
+        self.table = table
+        self.max_bytes = max_bytes
+        self._clock = clock
+        t = table
+        self._insert = (
+            f"INSERT INTO {t} (id, version, status, workflow, snapshot, updated_at) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING"
+        )
+        self._select = f"SELECT snapshot FROM {t} WHERE id = ?1"
+        self._select_version = f"SELECT version FROM {t} WHERE id = ?1"
+        self._update = (
+            f"UPDATE {t} SET version = ?1, status = ?2, workflow = ?3, snapshot = ?4, "
+            "updated_at = ?5 WHERE id = ?6 AND version = ?7"
+        )
+        self._archive = (
+            f"INSERT INTO {t}_results (run_id, node_id, idx, result) VALUES (?1, ?2, ?3, ?4) "
+            "ON CONFLICT DO NOTHING"
+        )
+        self._archived = (
+            f"SELECT result FROM {t}_results WHERE run_id = ?1 AND node_id = ?2 ORDER BY idx"
+        )
+
+    async def ensure_schema(self) -> None:
+        """Create the table and its index if they do not exist (safe to call any time).
+
+        Raises:
+            StoreError: D1 failed.
+        """
+        statements = [self._db.prepare(sql.format(table=self.table)) for sql in D1_SCHEMA]
+        try:
+            await self._db.batch(statements)
+        except Exception as exc:
+            raise store_error(exc, "D1", f"create table {self.table!r}") from exc
+
+    # --- the port --------------------------------------------------------------------------
+
+    async def create(self, snapshot: Snapshot) -> bool:
+        run_id = snapshot.workflow_id
+        args = self._row(snapshot)
+        result = await self._run(
+            lambda: self._db.prepare(self._insert).bind(*args).run(), f"create run {run_id!r}"
+        )
+        return _changes(result, run_id) == 1
+
+    async def load(self, run_id: str) -> Snapshot:
+        row = await self._run(
+            lambda: self._db.prepare(self._select).bind(run_id).first(), f"load run {run_id!r}"
+        )
+        if row is None:
+            raise RunNotFound(run_id)
+        return _parse(run_id, _field(row, "snapshot"), f"D1 table {self.table!r}")
+
+    async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
+        run_id = snapshot.workflow_id
+        args = self._row(snapshot)
+        update = (*args[1:], run_id, expected_version)
+        result = await self._run(
+            lambda: self._db.prepare(self._update).bind(*update).run(), f"save run {run_id!r}"
+        )
+        if _changes(result, run_id) == 1:
+            return
+        row = await self._run(
+            lambda: self._db.prepare(self._select_version).bind(run_id).first(),
+            f"read run {run_id!r} after a refused save",
+        )
+        if row is None:
+            raise RunNotFound(run_id)
+        actual = _field(row, "version")
+        raise VersionConflict(run_id, expected_version, actual if isinstance(actual, int) else None)
+
+    # --- ResultArchive ---------------------------------------------------------------------
+
+    async def archive_results(
+        self, run_id: str, node_id: str, first_index: int, results: Sequence[NodeResult]
+    ) -> None:
+        """Keep results trimmed out of a snapshot; an index kept already is left as it is."""
+        rows = [(run_id, node_id, first_index + i, r.to_json()) for i, r in enumerate(results)]
+        for start in range(0, len(rows), _ARCHIVE_BATCH):
+            chunk = rows[start : start + _ARCHIVE_BATCH]
+
+            def batch(chunk: list[tuple[Any, ...]] = chunk) -> Awaitable[Any]:
+                insert = self._db.prepare(self._archive)
+                return self._db.batch([insert.bind(*row) for row in chunk])
+
+            await self._run(batch, f"archive results of run {run_id!r}")
+
+    async def archived_results(self, run_id: str, node_id: str) -> list[NodeResult]:
+        """Every archived result of ``node_id`` in ``run_id``, oldest first."""
+        found = await self._run(
+            lambda: self._db.prepare(self._archived).bind(run_id, node_id).all(),
+            f"read archived results of run {run_id!r}",
+        )
+        try:
+            return [
+                NodeResult.model_validate_json(_field(row, "result"))
+                for row in _field(found, "results") or []
+            ]
+        except ValidationError as exc:
+            raise StoreError(
+                f"D1 table {self.table}_results holds an invalid result of run {run_id!r}: {exc}",
+                transient=False,
+            ) from exc
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _row(self, snapshot: Snapshot) -> tuple[Any, ...]:
+        """(id, version, status, workflow, snapshot, updated_at); PayloadTooLarge if too big."""
+        raw = _encoded(snapshot, self.max_bytes)
+        workflow = snapshot.definition.name if snapshot.definition is not None else None
+        row = (snapshot.workflow_id, snapshot.version, snapshot.status, workflow, raw)
+        size = sum(len(v.encode("utf-8")) for v in row if isinstance(v, str)) + 16
+        if size > D1_MAX_ROW_BYTES:
+            raise PayloadTooLarge(f"D1 row of run {snapshot.workflow_id!r}", size, D1_MAX_ROW_BYTES)
+        return (*row, self._clock())
+
+    async def _run(self, call: Callable[[], Awaitable[Any]], doing: str) -> Any:
+        """Run a statement; when the table is missing, create it and run the statement again."""
+        try:
+            return await call()
+        except Exception as exc:
+            if not _NO_TABLE.search(describe(exc)):
+                raise store_error(exc, "D1", doing) from exc
+        await self.ensure_schema()
+        try:
+            return await call()
+        except Exception as exc:
+            raise store_error(exc, "D1", doing) from exc
+
+
+def _changes(result: Any, run_id: str) -> int:
+    changes = _field(_field(result, "meta"), "changes")
+    if isinstance(changes, float) and changes.is_integer():
+        changes = int(changes)
+    if not isinstance(changes, int):
+        raise StoreError(
+            f"D1 answered no meta.changes for a write to run {run_id!r}: {result!r}",
+            transient=False,
+        )
+    return changes

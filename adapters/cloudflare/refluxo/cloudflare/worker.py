@@ -1,0 +1,457 @@
+"""The Worker's composition root and handlers: HTTP API on ``fetch``, steps on ``queue``.
+
+A Worker's main module only delegates (``deploy/cloudflare/entry.py``)::
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            return await worker.fetch(request, self.env)
+
+        async def queue(self, batch):
+            await worker.queue(batch, self.env)
+
+Configuration comes from the Worker's vars and secrets (``REFLUXO_`` prefix):
+
+=============================  ===========================================================
+``REFLUXO_APP``                the workflows, ``module`` or ``module:attribute`` (required)
+``REFLUXO_STORE``              ``d1`` (default: strictly consistent) or ``kv`` (see
+                               :class:`~refluxo.cloudflare.store.KVStateStore`'s limits)
+``REFLUXO_D1_BINDING``         the D1 binding's name (default ``DB``)
+``REFLUXO_D1_TABLE``           the runs table (default ``refluxo_runs``)
+``REFLUXO_KV_BINDING``         the KV binding's name (default ``STATE``)
+``REFLUXO_KV_PREFIX``          the runs' key prefix (default ``run:``)
+``REFLUXO_QUEUE_BINDING``      the Queues producer binding (default ``STEPS``); this Worker
+                               must also be that queue's consumer
+``REFLUXO_API_TOKEN``          a secret: when set, the API requires ``Bearer`` it
+``REFLUXO_GLOBALS``            JSON object passed to executors as ``globals`` (a secret)
+``REFLUXO_MAX_BODY_BYTES``     request body limit (default 262144)
+``REFLUXO_RETRY_BASE_SECONDS`` first queue redelivery delay after a transient failure (1)
+``REFLUXO_RETRY_MAX_SECONDS``  longest redelivery delay (300)
+``REFLUXO_LOG_LEVEL``          ``DEBUG``, ``INFO`` (default), ``WARNING``, ``ERROR``
+=============================  ===========================================================
+
+``/_dispatch`` is refused (403): on Cloudflare steps arrive through the queue consumer only.
+
+How a queue message ends:
+
+========================================================  ====================================
+the dispatcher handled it (any outcome: stepped, stale,   ``ack()``
+early, waiting, finished, unknown run, refused...)
+its body is not a DispatchMessage                         ``ack()``, logged as an error: it
+                                                          could never succeed
+a transient BackendError (KV 429, D1 reset, ...)          ``retry(delaySeconds=base * 2 **
+                                                          (attempts - 1))``, capped
+any other failure (a permanent backend error, a bug)      ``retry(delaySeconds=max)``, logged
+                                                          with its traceback; after the
+                                                          queue's ``max_retries`` the message
+                                                          goes to its dead-letter queue
+========================================================  ====================================
+
+Nothing here imports ``workers`` or ``js`` at import time; ``fetch`` imports
+``workers.Response`` when it answers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from refluxo.core import BackendError, Dispatcher, Workflow
+from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, HttpApi, HttpRequest, HttpResponse
+from refluxo.core.logs import JsonFormatter
+from refluxo.core.model import DispatchMessage
+from refluxo.core.ports import StateStore
+
+from .scheduler import MAX_DELAY_SECONDS, QueuesScheduler
+from .store import D1StateStore, KVStateStore
+
+__all__ = [
+    "ConfigurationError",
+    "RefluxoWorker",
+    "WorkerSettings",
+    "decode_message",
+    "fetch",
+    "load_app",
+    "queue",
+    "to_http_request",
+    "to_workers_response",
+]
+
+logger = logging.getLogger("refluxo.cloudflare")
+
+Decision = Literal["ack", "retry"]
+
+
+class ConfigurationError(ValueError):
+    """A var or binding is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything the Worker needs; see the module docstring for the vars."""
+
+    app: str
+    store: Literal["d1", "kv"] = "d1"
+    d1_binding: str = "DB"
+    d1_table: str = "refluxo_runs"
+    kv_binding: str = "STATE"
+    kv_prefix: str = "run:"
+    queue_binding: str = "STEPS"
+    api_token: str | None = None
+    globals: Any = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    retry_base_seconds: int = 1
+    retry_max_seconds: int = 300
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Any) -> WorkerSettings:
+        """Read the ``REFLUXO_*`` vars and secrets of a Worker's ``env``."""
+
+        def var(name: str) -> str | None:
+            value = getattr(env, name, None)
+            if value is None or value == "":
+                return None
+            if not isinstance(value, str):
+                raise ConfigurationError(f"{name} must be a plain-text var or secret")
+            return value
+
+        def number(name: str, default: int, low: int, high: int) -> int:
+            raw = var(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+            if not low <= value <= high:
+                raise ConfigurationError(f"{name} must be between {low} and {high}, got {value}")
+            return value
+
+        app = var("REFLUXO_APP")
+        if app is None:
+            raise ConfigurationError("REFLUXO_APP is not set (the workflows' module)")
+        store = (var("REFLUXO_STORE") or "d1").lower()
+        if store not in ("d1", "kv"):
+            raise ConfigurationError(f"REFLUXO_STORE must be 'd1' or 'kv', got {store!r}")
+        raw_globals = var("REFLUXO_GLOBALS")
+        try:
+            globals_ = json.loads(raw_globals) if raw_globals else None
+        except ValueError as exc:
+            raise ConfigurationError(f"REFLUXO_GLOBALS is not valid JSON: {exc}") from None
+        level = (var("REFLUXO_LOG_LEVEL") or "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigurationError(f"REFLUXO_LOG_LEVEL {level!r} is not a log level")
+        return cls(
+            app=app,
+            store="kv" if store == "kv" else "d1",
+            d1_binding=var("REFLUXO_D1_BINDING") or "DB",
+            d1_table=var("REFLUXO_D1_TABLE") or "refluxo_runs",
+            kv_binding=var("REFLUXO_KV_BINDING") or "STATE",
+            kv_prefix=var("REFLUXO_KV_PREFIX") or "run:",
+            queue_binding=var("REFLUXO_QUEUE_BINDING") or "STEPS",
+            api_token=var("REFLUXO_API_TOKEN"),
+            globals=globals_,
+            max_body_bytes=number(
+                "REFLUXO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1, 100 * 1024 * 1024
+            ),
+            retry_base_seconds=number("REFLUXO_RETRY_BASE_SECONDS", 1, 0, MAX_DELAY_SECONDS),
+            retry_max_seconds=number("REFLUXO_RETRY_MAX_SECONDS", 300, 0, MAX_DELAY_SECONDS),
+            log_level=level,
+        )
+
+
+_APPS: dict[str, list[Workflow]] = {}
+"""Loaded workflows by app spec: built once per isolate, not once per request."""
+
+_logging_level: str | None = None
+
+
+def configure_worker_logging(level: str) -> None:
+    """JSON lines for Workers Logs: below WARNING on stdout, the rest on stderr.
+
+    A Python Worker's stdout becomes ``console.log`` and its stderr ``console.error``, so
+    the split gives each line its level in Cloudflare's log viewers. Idempotent.
+    """
+    root = logging.getLogger("refluxo")
+    root.setLevel(getattr(logging, level))
+    for handler in list(root.handlers):
+        if getattr(handler, "_refluxo", False):
+            root.removeHandler(handler)
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(JsonFormatter())
+        handler._refluxo = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.propagate = False
+
+
+def load_app(spec: str) -> list[Workflow]:
+    """The workflows named by ``module`` or ``module:attribute`` (default ``workflows``)."""
+    if spec in _APPS:
+        return _APPS[spec]
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"REFLUXO_APP {spec!r}: cannot import it: {exc}") from exc
+    target: Any = getattr(module, attr or "workflows", None)
+    if callable(target) and not isinstance(target, Workflow):
+        target = target()
+    found = [target] if isinstance(target, Workflow) else list(target or [])
+    if not found or not all(isinstance(w, Workflow) for w in found):
+        raise ConfigurationError(f"REFLUXO_APP {spec!r} does not name a Workflow or a list of them")
+    _APPS[spec] = found
+    return found
+
+
+def _binding(env: Any, name: str, what: str) -> Any:
+    binding = getattr(env, name, None)
+    if binding is None:
+        raise ConfigurationError(f"the Worker has no {what} binding named {name!r}")
+    return binding
+
+
+def decode_message(body: Any) -> DispatchMessage:
+    """The DispatchMessage in a queue message body (an object, or JSON text or bytes).
+
+    Raises:
+        ValueError: the body is not a DispatchMessage.
+    """
+    if hasattr(body, "to_py"):  # a JS value the SDK left unconverted
+        body = body.to_py()
+    try:
+        if isinstance(body, str | bytes | bytearray):
+            return DispatchMessage.model_validate_json(body)
+        if isinstance(body, Mapping):
+            return DispatchMessage.model_validate(dict(body))
+    except ValidationError as exc:
+        raise ValueError(f"not a dispatch message: {exc}") from None
+    raise ValueError(f"not a dispatch message: a {type(body).__name__} body")
+
+
+async def to_http_request(request: Any, max_body_bytes: int) -> HttpRequest | HttpResponse:
+    """Convert a ``workers.Request``; a 413 answer instead when Content-Length is over the limit.
+
+    The body is not read when its declared length is over the limit (or for GET and HEAD).
+    """
+    method = str(getattr(request.method, "value", request.method)).upper()
+    url = urlsplit(str(request.url))
+    path = url.path + (f"?{url.query}" if url.query else "")
+    headers = {str(k): str(v) for k, v in request.headers.items()}
+    length = next((v for k, v in headers.items() if k.lower() == "content-length"), None)
+    if length is not None and length.strip().isdigit() and int(length) > max_body_bytes:
+        return HttpResponse.json(
+            413,
+            {
+                "error": {
+                    "code": "payload_too_large",
+                    "message": f"the body is {int(length)} bytes, over the limit of "
+                    f"{max_body_bytes}",
+                }
+            },
+        )
+    body = b"" if method in ("GET", "HEAD") else bytes(await request.bytes())
+    return HttpRequest(method=method, path=path, body=body, headers=headers)
+
+
+def to_workers_response(response: HttpResponse) -> Any:
+    """A ``workers.Response`` for an :class:`HttpResponse`."""
+    # Imported here: the module exists only inside the Python Workers runtime.
+    workers = importlib.import_module("workers")
+    return workers.Response(response.body, status=response.status, headers=dict(response.headers))
+
+
+class RefluxoWorker:
+    """The dispatcher and HTTP API of one Worker invocation, and its two handlers.
+
+    Build it with :meth:`from_env` in each handler; the loaded workflows are cached per
+    isolate, the rest is a few small objects around the bindings.
+
+    Args:
+        dispatcher: the dispatcher the handlers drive.
+        settings: the configuration (body limit, redelivery backoff).
+    """
+
+    def __init__(self, dispatcher: Dispatcher, settings: WorkerSettings) -> None:
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.api = HttpApi(
+            dispatcher,
+            api_token=settings.api_token,
+            dispatch_auth=None,
+            max_body_bytes=settings.max_body_bytes,
+        )
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Any,
+        *,
+        settings: WorkerSettings | None = None,
+        workflows: Iterable[Workflow] | None = None,
+    ) -> RefluxoWorker:
+        """The composition root: settings from ``env``'s vars, adapters from its bindings.
+
+        Args:
+            env: the Worker's ``env`` (``self.env`` of the entrypoint).
+            settings: the settings, when already read from ``env``.
+            workflows: the workflows to host, instead of loading ``REFLUXO_APP``.
+
+        Raises:
+            ConfigurationError: a var is malformed, a binding or the app is missing, or the
+                workflows need what the chosen store lacks.
+        """
+        settings = settings or WorkerSettings.from_env(env)
+        hosted = list(workflows) if workflows is not None else load_app(settings.app)
+        try:
+            store: StateStore
+            if settings.store == "kv":
+                store = KVStateStore(
+                    _binding(env, settings.kv_binding, "KV namespace"), prefix=settings.kv_prefix
+                )
+            else:
+                store = D1StateStore(
+                    _binding(env, settings.d1_binding, "D1 database"), table=settings.d1_table
+                )
+            scheduler = QueuesScheduler(_binding(env, settings.queue_binding, "queue producer"))
+            dispatcher = Dispatcher(hosted, store, scheduler, globals=settings.globals)
+        except ConfigurationError:
+            raise
+        except ValueError as exc:  # a bad table name; archiving workflows on KV
+            raise ConfigurationError(str(exc)) from exc
+        return cls(dispatcher, settings)
+
+    # --- fetch -----------------------------------------------------------------------------
+
+    async def fetch(self, request: Any) -> Any:
+        """Answer a ``workers.Request`` with a ``workers.Response``."""
+        converted = await to_http_request(request, self.settings.max_body_bytes)
+        if isinstance(converted, HttpResponse):
+            return to_workers_response(converted)
+        return to_workers_response(await self.api.handle(converted))
+
+    # --- queue -----------------------------------------------------------------------------
+
+    async def queue(self, batch: Any) -> None:
+        """Handle a batch from the steps queue: one dispatch per message, each acked or retried.
+
+        Messages are handled one after the other, so two deliveries of one run in a batch do
+        not race each other.
+        """
+        for message in batch.messages:
+            await self.handle_message(message)
+
+    def backoff_seconds(self, attempts: int, *, transient: bool) -> int:
+        """The redelivery delay after a failed attempt (``attempts`` counts from 1)."""
+        cap = self.settings.retry_max_seconds
+        if not transient:
+            return cap
+        exponent = min(max(attempts, 1) - 1, 30)
+        return min(self.settings.retry_base_seconds * (1 << exponent), cap)
+
+    async def handle_message(self, message: Any) -> Decision:
+        """Dispatch one queue message, then ``ack()`` or ``retry()`` it; returns which."""
+        attempts = _attempts(message)
+        fields: dict[str, Any] = {
+            "messageId": str(getattr(message, "id", "")),
+            "attempts": attempts,
+        }
+        try:
+            dispatch_message = decode_message(message.body)
+        except ValueError as exc:
+            logger.error("dropped a malformed queue message: %s", exc, extra={"refluxo": fields})
+            message.ack()
+            return "ack"
+        fields.update(run=dispatch_message.run_id, version=dispatch_message.version)
+        try:
+            result = await self.dispatcher.dispatch(dispatch_message)
+        except BackendError as exc:
+            delay = self.backoff_seconds(attempts, transient=exc.transient)
+            level = logging.WARNING if exc.transient else logging.ERROR
+            logger.log(
+                level,
+                "delivery %s failed (%s), redelivered in %s s: %s",
+                dispatch_message.key,
+                "transient" if exc.transient else "permanent",
+                delay,
+                exc,
+                extra={"refluxo": {**fields, "retryInSeconds": delay}},
+            )
+            message.retry(delaySeconds=delay)
+            return "retry"
+        except Exception:
+            delay = self.backoff_seconds(attempts, transient=False)
+            logger.exception(
+                "delivery %s raised, redelivered in %s s",
+                dispatch_message.key,
+                delay,
+                extra={"refluxo": {**fields, "retryInSeconds": delay}},
+            )
+            message.retry(delaySeconds=delay)
+            return "retry"
+        if result.outcome != "stepped":  # a step is logged by the dispatcher itself
+            logger.info(
+                "delivery %s: %s",
+                dispatch_message.key,
+                result.outcome,
+                extra={"refluxo": {**fields, "outcome": result.outcome, "status": result.status}},
+            )
+        message.ack()
+        return "ack"
+
+
+def _attempts(message: Any) -> int:
+    attempts = getattr(message, "attempts", 1)
+    try:
+        return max(int(attempts), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _worker(env: Any) -> RefluxoWorker:
+    """The Worker of one invocation; sets up the JSON logs on first use in the isolate."""
+    global _logging_level
+    settings = WorkerSettings.from_env(env)
+    if _logging_level != settings.log_level:
+        configure_worker_logging(settings.log_level)
+        _logging_level = settings.log_level
+    return RefluxoWorker.from_env(env, settings=settings)
+
+
+async def fetch(request: Any, env: Any) -> Any:
+    """A Worker's ``fetch`` handler: build the Worker from ``env`` and answer ``request``.
+
+    A configuration error is logged and answered with a JSON 500 naming no secret.
+    """
+    try:
+        worker = _worker(env)
+    except ConfigurationError as exc:
+        logging.getLogger("refluxo.cloudflare").error("misconfigured Worker: %s", exc)
+        return to_workers_response(
+            HttpResponse.json(500, {"error": {"code": "misconfigured", "message": str(exc)}})
+        )
+    return await worker.fetch(request)
+
+
+async def queue(batch: Any, env: Any) -> None:
+    """A Worker's ``queue`` handler: build the Worker from ``env`` and handle ``batch``.
+
+    A configuration error is logged and raised, so the platform delivers the batch again.
+    """
+    try:
+        worker = _worker(env)
+    except ConfigurationError as exc:
+        logging.getLogger("refluxo.cloudflare").error("misconfigured Worker: %s", exc)
+        raise
+    await worker.queue(batch)

@@ -1,0 +1,17 @@
+"""The Worker's main module: refluxo's HTTP API on ``fetch``, its steps on ``queue``.
+
+``deploy.py`` copies this file into the bundle as ``src/entry.py``; the configuration is in
+the Worker's vars (``wrangler.toml``), see :mod:`refluxo.cloudflare.worker`.
+"""
+
+from workers import WorkerEntrypoint
+
+from refluxo.cloudflare import worker
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return await worker.fetch(request, self.env)
+
+    async def queue(self, batch):
+        await worker.queue(batch, self.env)

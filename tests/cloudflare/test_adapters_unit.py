@@ -1,0 +1,357 @@
+"""refluxo.cloudflare's pure-Python parts on the host, with fakes: no Node, no Pyodide.
+
+Error translation, the Worker's configuration, message decoding, request conversion, the
+scheduler's delay arithmetic and the deploy script's commands. Everything that touches a
+real binding is tested inside Pyodide (test_cloudflare_in_pyodide.py, test_worker_e2e.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from refluxo.cloudflare import D1StateStore, KVStateStore, QueuesScheduler
+from refluxo.cloudflare._errors import is_transient
+from refluxo.cloudflare.store import D1_SCHEMA
+from refluxo.cloudflare.worker import (
+    ConfigurationError,
+    RefluxoWorker,
+    WorkerSettings,
+    configure_worker_logging,
+    decode_message,
+    to_http_request,
+)
+from refluxo.core import Dispatcher, MemoryStateStore, SchedulerError, StoreError
+from refluxo.core.http import HttpResponse
+from refluxo.core.model import DispatchMessage
+from tests.dispatcher.longrun import loop_workflow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class JsError(Exception):
+    """What a failing binding call raises inside Pyodide (a JsException: name, message)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "transient"),
+    [
+        ("Error", "KV PUT failed: 429 Too Many Requests", True),
+        ("Error", "KV GET failed: 503 Service Unavailable", True),
+        ("Error", "D1_ERROR: Network connection lost.", True),
+        ("Error", "D1_ERROR: Internal error in D1 DB storage caused object to be reset.", True),
+        ("Error", "D1 DB is overloaded. Requests queued for too long.", True),
+        ("Error", "Queue send failed: Too Many Requests", True),
+        ("Error", "D1_ERROR: no such column: version: SQLITE_ERROR", False),
+        ("Error", "KV PUT failed: 413 Value length of 26214401 exceeds limit of 26214400.", False),
+        ("TypeError", "Queue send failed: message too large", False),
+        ("Error", "something nobody has seen before", False),
+    ],
+)
+def test_js_errors_are_transient_only_when_trying_again_may_help(
+    name: str, message: str, transient: bool
+) -> None:
+    assert is_transient(JsError(name, message)) is transient
+
+
+class FailingKV:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def get(self, key: str, /, **options: Any) -> Any:
+        raise self.error
+
+    async def getWithMetadata(self, key: str, /, **options: Any) -> Any:
+        raise self.error
+
+    async def put(self, key: str, value: str, /, **options: Any) -> Any:
+        raise self.error
+
+
+async def test_kv_failures_become_store_errors_from_the_js_error() -> None:
+    error = JsError("Error", "KV GET failed: 429 Too Many Requests")
+    with pytest.raises(StoreError) as raised:
+        await KVStateStore(FailingKV(error)).load("run-1")
+    assert raised.value.transient is True
+    assert raised.value.__cause__ is error
+    assert "Workers KV failed to load run 'run-1'" in str(raised.value)
+
+
+def test_stores_refuse_limits_over_the_platform_s() -> None:
+    with pytest.raises(ValueError, match="KV's value limit"):
+        KVStateStore(FailingKV(RuntimeError()), max_bytes=26 * 1024 * 1024)
+    with pytest.raises(ValueError, match="row limit"):
+        D1StateStore(object(), max_bytes=2_000_000)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="table name"):
+        D1StateStore(object(), table="runs; DROP TABLE x")  # type: ignore[arg-type]
+
+
+class RecordingQueue:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.sent: list[tuple[Any, dict[str, Any]]] = []
+        self.error = error
+
+    async def send(self, body: Any, /, **options: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.sent.append((body, options))
+
+
+@pytest.mark.parametrize(
+    ("ahead_ms", "options"),
+    [
+        (None, {}),
+        (-5000, {}),
+        (0, {}),
+        (1, {"delaySeconds": 1}),
+        (1000, {"delaySeconds": 1}),
+        (1001, {"delaySeconds": 2}),
+        (12 * 3600 * 1000, {"delaySeconds": 43200}),
+    ],
+)
+async def test_queues_scheduler_rounds_delays_up_to_whole_seconds(
+    ahead_ms: int | None, options: dict[str, Any]
+) -> None:
+    queue = RecordingQueue()
+    scheduler = QueuesScheduler(queue, clock=lambda: 1_000_000)
+    at = None if ahead_ms is None else 1_000_000 + ahead_ms
+    await scheduler.schedule(DispatchMessage(run_id="r", version=2, hop=1), at=at)
+    assert queue.sent == [({"runId": "r", "version": 2, "hop": 1}, options)]
+
+
+async def test_queues_scheduler_refuses_more_than_12_hours_and_translates_errors() -> None:
+    scheduler = QueuesScheduler(RecordingQueue(), clock=lambda: 0)
+    assert scheduler.max_delay_ms == 12 * 3600 * 1000
+    with pytest.raises(ValueError, match="43200"):
+        await scheduler.schedule(DispatchMessage(run_id="r", version=0), at=43_200_001)
+    failing = QueuesScheduler(RecordingQueue(JsError("Error", "Queue send failed: 500 Internal")))
+    with pytest.raises(SchedulerError) as raised:
+        await failing.schedule(DispatchMessage(run_id="r", version=0))
+    assert raised.value.transient is True
+
+
+def test_worker_settings_come_from_vars_with_defaults() -> None:
+    settings = WorkerSettings.from_env(SimpleNamespace(REFLUXO_APP="refluxo.demo"))
+    assert (settings.store, settings.d1_binding, settings.queue_binding) == ("d1", "DB", "STEPS")
+    assert settings.api_token is None and settings.globals is None
+    env = SimpleNamespace(
+        REFLUXO_APP="my.app",
+        REFLUXO_STORE="KV",
+        REFLUXO_API_TOKEN="t",
+        REFLUXO_GLOBALS='{"k": 1}',
+        REFLUXO_MAX_BODY_BYTES="1000",
+        REFLUXO_RETRY_MAX_SECONDS="60",
+    )
+    settings = WorkerSettings.from_env(env)
+    assert (settings.store, settings.api_token, settings.globals) == ("kv", "t", {"k": 1})
+    assert (settings.max_body_bytes, settings.retry_max_seconds) == (1000, 60)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "REFLUXO_APP"),
+        ({"REFLUXO_APP": "a", "REFLUXO_STORE": "redis"}, "REFLUXO_STORE"),
+        ({"REFLUXO_APP": "a", "REFLUXO_GLOBALS": "{"}, "REFLUXO_GLOBALS"),
+        ({"REFLUXO_APP": "a", "REFLUXO_MAX_BODY_BYTES": "lots"}, "REFLUXO_MAX_BODY_BYTES"),
+        ({"REFLUXO_APP": "a", "REFLUXO_RETRY_MAX_SECONDS": "99999"}, "between 0 and 43200"),
+    ],
+)
+def test_worker_settings_name_what_is_wrong(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        WorkerSettings.from_env(SimpleNamespace(**env))
+
+
+def test_a_missing_binding_is_named() -> None:
+    with pytest.raises(ConfigurationError, match="D1 database binding named 'DB'"):
+        RefluxoWorker.from_env(SimpleNamespace(REFLUXO_APP="refluxo.demo", STEPS=object()))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"runId": "r", "version": 3, "hop": 1},
+        '{"runId": "r", "version": 3, "hop": 1}',
+        b'{"runId": "r", "version": 3, "hop": 1}',
+    ],
+)
+def test_decode_message_takes_objects_text_and_bytes(body: Any) -> None:
+    assert decode_message(body) == DispatchMessage(run_id="r", version=3, hop=1)
+
+
+@pytest.mark.parametrize("body", [{"runId": "r"}, "{not json", 42, None, ["r", 1]])
+def test_decode_message_refuses_what_is_not_a_dispatch_message(body: Any) -> None:
+    with pytest.raises(ValueError, match="not a dispatch message"):
+        decode_message(body)
+
+
+def test_backoff_doubles_from_the_base_up_to_the_cap() -> None:
+    dispatcher = Dispatcher([], MemoryStateStore(), QueuesScheduler(RecordingQueue()))
+    worker = RefluxoWorker(
+        dispatcher, WorkerSettings(app="x", retry_base_seconds=1, retry_max_seconds=20)
+    )
+    assert [worker.backoff_seconds(a, transient=True) for a in range(1, 8)] == [
+        1,
+        2,
+        4,
+        8,
+        16,
+        20,
+        20,
+    ]
+    assert worker.backoff_seconds(1, transient=False) == 20
+    assert worker.backoff_seconds(10_000, transient=True) == 20
+
+
+class FakeRequest:
+    def __init__(self, method: str, url: str, headers: dict[str, str], body: bytes) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self._body = body
+        self.read = False
+
+    async def bytes(self) -> bytes:
+        self.read = True
+        return self._body
+
+
+async def test_requests_convert_with_path_query_headers_and_body() -> None:
+    req = FakeRequest("post", "https://w.example/runs/r1/events?x=1", {"X-A": "b"}, b"{}")
+    converted = await to_http_request(req, 100)
+    assert not isinstance(converted, HttpResponse)
+    assert (converted.method, converted.path, converted.body) == (
+        "POST",
+        "/runs/r1/events?x=1",
+        b"{}",
+    )
+    assert converted.header("x-a") == "b"
+
+
+async def test_a_body_over_the_limit_is_refused_by_its_content_length_unread() -> None:
+    req = FakeRequest(
+        "POST", "https://w.example/workflows/demo/runs", {"Content-Length": "101"}, b""
+    )
+    answer = await to_http_request(req, 100)
+    assert isinstance(answer, HttpResponse) and answer.status == 413
+    assert answer.json_body()["error"]["code"] == "payload_too_large"
+    assert req.read is False
+
+
+def test_importing_the_adapter_needs_no_runtime_module() -> None:
+    code = (
+        "import sys, json; before = set(sys.modules); import refluxo.cloudflare, "
+        "refluxo.cloudflare.worker; print(json.dumps(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    loaded = {name.split(".")[0] for name in json.loads(out.stdout)}
+    allowed = {
+        "refluxo",
+        "pydantic",
+        "pydantic_core",
+        "typing_extensions",
+        "annotated_types",
+        "typing_inspection",
+    }
+    third_party = {m for m in loaded if m not in sys.stdlib_module_names and not m.startswith("_")}
+    assert third_party <= allowed, third_party - allowed
+
+
+# --------------------------------------------------------------------------- deploy.py
+
+
+@pytest.fixture(scope="module")
+def deploy() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("cf_deploy", REPO / "deploy/cloudflare/deploy.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def test_deploy_creates_the_same_schema_as_the_store(deploy: ModuleType) -> None:
+    def normal(sql: str) -> str:
+        return re.sub(r"\s*([(),;])\s*", r"\1", " ".join(sql.split()))
+
+    ours = "; ".join(s.format(table="refluxo_runs") for s in D1_SCHEMA)
+    assert normal(deploy.d1_schema_sql()) == normal(ours)
+
+
+def test_deploy_dry_run_prints_every_command_and_runs_none(
+    deploy: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deploy.main(["--create", "--dry-run", "--out", str(tmp_path / "b"), "--name", "wf"])
+    commands = [line[2:] for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+    assert commands[:4] == [
+        "npx wrangler queues info refluxo-steps",
+        "npx wrangler queues create refluxo-steps",
+        "npx wrangler queues info refluxo-steps-dlq",
+        "npx wrangler queues create refluxo-steps-dlq",
+    ]
+    assert "npx wrangler d1 create refluxo" in commands
+    assert any(c.startswith("npx wrangler d1 execute refluxo --remote --command") for c in commands)
+    assert f"(cd {tmp_path / 'b'} && uv run pywrangler deploy)" in commands
+    assert commands[-1].startswith("npx wrangler secret put REFLUXO_API_TOKEN --name wf")
+    assert 'database_id = "<D1_DATABASE_ID>"' in (tmp_path / "b" / "wrangler.toml").read_text()
+
+
+def test_deploy_bundles_an_app_of_your_own(deploy: ModuleType, tmp_path: Path) -> None:
+    app = tmp_path / "shop"
+    app.mkdir()
+    (app / "__init__.py").write_text("def workflows():\n    return []\n")
+    out = tmp_path / "bundle"
+    deploy.main(["--build-only", "--out", str(out), "--app", "shop", "--app-src", str(app)])
+    assert (out / "src" / "shop" / "__init__.py").is_file()
+    assert not (out / "src" / "refluxo" / "demo").exists()
+    text = (out / "wrangler.toml").read_text()
+    assert 'REFLUXO_APP = "shop"' in text and "REFLUXO_GLOBALS" not in text
+
+
+def test_worker_logs_are_json_lines_info_on_stdout_warnings_on_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger("refluxo")
+    level, propagate = root.level, root.propagate
+    configure_worker_logging("INFO")
+    try:
+        logging.getLogger("refluxo.steps").info("step", extra={"refluxo": {"run": "r1"}})
+        logging.getLogger("refluxo.steps").warning("retry")
+        logging.getLogger("refluxo.steps").debug("hidden")
+    finally:
+        for handler in [h for h in root.handlers if getattr(h, "_refluxo", False)]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+        root.propagate = propagate
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["message"] for line in out.splitlines()] == ["step"]
+    assert json.loads(out)["run"] == "r1"
+    assert [json.loads(line)["severity"] for line in err.splitlines()] == ["WARNING"]
+
+
+def test_workflows_that_archive_results_cannot_run_on_kv() -> None:
+    env = SimpleNamespace(REFLUXO_APP="x", REFLUXO_STORE="kv", STATE=object(), STEPS=object())
+    archiving = loop_workflow(3, retention=2, archive=True)
+    with pytest.raises(ConfigurationError, match="KVStateStore keeps no archive"):
+        RefluxoWorker.from_env(env, workflows=[archiving])
+    env.REFLUXO_STORE = "d1"
+    env.DB = object()
+    assert RefluxoWorker.from_env(env, workflows=[archiving]).settings.store == "d1"
