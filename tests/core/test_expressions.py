@@ -44,6 +44,9 @@ CTX = Context(
         ("{'k': fetch.first.data.n}", {"k": 2}),
         ("'a' in 'cat'", True),
         ("None", None),
+        ("get(globals, 'region', 'us')", "eu"),
+        ("get(globals, 'zone', 'z1')", "z1"),
+        ("get(fetch.last.data, 'n')", 5),
     ],
 )
 def test_expressions_read_results_and_globals(expr: str, expected: Any) -> None:

@@ -328,3 +328,79 @@ async def test_no_secret_from_globals_reaches_a_snapshot_or_a_log(
     assert "sk-live-123456" not in snap.to_json()
     assert "***" in (snap.context["a"][0].error or "")
     assert "sk-live-123456" not in caplog.text
+
+
+async def test_a_consumed_event_id_is_remembered_in_the_run(
+    store: StateStore, clock: FakeClock
+) -> None:
+    h = Harness(store, clock)
+    await h.dispatcher.start("demo", run_id="r1")
+    await h.crank(until_waiting="r1")
+    await h.dispatcher.send_event("r1", {"approved": True}, "approval", event_id="ev-1")
+    await h.crank(until_waiting="r1")
+    consumed = await store.load("r1")
+    assert consumed.status == "completed" and consumed.consumed_events == ["ev-1"]
+    with pytest.raises(RunFinished):  # a finished run refuses every event
+        await h.dispatcher.send_event("r1", {"approved": False}, "approval", event_id="ev-1")
+
+
+async def test_a_retried_event_for_a_run_still_running_is_ignored(
+    store: StateStore, clock: FakeClock
+) -> None:
+    from refluxo.core import NodeDefinition, StepResult
+
+    async def ask(data: Any, ctx: Any, payload: Any, g: Any) -> Any:
+        return StepResult(pause=True) if payload is None else payload
+
+    wf = Workflow(
+        "ask-twice",
+        {
+            "nodes": [{"id": "a", "type": "ask"}, {"id": "b", "type": "ask"}],
+            "edges": [{"id": "e", "source": "a", "target": "b"}],
+        },
+        {"ask": NodeDefinition(executor=ask)},
+        clock=clock,
+    )
+    from refluxo.core.memory import MemoryScheduler
+
+    sched = MemoryScheduler(clock=clock)
+    d = Dispatcher([wf], store, sched, clock=clock)
+    await d.start("ask-twice", run_id="r1")
+    for m in sched.pop_due():
+        await d.dispatch(m)
+    await d.send_event("r1", "first", event_id="ev-1")
+    while due := sched.pop_due():
+        for m in due:
+            await d.dispatch(m)
+    waiting_at_b = await store.load("r1")
+    assert waiting_at_b.current_node_id == "b" and waiting_at_b.status == "paused"
+    again = await d.send_event("r1", "first", event_id="ev-1")  # the client's retry
+    assert again.version == waiting_at_b.version and again.inbox is None
+
+
+async def test_a_step_whose_snapshot_is_too_large_fails_the_run_and_keeps_the_old_state(
+    clock: FakeClock,
+) -> None:
+    from refluxo.core import NodeDefinition
+    from refluxo.core.memory import MemoryScheduler, MemoryStateStore
+
+    async def huge(data: Any, ctx: Any, payload: Any, g: Any) -> Any:
+        return "x" * 5000
+
+    wf = Workflow(
+        "huge",
+        {"nodes": [{"id": "a", "type": "huge"}]},
+        {"huge": NodeDefinition(executor=huge)},
+        clock=clock,
+    )
+    store = MemoryStateStore(max_bytes=2000)
+    sched = MemoryScheduler(clock=clock)
+    d = Dispatcher([wf], store, sched, clock=clock)
+    await d.start("huge", run_id="r1")
+    (m,) = sched.pop_due()
+    result = await d.dispatch(m)
+    assert (result.outcome, result.status) == ("stepped", "failed")
+    snap = await store.load("r1")
+    assert snap.status == "failed" and snap.context == {}
+    assert "too large" in snap.metadata["failedReason"]
+    assert sched.pending() == []

@@ -18,6 +18,7 @@ die between saving and scheduling. The rules that make that safe:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import time
@@ -29,6 +30,7 @@ from typing import Any, Literal
 from .engine import WorkflowEngine
 from .errors import (
     DefinitionError,
+    PayloadTooLarge,
     RunFinished,
     RunNotFound,
     VersionConflict,
@@ -66,6 +68,7 @@ RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 """What a run id may be: safe as a document id, a key and a task name on every platform."""
 
 _MAX_CONFLICT_RETRIES = 5
+_REMEMBERED_EVENT_IDS = 32
 
 
 def check_run_id(run_id: str) -> str:
@@ -123,6 +126,29 @@ class Workflow:
         self.start = start or self.engine.start_node_id
         self.engine.node(self.start)  # raises KeyError early for a bad start node
         self.ref = DefinitionRef(name=name, hash=self.engine.workflow.shape_hash())
+
+
+def load_workflows(spec: str) -> list[Workflow]:
+    """The workflows named by ``module`` or ``module:attribute`` (default ``workflows``).
+
+    The attribute is a :class:`Workflow`, a list of them, or a function returning either:
+    how every runtime finds the workflows it hosts (``refluxo dev --app``, ``REFLUXO_APP``).
+
+    Raises:
+        DefinitionError: the module cannot be imported or does not name workflows.
+    """
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DefinitionError(f"workflows {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    target: Any = getattr(module, attr or "workflows", None)
+    if callable(target) and not isinstance(target, Workflow):
+        target = target()
+    found = [target] if isinstance(target, Workflow) else list(target or [])
+    if not found or not all(isinstance(w, Workflow) for w in found):
+        raise DefinitionError(f"workflows {spec!r} does not name a Workflow or a list of them")
+    return found
 
 
 @dataclass(frozen=True)
@@ -227,9 +253,10 @@ class Dispatcher:
     ) -> Snapshot:
         """Deliver an external event to a run; a waiting node consumes it, else it is kept.
 
-        ``event_id`` makes a retried call safe: an event whose id is still in the run's inbox
-        is not added twice, and the delivery that resumes the run is sent again (in case the
-        first call died between saving the event and scheduling that delivery).
+        ``event_id`` makes a retried call safe: an event whose id is in the run's inbox, or
+        among the last ids the run consumed, is not added twice; the delivery that resumes the
+        run is sent again (in case the first call died between saving the event and
+        scheduling that delivery).
 
         Raises:
             RunNotFound, RunFinished (the run is completed or failed), store errors.
@@ -239,7 +266,10 @@ class Dispatcher:
             current = await self.store.load(run_id)
             if current.is_terminal:
                 raise RunFinished(f"run {run_id!r} is {current.status}; it takes no events")
-            if event_id is not None and any(e.id == event_id for e in current.inbox or []):
+            if event_id is not None and (
+                any(e.id == event_id for e in current.inbox or [])
+                or event_id in (current.consumed_events or [])
+            ):
                 await self._schedule_next(current)
                 return current
             updated = current.model_copy(
@@ -264,20 +294,8 @@ class Dispatcher:
             if current.is_terminal:
                 raise RunFinished(f"run {run_id!r} is already {current.status}")
             why = reason or "cancelled"
-            cancelled = current.model_copy(
-                update={
-                    "status": "failed",
-                    "version": current.version + 1,
-                    "wait": None,
-                    "retry_state": None,
-                    "metadata": {
-                        **current.metadata,
-                        "cancelled": True,
-                        "failedReason": f"cancelled: {why}",
-                        "cancelledAt": self.clock(),
-                    },
-                }
-            )
+            cancelled = self._failed(current, f"cancelled: {why}")
+            cancelled.metadata.update(cancelled=True, cancelledAt=self.clock())
             try:
                 await self.store.save(cancelled, expected_version=current.version)
             except VersionConflict:
@@ -315,8 +333,13 @@ class Dispatcher:
             index = self._matching_event(snapshot)
             if index is not None:
                 inbox = list(snapshot.inbox or [])
-                payload = inbox.pop(index).payload
-                base = snapshot.model_copy(update={"inbox": inbox or None})
+                event = inbox.pop(index)
+                payload = event.payload
+                update: dict[str, Any] = {"inbox": inbox or None}
+                if event.id is not None:
+                    seen = [*(snapshot.consumed_events or []), event.id]
+                    update["consumed_events"] = seen[-_REMEMBERED_EVENT_IDS:]
+                base = snapshot.model_copy(update=update)
             else:
                 due = snapshot.due_at()
                 if due is None:
@@ -341,7 +364,14 @@ class Dispatcher:
         if workflow.archive and node_id is not None:
             await self._archive_trimmed(base, new, node_id)
         try:
-            await self.store.save(new, expected_version=snapshot.version)
+            try:
+                await self.store.save(new, expected_version=snapshot.version)
+            except PayloadTooLarge as exc:
+                # Retrying cannot shrink the step's result: fail the run, keep what it had.
+                new = self._failed(
+                    snapshot, f"the snapshot after node {node_id!r} is too large: {exc}"
+                )
+                await self.store.save(new, expected_version=snapshot.version)
         except VersionConflict:
             self._log_step(new, node_id, "conflict", duration_ms)
             return self._result("conflict", message.run_id, snapshot)
@@ -350,6 +380,17 @@ class Dispatcher:
         return self._result("stepped", message.run_id, new)
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _failed(self, snapshot: Snapshot, reason: str) -> Snapshot:
+        return snapshot.model_copy(
+            update={
+                "status": "failed",
+                "version": snapshot.version + 1,
+                "wait": None,
+                "retry_state": None,
+                "metadata": {**snapshot.metadata, "failedReason": reason},
+            }
+        )
 
     async def _archive_trimmed(self, old: Snapshot, new: Snapshot, node_id: str) -> None:
         # Archived before the save: a save that then loses its race leaves entries that the

@@ -7,6 +7,7 @@ Inside the braces a Python-like expression reads earlier results and globals::
     "{{ fetch.count }}"                 how many results ``fetch`` produced (retention-proof)
     "{{ nodes['my-node'].last.data }}"  node ids that are not identifiers
     "{{ globals.api_key }}"             secrets: resolved for the executor, never stored
+    "{{ get(globals, 'region', 'eu') }}"  a key that may be missing, with a default
     "Hello {{ user.last.data.name }}!"  inside a longer string: the value is interpolated
 
 The expression is parsed with :mod:`ast` and walked against an allow-list: names, attribute
@@ -64,6 +65,9 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "lower": lambda s: str(s).lower(),
     "upper": lambda s: str(s).upper(),
     "json": lambda v: json.dumps(v, separators=(",", ":")),
+    "get": lambda mapping, key, default=None: (
+        mapping.get(key, default) if isinstance(mapping, Mapping) else default
+    ),
 }
 _MAX_LENGTH = 1000
 

@@ -75,6 +75,18 @@ class HttpResponse:
     def json(cls, status: int, payload: Any) -> HttpResponse:
         return cls(status, json.dumps(payload, separators=(",", ":")).encode())
 
+    @classmethod
+    def error(cls, status: int, code: str, message: str) -> HttpResponse:
+        """An error answer in the API's shape: ``{"error": {"code", "message"}}``."""
+        return cls.json(status, {"error": {"code": code, "message": message}})
+
+    @classmethod
+    def too_large(cls, size: int, limit: int) -> HttpResponse:
+        """The 413 answer for a body of ``size`` bytes over ``limit`` (sent before reading it)."""
+        return cls.error(
+            413, "payload_too_large", f"the body is {size} bytes, over the limit of {limit}"
+        )
+
     def json_body(self) -> Any:
         """The body parsed as JSON."""
         return json.loads(self.body)
@@ -178,12 +190,10 @@ class HttpApi:
             level = logging.WARNING if exc.transient else logging.ERROR
             logger.log(level, "backend failure on %s %s: %s", request.method, request.path, exc)
             status, code = (503, "unavailable") if exc.transient else (500, "backend_error")
-            return HttpResponse.json(status, {"error": {"code": code, "message": str(exc)}})
+            return HttpResponse.error(status, code, str(exc))
         except Exception:
             logger.exception("unexpected error on %s %s", request.method, request.path)
-            return HttpResponse.json(
-                500, {"error": {"code": "internal", "message": "internal error"}}
-            )
+            return HttpResponse.error(500, "internal", "internal error")
 
     async def _route(self, request: HttpRequest) -> HttpResponse:
         path = request.path.split("?", 1)[0]
@@ -198,12 +208,7 @@ class HttpApi:
                 allowed.append(method)
                 continue
             if len(request.body) > self.max_body_bytes:
-                raise HttpError(
-                    413,
-                    "payload_too_large",
-                    f"the body is {len(request.body)} bytes, over the limit of "
-                    f"{self.max_body_bytes}",
-                )
+                return HttpResponse.too_large(len(request.body), self.max_body_bytes)
             if action == "health":
                 return HttpResponse.json(200, {"ok": True})
             if action == "dispatch":

@@ -57,15 +57,31 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
-    """Send refluxo's logs to stderr as ``"json"`` or ``"text"`` (idempotent)."""
+def configure_logging(
+    fmt: str = "text", level: int = logging.INFO, *, split_streams: bool = False
+) -> None:
+    """Send refluxo's logs to stderr as ``"json"`` or ``"text"`` (idempotent).
+
+    With ``split_streams``, records under WARNING go to stdout and the rest to stderr: where a
+    platform derives the level from the stream (a Python Worker's stdout is ``console.log``,
+    its stderr ``console.error``).
+    """
     root = logging.getLogger("refluxo")
     root.setLevel(level)
-    for handler in list(root.handlers):
-        if getattr(handler, "_refluxo", False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler._refluxo = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+    for old in list(root.handlers):
+        if getattr(old, "_refluxo", False):
+            root.removeHandler(old)
+    handlers: list[logging.Handler] = []
+    if split_streams:
+        out = logging.StreamHandler(sys.stdout)
+        out.addFilter(lambda record: record.levelno < logging.WARNING)
+        err = logging.StreamHandler(sys.stderr)
+        err.setLevel(logging.WARNING)
+        handlers = [out, err]
+    else:
+        handlers = [logging.StreamHandler(sys.stderr)]
+    for handler in handlers:
+        handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+        handler._refluxo = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
     root.propagate = False

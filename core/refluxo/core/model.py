@@ -175,6 +175,7 @@ class Snapshot(WireModel):
     definition: DefinitionRef | None = None
     input: Any = None
     inbox: list[Event] | None = None
+    consumed_events: list[str] | None = None
     counts: dict[str, int] | None = None
 
     _omit_if_none = frozenset(
@@ -186,6 +187,7 @@ class Snapshot(WireModel):
             "definition",
             "input",
             "inbox",
+            "consumed_events",
             "counts",
         }
     )

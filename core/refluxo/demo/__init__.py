@@ -22,7 +22,11 @@ from refluxo.core import (
 DEFINITION = WorkflowDefinition.model_validate(
     {
         "nodes": [
-            {"id": "order", "type": "flaky_fetch", "data": {"order": "{{ globals.order_id }}"}},
+            {
+                "id": "order",
+                "type": "flaky_fetch",
+                "data": {"order": "{{ get(globals, 'order_id', 'A-1001') }}"},
+            },
             {"id": "cool_down", "type": "sleep", "data": {"seconds": 1}},
             {"id": "approval", "type": "approval", "data": {"timeout_seconds": 3600}},
             {

@@ -55,7 +55,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -64,8 +63,10 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from refluxo.core import BackendError, Dispatcher, Workflow
+from refluxo.core.dispatcher import load_workflows
+from refluxo.core.errors import DefinitionError
 from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, HttpApi, HttpRequest, HttpResponse
-from refluxo.core.logs import JsonFormatter
+from refluxo.core.logs import configure_logging
 from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import StateStore
 
@@ -180,37 +181,17 @@ def configure_worker_logging(level: str) -> None:
     A Python Worker's stdout becomes ``console.log`` and its stderr ``console.error``, so
     the split gives each line its level in Cloudflare's log viewers. Idempotent.
     """
-    root = logging.getLogger("refluxo")
-    root.setLevel(getattr(logging, level))
-    for handler in list(root.handlers):
-        if getattr(handler, "_refluxo", False):
-            root.removeHandler(handler)
-    out = logging.StreamHandler(sys.stdout)
-    out.addFilter(lambda record: record.levelno < logging.WARNING)
-    err = logging.StreamHandler(sys.stderr)
-    err.setLevel(logging.WARNING)
-    for handler in (out, err):
-        handler.setFormatter(JsonFormatter())
-        handler._refluxo = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.propagate = False
+    configure_logging("json", getattr(logging, level), split_streams=True)
 
 
 def load_app(spec: str) -> list[Workflow]:
     """The workflows named by ``module`` or ``module:attribute`` (default ``workflows``)."""
     if spec in _APPS:
         return _APPS[spec]
-    module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"REFLUXO_APP {spec!r}: cannot import it: {exc}") from exc
-    target: Any = getattr(module, attr or "workflows", None)
-    if callable(target) and not isinstance(target, Workflow):
-        target = target()
-    found = [target] if isinstance(target, Workflow) else list(target or [])
-    if not found or not all(isinstance(w, Workflow) for w in found):
-        raise ConfigurationError(f"REFLUXO_APP {spec!r} does not name a Workflow or a list of them")
+        found = load_workflows(spec)
+    except DefinitionError as exc:
+        raise ConfigurationError(f"REFLUXO_APP: {exc}") from exc
     _APPS[spec] = found
     return found
 
@@ -251,16 +232,7 @@ async def to_http_request(request: Any, max_body_bytes: int) -> HttpRequest | Ht
     headers = {str(k): str(v) for k, v in request.headers.items()}
     length = next((v for k, v in headers.items() if k.lower() == "content-length"), None)
     if length is not None and length.strip().isdigit() and int(length) > max_body_bytes:
-        return HttpResponse.json(
-            413,
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"the body is {int(length)} bytes, over the limit of "
-                    f"{max_body_bytes}",
-                }
-            },
-        )
+        return HttpResponse.too_large(int(length), max_body_bytes)
     body = b"" if method in ("GET", "HEAD") else bytes(await request.bytes())
     return HttpRequest(method=method, path=path, body=body, headers=headers)
 

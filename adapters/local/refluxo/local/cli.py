@@ -47,12 +47,14 @@ def _print(value: Any) -> None:
 
 
 async def _dev(args: argparse.Namespace) -> None:
-    from .runtime import LocalRuntime, load_app
+    from refluxo.core.dispatcher import load_workflows
+
+    from .runtime import LocalRuntime
 
     configure_logging(args.log)
     globals_ = _json_arg(os.environ.get("REFLUXO_GLOBALS"))
     async with LocalRuntime(
-        load_app(args.app), db_path=args.db, api_token=args.token, globals=globals_
+        load_workflows(args.app), db_path=args.db, api_token=args.token, globals=globals_
     ) as runtime:
         server = await runtime.serve(args.host, args.port)
         names = ", ".join(runtime.dispatcher.workflows)
@@ -120,9 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(render_timeline(Snapshot.model_validate(raw)))
         elif args.command == "graph":
-            from .runtime import load_app
+            from refluxo.core.dispatcher import load_workflows
 
-            found = {w.name: w for w in load_app(args.app)}
+            found = {w.name: w for w in load_workflows(args.app)}
             if args.workflow not in found:
                 print(f"refluxo: no workflow {args.workflow!r} in {args.app}", file=sys.stderr)
                 return 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -16,25 +15,6 @@ from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, HttpApi
 from .scheduler import SQLiteScheduler
 from .server import LocalServer
 from .store import SQLiteStateStore
-
-
-def load_app(spec: str) -> list[Workflow]:
-    """Load the workflows named by ``module`` or ``module:attribute``.
-
-    The attribute (``workflows`` by default) is a :class:`Workflow`, a list of them, or a
-    function returning either.
-    """
-    module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    target: Any = getattr(module, attr or "workflows")
-    if callable(target) and not isinstance(target, Workflow):
-        target = target()
-    if isinstance(target, Workflow):
-        return [target]
-    found = list(target)
-    if not found or not all(isinstance(w, Workflow) for w in found):
-        raise TypeError(f"{spec} does not name a Workflow or a list of Workflows")
-    return found
 
 
 class LocalRuntime:

@@ -143,12 +143,9 @@ class LocalServer:
             await self._write(writer, _error(400, "bad_request", "bad Content-Length"), False)
             return False
         if length > self.api.max_body_bytes:
-            response = _error(
-                413,
-                "payload_too_large",
-                f"the body is {length} bytes, over the limit of {self.api.max_body_bytes}",
+            await self._write(
+                writer, HttpResponse.too_large(length, self.api.max_body_bytes), False
             )
-            await self._write(writer, response, False)
             return False
         body = await reader.readexactly(length) if length else b""
         request = HttpRequest(method=method, path=target, body=body, headers=headers)
