@@ -1,7 +1,8 @@
 # Google Cloud test infrastructure (included from the top Makefile).
 #
-#   make setup-gcp   install gcloud-tasks-emulator into its own venv and check
-#                    that the Firestore emulator (Java) is installed.
+#   make setup-gcp   install gcloud-tasks-emulator into its own venv, make the
+#                    Cloud Function's venv, and check that the Firestore emulator
+#                    (Java) is installed.
 #
 # gcloud-tasks-emulator 0.6.2 pins protobuf<5 and google-cloud-tasks<3, so it
 # lives in .tools/tasks-emulator/, never in the project venv. tests/gcp/emulators.py
@@ -13,9 +14,15 @@ TASKS_EMULATOR_VENV := .tools/tasks-emulator
 # The version is in the stamp's name: changing it reinstalls.
 TASKS_EMULATOR_STAMP := $(TASKS_EMULATOR_VENV)/.installed-gcloud-tasks-emulator-$(TASKS_EMULATOR_VERSION)
 
-.PHONY: setup-gcp setup-tasks-emulator check-firestore-emulator
+# The end-to-end test serves the deployment bundle from a venv that holds only
+# deploy/gcp/requirements.txt (what Cloud Functions installs), never the project:
+# a module the bundle lacks then fails the test instead of coming from the repo.
+GCP_FUNCTION_VENV := .tools/gcp-function
+GCP_FUNCTION_STAMP := $(GCP_FUNCTION_VENV)/.installed
 
-setup-gcp: setup-tasks-emulator check-firestore-emulator
+.PHONY: setup-gcp setup-tasks-emulator setup-gcp-function check-firestore-emulator
+
+setup-gcp: setup-tasks-emulator setup-gcp-function check-firestore-emulator
 
 setup-tasks-emulator: $(TASKS_EMULATOR_STAMP)
 
@@ -25,6 +32,16 @@ $(TASKS_EMULATOR_STAMP):
 		'gcloud-tasks-emulator==$(TASKS_EMULATOR_VERSION)'
 	$(TASKS_EMULATOR_VENV)/bin/python -W ignore -c 'import gcloud_tasks_emulator.server'
 	test -x $(TASKS_EMULATOR_VENV)/bin/gcloud-tasks-emulator
+	touch $@
+
+setup-gcp-function: $(GCP_FUNCTION_STAMP)
+
+# Stamped on the requirements: changing them rebuilds the venv from scratch.
+$(GCP_FUNCTION_STAMP): deploy/gcp/requirements.txt
+	$(GCP_TOOLS_PYTHON) -m venv --clear $(GCP_FUNCTION_VENV)
+	$(GCP_FUNCTION_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r deploy/gcp/requirements.txt
+	test -x $(GCP_FUNCTION_VENV)/bin/functions-framework
 	touch $@
 
 # The Firestore emulator cannot come from PyPI: it ships with the Cloud SDK.

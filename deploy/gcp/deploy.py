@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the Cloud Function bundle and deploy it, with its queue and service account.
+"""Build the Cloud Function bundle and deploy it, with its queue, account and database.
 
     python deploy/gcp/deploy.py --project P --region R [--app refluxo.demo] [--dry-run]
     python deploy/gcp/deploy.py --build-only --out build/gcp [--app ...]
@@ -7,7 +7,7 @@
 The bundle holds ``main.py``, ``requirements.txt`` and the refluxo packages the function needs
 (``refluxo.core``, ``refluxo.gcp``) plus the workflows' own code: nothing else. ``--dry-run``
 prints every cloud command instead of running it. Needs ``gcloud``, logged in, for a real
-deployment. Standard library only.
+deployment. Standard library only. deploy/gcp/README.md says what it needs and does.
 """
 
 from __future__ import annotations
@@ -132,6 +132,19 @@ def deploy(args: argparse.Namespace) -> None:
         "roles/iam.serviceAccountUser",
         *p,
     )
+    # A new project has no Firestore database: the runs need the (default) one, native mode.
+    if not cloud.exists("gcloud", "firestore", "databases", "describe", *p):
+        cloud.run(
+            "gcloud",
+            "firestore",
+            "databases",
+            "create",
+            "--location",
+            args.firestore_location or region,
+            "--type",
+            "firestore-native",
+            *p,
+        )
     if not cloud.exists(
         "gcloud", "tasks", "queues", "describe", args.queue, "--location", region, *p
     ):
@@ -159,6 +172,8 @@ def deploy(args: argparse.Namespace) -> None:
         "REFLUXO_COLLECTION": args.collection,
         "REFLUXO_FUNCTION_URL": url,
         "REFLUXO_SERVICE_ACCOUNT": sa_email,
+        # Deployed with --no-allow-unauthenticated: Google's front end verifies each token.
+        "REFLUXO_TRUST_PLATFORM_AUTH": "1",
     }
     cloud.run(
         "gcloud",
@@ -210,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--function", default="refluxo")
     parser.add_argument("--queue", default="refluxo-steps")
     parser.add_argument("--collection", default="refluxo_runs")
+    parser.add_argument(
+        "--firestore-location",
+        help="where to create the Firestore database if the project has none (default: region)",
+    )
     parser.add_argument("--service-account", default="refluxo-runner")
     parser.add_argument("--runtime", default="python312", choices=["python312", "python313"])
     parser.add_argument("--memory", default="512Mi")

@@ -126,3 +126,16 @@ async def tasks_client(tasks_emulator: CloudTasksEmulator) -> AsyncIterator[Any]
     )
     async with client:  # closes the channel
         yield client
+
+
+@pytest.fixture(scope="session")
+def deploy_script() -> Any:
+    """deploy/gcp/deploy.py as a module (it is a script, not a package): ``build``, ``main``."""
+    import importlib.util
+
+    path = _HERE.parents[1] / "deploy" / "gcp" / "deploy.py"
+    spec = importlib.util.spec_from_file_location("refluxo_deploy_gcp", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

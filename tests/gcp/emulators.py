@@ -17,8 +17,8 @@ Where things are looked up (first hit wins):
   ``dpkg -L google-cloud-cli-firestore-emulator``. Needs ``java`` (or ``$JAVA``).
 * ``gcloud-tasks-emulator``: ``$REFLUXO_TASKS_EMULATOR``, the repo's
   ``.tools/tasks-emulator/bin/`` (made by ``make setup-gcp``), then ``PATH``.
-* ``functions-framework``: next to ``sys.executable``, then ``PATH``, then
-  ``python -m functions_framework``.
+* ``functions-framework``: the ``executable`` given, else next to
+  ``sys.executable``, then ``PATH``, then ``python -m functions_framework``.
 """
 
 from __future__ import annotations
@@ -251,6 +251,7 @@ class ManagedProcess:
 
     name = "server"
     host = LOOPBACK
+    cwd: Path | None = None  # the working directory; None: the test's own
     start_timeout = DEFAULT_START_TIMEOUT
     stop_timeout = DEFAULT_STOP_TIMEOUT
 
@@ -398,6 +399,7 @@ class ManagedProcess:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 env=self.process_env(),
+                cwd=self.cwd,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -646,6 +648,10 @@ class FunctionsFrameworkServer(ManagedProcess):
 
     Readiness is probed with ``GET /robots.txt``: the framework answers it
     itself (404) without calling the target, so the probe has no side effects.
+
+    ``executable`` picks another installation's ``functions-framework`` (e.g.
+    a venv holding only a deployment's requirements); ``cwd`` is the working
+    directory (Cloud Functions runs in the source directory).
     """
 
     name = "functions-framework"
@@ -660,9 +666,13 @@ class FunctionsFrameworkServer(ManagedProcess):
         signature_type: str | None = None,
         asgi: bool = False,
         extra_args: Sequence[str] = (),
+        executable: str | os.PathLike[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(port=port, env=env)
         self.target = target
+        self.executable = Path(executable) if executable else None
+        self.cwd = Path(cwd) if cwd else None
         self.source = Path(source)
         self.signature_type = signature_type
         self.asgi = asgi
@@ -673,8 +683,9 @@ class FunctionsFrameworkServer(ManagedProcess):
         return f"http://{self.address}"
 
     def command(self) -> list[str]:
+        launcher = [str(self.executable)] if self.executable else functions_framework_command()
         argv = [
-            *functions_framework_command(),
+            *launcher,
             "--target",
             self.target,
             "--source",
@@ -698,6 +709,8 @@ class FunctionsFrameworkServer(ManagedProcess):
     def start(self) -> None:
         if not self.source.is_file():
             raise EmulatorError(f"functions-framework source {self.source} does not exist")
+        if self.executable is not None and not _is_executable(self.executable):
+            raise EmulatorNotFound(f"{self.name}: {self.executable} is not an executable")
         super().start()
 
     def probe(self) -> bool:

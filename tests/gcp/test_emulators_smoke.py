@@ -61,9 +61,14 @@ async def test_firestore_transactional_read_modify_write(firestore_client: Any) 
     assert (await ref.get()).to_dict() == {"version": 2, "steps": ["a", "b"]}
 
 
-async def test_firestore_concurrent_transactions_exactly_one_commits(
+async def test_firestore_concurrent_transactions_never_both_commit(
     firestore_client: Any,
 ) -> None:
+    """Two read-modify-write transactions on one document: no lost update.
+
+    With one attempt each, the emulator's lock timeout sometimes aborts both, so "at most one"
+    is the guarantee (the store saves with an update-time precondition instead, which always
+    has exactly one winner: see test_firestore_store.py)."""
     ref = firestore_client.collection("runs").document("contended")
     await ref.set({"version": 0})
     # Both transactions have read version 0 before either tries to commit.
@@ -84,12 +89,12 @@ async def test_firestore_concurrent_transactions_exactly_one_commits(
     )
     winners = [r for r in results if isinstance(r, str)]
     losers = [r for r in results if isinstance(r, BaseException)]
-    assert len(winners) == 1, results
-    assert len(losers) == 1, results
-    # Retries exhausted: the library raises a plain ValueError from the Aborted.
-    assert isinstance(losers[0], ValueError), repr(losers[0])
-    assert isinstance(losers[0].__cause__, gexc.Aborted), repr(losers[0].__cause__)
-    assert (await ref.get()).to_dict() == {"version": 1, "by": winners[0]}
+    assert len(winners) <= 1 and len(winners) + len(losers) == 2, results
+    for loser in losers:  # retries exhausted: a plain ValueError raised from the Aborted
+        assert isinstance(loser, ValueError), repr(loser)
+        assert isinstance(loser.__cause__, gexc.Aborted), repr(loser.__cause__)
+    stored = (await ref.get()).to_dict()
+    assert stored == ({"version": 1, "by": winners[0]} if winners else {"version": 0})
 
 
 async def test_firestore_reset_deletes_documents(

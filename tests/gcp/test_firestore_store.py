@@ -372,3 +372,30 @@ async def test_a_document_that_is_not_a_run_is_a_permanent_store_error(
     with pytest.raises(StoreError) as raised:
         await store.load("alien")
     assert raised.value.transient is False
+
+
+async def test_an_unreachable_firestore_fails_fast_and_transient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing listens on the port: the call gives up after its deadline, not the client's 300 s."""
+    import socket
+    import time
+
+    from google.cloud import firestore
+
+    from refluxo.core import StoreError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", dead)
+    client = firestore.AsyncClient(project="refluxo-test")
+    try:
+        store = FirestoreStateStore(client, deadline_s=1.0, timeout_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(StoreError) as info:
+            await store.load("any-run")
+        assert info.value.transient
+        assert time.monotonic() - started < 10
+    finally:
+        await client._firestore_api.transport.close()

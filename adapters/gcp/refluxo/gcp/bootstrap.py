@@ -11,6 +11,9 @@ Environment variables (``REFLUXO_`` prefix):
 ``REFLUXO_FUNCTION_URL``     this function's URL; tasks are sent to ``<url>/_dispatch``
 ``REFLUXO_SERVICE_ACCOUNT``  the account Cloud Tasks signs OIDC tokens as; when set,
                              ``/_dispatch`` requires such a token
+``REFLUXO_TRUST_PLATFORM_AUTH``  ``1`` when the function refuses unauthenticated calls (as the
+                             deploy script sets it up): Google's front end has then checked
+                             the token's signature, and strips it; the claims are checked here
 ``REFLUXO_DISPATCH_TOKEN``   a shared secret for ``/_dispatch`` instead of OIDC (emulators)
 ``REFLUXO_API_TOKEN``        when set, the public routes require this bearer token
 ``REFLUXO_GLOBALS``          JSON object passed to executors as ``globals`` (secrets)
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from refluxo.core import Dispatcher, Workflow
+from refluxo.core.dispatcher import load_workflows
+from refluxo.core.errors import DefinitionError
 from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, Authenticator, HttpApi
 
 from .auth import DISPATCH_TOKEN_HEADER, OidcVerifier, shared_secret
@@ -50,6 +55,7 @@ class GcpSettings:
     function_url: str
     collection: str = "refluxo_runs"
     service_account: str | None = None
+    trust_platform_auth: bool = False
     dispatch_token: str | None = None
     api_token: str | None = None
     globals: Any = None
@@ -66,31 +72,58 @@ class GcpSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GcpSettings:
+        """The settings from ``env`` (default: the process environment).
+
+        Raises:
+            ConfigurationError: naming every required variable that is missing or empty, or
+                the variable whose value is malformed; also when neither
+                ``REFLUXO_SERVICE_ACCOUNT`` nor ``REFLUXO_DISPATCH_TOKEN`` is set.
+        """
         env = os.environ if env is None else env
+        missing: list[str] = []
 
         def need(name: str, fallback: str | None = None) -> str:
             value = env.get(name) or (env.get(fallback) if fallback else None)
             if not value:
-                raise ConfigurationError(f"{name} is not set")
+                missing.append(f"{name} (or {fallback})" if fallback else name)
+                return ""
             return value
+
+        app = need("REFLUXO_APP")
+        project = need("REFLUXO_PROJECT", "GOOGLE_CLOUD_PROJECT")
+        location = need("REFLUXO_LOCATION")
+        queue = need("REFLUXO_QUEUE")
+        function_url = need("REFLUXO_FUNCTION_URL")
+        if missing:
+            raise ConfigurationError(f"not set: {', '.join(missing)}")
 
         raw_globals = env.get("REFLUXO_GLOBALS")
         try:
             globals_ = json.loads(raw_globals) if raw_globals else None
         except ValueError as exc:
             raise ConfigurationError(f"REFLUXO_GLOBALS is not valid JSON: {exc}") from None
+        raw_max = env.get("REFLUXO_MAX_BODY_BYTES")
+        try:
+            max_body_bytes = int(raw_max) if raw_max else DEFAULT_MAX_BODY_BYTES
+        except ValueError:
+            max_body_bytes = 0
+        if max_body_bytes < 1:
+            raise ConfigurationError(
+                f"REFLUXO_MAX_BODY_BYTES must be a positive integer, got {raw_max!r}"
+            )
         settings = cls(
-            app=need("REFLUXO_APP"),
-            project=need("REFLUXO_PROJECT", "GOOGLE_CLOUD_PROJECT"),
-            location=need("REFLUXO_LOCATION"),
-            queue=need("REFLUXO_QUEUE"),
-            function_url=need("REFLUXO_FUNCTION_URL"),
+            app=app,
+            project=project,
+            location=location,
+            queue=queue,
+            function_url=function_url,
             collection=env.get("REFLUXO_COLLECTION") or "refluxo_runs",
             service_account=env.get("REFLUXO_SERVICE_ACCOUNT") or None,
+            trust_platform_auth=env.get("REFLUXO_TRUST_PLATFORM_AUTH", "") in ("1", "true"),
             dispatch_token=env.get("REFLUXO_DISPATCH_TOKEN") or None,
             api_token=env.get("REFLUXO_API_TOKEN") or None,
             globals=globals_,
-            max_body_bytes=int(env.get("REFLUXO_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
+            max_body_bytes=max_body_bytes,
             tasks_emulator_host=env.get("CLOUD_TASKS_EMULATOR_HOST") or None,
         )
         if settings.service_account is None and settings.dispatch_token is None:
@@ -102,17 +135,11 @@ class GcpSettings:
 
 
 def load_app(spec: str) -> list[Workflow]:
-    """The workflows named by ``module`` or ``module:attribute`` (default ``workflows``)."""
-    import importlib
-
-    module_name, _, attr = spec.partition(":")
-    target: Any = getattr(importlib.import_module(module_name), attr or "workflows")
-    if callable(target) and not isinstance(target, Workflow):
-        target = target()
-    found = [target] if isinstance(target, Workflow) else list(target)
-    if not found or not all(isinstance(w, Workflow) for w in found):
-        raise ConfigurationError(f"{spec} does not name a Workflow or a list of Workflows")
-    return found
+    """The workflows ``REFLUXO_APP`` names (see ``refluxo.core.dispatcher.load_workflows``)."""
+    try:
+        return load_workflows(spec)
+    except DefinitionError as exc:
+        raise ConfigurationError(f"REFLUXO_APP: {exc}") from exc
 
 
 def bootstrap(settings: GcpSettings, workflows: list[Workflow] | None = None) -> HttpApi:
@@ -158,7 +185,11 @@ def bootstrap(settings: GcpSettings, workflows: list[Workflow] | None = None) ->
     )
     auth: Authenticator
     if settings.service_account:
-        auth = OidcVerifier(settings.function_url, settings.service_account)
+        auth = OidcVerifier(
+            settings.function_url,
+            settings.service_account,
+            trust_platform_verification=settings.trust_platform_auth,
+        )
     else:
         assert settings.dispatch_token is not None
         auth = shared_secret(settings.dispatch_token)

@@ -38,9 +38,11 @@ class _LoopThread:
 class FunctionApp:
     """The Cloud Function's handler; built from the environment on its first request.
 
+    Bodies over the API's ``max_body_bytes`` are refused with 413 before they are read (by
+    their Content-Length) or as soon as the limit is passed (chunked bodies).
+
     Args:
         settings: the configuration; read from the environment when None.
-        max_body_bytes: the limit applied before the body is read (defaults to the API's).
     """
 
     def __init__(self, settings: GcpSettings | None = None) -> None:
@@ -51,43 +53,60 @@ class FunctionApp:
 
     def _ready(self) -> tuple[_LoopThread, HttpApi]:
         with self._lock:
-            if self._api is None or self._loop is None:
+            if self._loop is None:
                 configure_logging("json")
+                self._loop = _LoopThread()
+            if self._api is None:
+                # A failure here (bad settings) fails this request; the next one tries again,
+                # on the same loop thread.
                 settings = self._settings or GcpSettings.from_env()
-                loop = _LoopThread()
 
                 async def build() -> HttpApi:
                     return bootstrap(settings)
 
-                self._api = loop.run(build())
-                self._loop = loop
+                self._api = self._loop.run(build())
             return self._loop, self._api
 
     def __call__(self, request: Any) -> tuple[bytes, int, dict[str, str]]:
         """Answer a Flask request (what functions-framework passes)."""
         loop, api = self._ready()
-        length = request.content_length
-        if length is not None and length > api.max_body_bytes:
-            response = HttpResponse.json(
-                413,
-                {
-                    "error": {
-                        "code": "payload_too_large",
-                        "message": f"the body is {length} bytes, over the limit of "
-                        f"{api.max_body_bytes}",
-                    }
-                },
-            )
+        limit = api.max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            return _too_large(f"the body is {declared} bytes, over the limit of {limit}")
+        if declared is None:
+            # No Content-Length (a chunked body): read no more than one byte past the limit.
+            body = _read_at_most(request.stream, limit + 1)
+            if len(body) > limit:
+                return _too_large(f"the body is over the limit of {limit} bytes")
         else:
             body = request.get_data(cache=False)
-            req = HttpRequest(
-                method=request.method,
-                path=request.path,
-                body=body,
-                headers=dict(request.headers.items()),
-            )
-            response = loop.run(api.handle(req))
+        req = HttpRequest(
+            method=request.method,
+            path=request.path,
+            body=body,
+            headers=dict(request.headers.items()),
+        )
+        response = loop.run(api.handle(req))
         return response.body, response.status, dict(response.headers)
+
+
+def _too_large(message: str) -> tuple[bytes, int, dict[str, str]]:
+    response = HttpResponse.json(413, {"error": {"code": "payload_too_large", "message": message}})
+    return response.body, response.status, dict(response.headers)
+
+
+def _read_at_most(stream: Any, size: int) -> bytes:
+    """Up to ``size`` bytes of ``stream``: fewer only at its end (one read may return less)."""
+    chunks: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def create_handler(settings: GcpSettings | None = None) -> Callable[[Any], Any]:

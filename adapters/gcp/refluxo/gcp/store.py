@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.api_core.retry import AsyncRetry, if_transient_error
 from google.cloud import firestore
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
@@ -137,6 +138,10 @@ class FirestoreStateStore(StateStore, ResultArchive):
         collection: the collection path that holds the runs (a subcollection path works too).
         max_bytes: refuse snapshots whose JSON is larger than this many bytes. The whole
             document must also fit Firestore's 1 MiB limit, which is checked exactly.
+        deadline_s: how long one call keeps retrying transient failures before it gives up
+            with a transient StoreError (the client's own default is 300 s: a Firestore
+            outage would hold every request that long instead of answering 503).
+        timeout_s: the limit on each attempt.
 
     ``create`` raises ValueError for a run id no document id can hold (empty, or too long);
     ``load`` and ``save`` answer RunNotFound for one, since no such run can exist.
@@ -151,6 +156,8 @@ class FirestoreStateStore(StateStore, ResultArchive):
         collection: str = "refluxo_runs",
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        deadline_s: float = 15.0,
+        timeout_s: float = 10.0,
     ) -> None:
         if not 0 < max_bytes <= FIRESTORE_MAX_DOCUMENT_BYTES:
             raise ValueError(
@@ -158,6 +165,14 @@ class FirestoreStateStore(StateStore, ResultArchive):
             )
         self._client = client
         self._collection = client.collection(collection)
+        retry = AsyncRetry(
+            initial=0.1,
+            maximum=2.0,
+            multiplier=2.0,
+            timeout=deadline_s,
+            predicate=if_transient_error,
+        )
+        self._call: dict[str, Any] = {"retry": retry, "timeout": timeout_s}
         self.collection = collection
         self.max_bytes = max_bytes
 
@@ -173,7 +188,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
         ref = self._collection.document(doc_id)
         fields = self._fields(snapshot, ref.path)
         try:
-            await ref.create(fields)
+            await ref.create(fields, **self._call)
         except BACKEND_ERRORS as exc:
             # Not every Conflict: ABORTED is one too, and means "try again", not "exists".
             if isinstance(exc, gexc.AlreadyExists) or type(exc) is gexc.Conflict:
@@ -186,7 +201,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
         if doc_id is None:
             raise RunNotFound(run_id)  # no run can have this id
         try:
-            doc = await self._collection.document(doc_id).get()
+            doc = await self._collection.document(doc_id).get(**self._call)
         except BACKEND_ERRORS as exc:
             raise store_error(exc, f"load run {run_id!r}") from exc
         if not doc.exists:
@@ -201,7 +216,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
         ref = self._collection.document(doc_id)
         fields = self._fields(snapshot, ref.path)
         try:
-            before = await ref.get([_VERSION])
+            before = await ref.get([_VERSION], **self._call)
         except BACKEND_ERRORS as exc:
             raise store_error(exc, f"read run {run_id!r} before saving it") from exc
         if not before.exists:
@@ -211,7 +226,9 @@ class FirestoreStateStore(StateStore, ResultArchive):
             raise VersionConflict(run_id, expected_version, stored)
         try:
             await ref.update(
-                fields, option=self._client.write_option(last_update_time=before.update_time)
+                fields,
+                option=self._client.write_option(last_update_time=before.update_time),
+                **self._call,
             )
         except (gexc.FailedPrecondition, gexc.NotFound) as exc:
             # Written (or deleted) since we read it, or some other precondition failed.
@@ -245,7 +262,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
                 {"node": node_id, "index": index, "result": result.to_json()},
             )
         try:
-            await batch.commit()
+            await batch.commit(**self._call)
         except BACKEND_ERRORS as exc:
             raise store_error(exc, f"archive results of run {run_id!r}") from exc
 
@@ -256,7 +273,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
                 doc.to_dict() or {}
                 async for doc in self._results(run_id)
                 .where(filter=firestore.FieldFilter("node", "==", node_id))
-                .stream()
+                .stream(**self._call)
             ]
         except BACKEND_ERRORS as exc:
             raise store_error(exc, f"read archived results of run {run_id!r}") from exc
@@ -290,7 +307,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
         # An empty projection: document names only, not the (large) snapshots.
         query = query.select([]).limit(limit)
         try:
-            return [run_id_of(doc.id) async for doc in query.stream()]
+            return [run_id_of(doc.id) async for doc in query.stream(**self._call)]
         except BACKEND_ERRORS as exc:
             raise store_error(exc, "list runs") from exc
 
@@ -333,7 +350,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
     ) -> None:
         """Raise what a refused conditional write means, judging by the document now."""
         try:
-            after = await self._collection.document(before.id).get([_VERSION])
+            after = await self._collection.document(before.id).get([_VERSION], **self._call)
         except BACKEND_ERRORS as reread:
             raise store_error(reread, f"re-read run {run_id!r} after a refused save") from exc
         if not after.exists:
