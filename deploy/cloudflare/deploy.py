@@ -174,10 +174,17 @@ def build(out: Path, config: BundleConfig, app_src: Path | None = None) -> Path:
         shutil.rmtree(out)
     src = out / "src"
     src.mkdir(parents=True)
-    shutil.copy2(HERE / "entry.py", src / "entry.py")
+    module = config.app.partition(":")[0]
+    entry = (HERE / "entry.py").read_text()
+    # The workflows are imported at the top level of the main module, so that Cloudflare's
+    # memory snapshot (taken after top-level execution, at deploy) includes them and no cold
+    # start pays for their import.
+    entry = entry.replace(
+        "# refluxo: import the workflows here\n", f"import {module}  # noqa: F401\n"
+    )
+    (src / "entry.py").write_text(entry)
     for dest, package in PACKAGES.items():
         shutil.copytree(package, src / dest, ignore=_IGNORE)
-    module = config.app.partition(":")[0]
     if module in BUILTIN_APPS:
         shutil.copytree(BUILTIN_APPS[module], src / module.replace(".", "/"), ignore=_IGNORE)
     elif app_src is not None:

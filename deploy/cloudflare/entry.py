@@ -8,6 +8,8 @@ from workers import WorkerEntrypoint
 
 from refluxo.cloudflare import worker
 
+# refluxo: import the workflows here
+
 
 class Default(WorkerEntrypoint):
     async def fetch(self, request):

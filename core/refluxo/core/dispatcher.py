@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -228,7 +228,7 @@ class Dispatcher:
             when the id belongs to a run of another workflow; store and scheduler errors.
         """
         wf = self.workflow(workflow)
-        run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
+        run_id = check_run_id(run_id) if run_id is not None else os.urandom(16).hex()
         snapshot = wf.engine.create_initial_snapshot(
             run_id, wf.start, input=input, definition=wf.ref
         )

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -297,7 +296,7 @@ class WorkflowEngine:
             except (ValidationError, ExpressionError) as exc:
                 raise _Fail(_describe(exc)) from exc
             raw = definition.executor(data, context, payload, globals)
-            if inspect.isawaitable(raw):
+            if isinstance(raw, Awaitable):
                 raw = await raw
             result = raw if isinstance(raw, StepResult) else StepResult(data=raw)
             output = self._output(definition, result.data, node_id)
@@ -501,7 +500,7 @@ class WorkflowEngine:
                 continue
             try:
                 outcome = hook(arg)
-                if inspect.isawaitable(outcome):
+                if isinstance(outcome, Awaitable):
                     await outcome
             except Exception:
                 logger.exception(

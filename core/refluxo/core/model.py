@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 Status = Literal["active", "paused", "error", "completed", "failed"]
@@ -26,28 +26,25 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def _optional(default: Any = None) -> Any:
+    """An optional field left out of the JSON while unset, as the TypeScript engine does."""
+    return Field(default=default, exclude_if=_is_none)
+
+
 class WireModel(BaseModel):
     """Base of every JSON model: camelCase aliases, unknown fields kept."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
+        serialize_by_alias=True,
         extra="allow",
         ser_json_inf_nan="constants",
     )
-
-    # Optional fields that are left out of the JSON when unset, as the TypeScript engine does.
-    _omit_if_none: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if isinstance(data, dict):
-            for name in self._omit_if_none:
-                for key in (name, to_camel(name)):
-                    if key in data and data[key] is None:
-                        del data[key]
-        return data
 
     def to_json(self) -> str:
         """This model as compact JSON, with the wire (camelCase) names."""
@@ -64,9 +61,7 @@ class Node(WireModel):
     id: str
     type: str
     data: Any = None
-    metadata: Any = None
-
-    _omit_if_none = frozenset({"metadata"})
+    metadata: Any = _optional()
 
 
 class Edge(WireModel):
@@ -75,9 +70,7 @@ class Edge(WireModel):
     id: str
     source: str
     target: str
-    source_handle: str | None = None
-
-    _omit_if_none = frozenset({"source_handle"})
+    source_handle: str | None = _optional()
 
 
 class WorkflowDefinition(WireModel):
@@ -105,10 +98,8 @@ class NodeResult(WireModel):
 
     output: Any = None
     timestamp: int
-    error: str | None = None
+    error: str | None = _optional()
     attempt: int = 1
-
-    _omit_if_none = frozenset({"error"})
 
 
 class RetryState(WireModel):
@@ -116,9 +107,7 @@ class RetryState(WireModel):
 
     node_id: str
     attempts: int
-    next_retry_at: int | None = None
-
-    _omit_if_none = frozenset({"next_retry_at"})
+    next_retry_at: int | None = _optional()
 
 
 class WaitState(WireModel):
@@ -130,21 +119,17 @@ class WaitState(WireModel):
     """
 
     kind: Literal["sleep", "event"]
-    until: int | None = None
-    event: str | None = None
-
-    _omit_if_none = frozenset({"until", "event"})
+    until: int | None = _optional()
+    event: str | None = _optional()
 
 
 class Event(WireModel):
     """An external event delivered to a run and not yet consumed by a waiting node."""
 
     payload: Any = None
-    name: str | None = None
+    name: str | None = _optional()
     received_at: int
-    id: str | None = None
-
-    _omit_if_none = frozenset({"name", "id"})
+    id: str | None = _optional()
 
 
 class DefinitionRef(WireModel):
@@ -167,30 +152,16 @@ class Snapshot(WireModel):
     current_node_id: str | None
     context: dict[str, list[NodeResult]] = Field(default_factory=dict)
     version: int = 0
-    last_started_at: int | None = None
-    total_execution_time: int | None = None
+    last_started_at: int | None = _optional()
+    total_execution_time: int | None = _optional()
     metadata: dict[str, Any] = Field(default_factory=dict)
-    retry_state: RetryState | None = None
-    wait: WaitState | None = None
-    definition: DefinitionRef | None = None
-    input: Any = None
-    inbox: list[Event] | None = None
-    consumed_events: list[str] | None = None
-    counts: dict[str, int] | None = None
-
-    _omit_if_none = frozenset(
-        {
-            "last_started_at",
-            "total_execution_time",
-            "retry_state",
-            "wait",
-            "definition",
-            "input",
-            "inbox",
-            "consumed_events",
-            "counts",
-        }
-    )
+    retry_state: RetryState | None = _optional()
+    wait: WaitState | None = _optional()
+    definition: DefinitionRef | None = _optional()
+    input: Any = _optional()
+    inbox: list[Event] | None = _optional()
+    consumed_events: list[str] | None = _optional()
+    counts: dict[str, int] | None = _optional()
 
     @property
     def run_id(self) -> str:
