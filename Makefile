@@ -27,5 +27,9 @@ test: install lint setup-gcp setup-cloudflare
 demo: install
 	$(PY) -m refluxo.local.demo
 
+# Writes benchmarks/results/results.{md,json}; BENCH_ARGS=--quick for a fast look.
+bench: install setup-gcp setup-cloudflare
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
 clean: clean-cloudflare
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build

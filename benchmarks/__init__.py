@@ -1,0 +1,1 @@
+"""refluxo's benchmarks: ``python -m benchmarks.run`` (or ``make bench``); see ``run.py``."""

@@ -1,0 +1,59 @@
+"""The workflows the benchmarks run: a linear chain, and one node looping on itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from refluxo.core import Context, NodeDefinition, StepResult, Workflow
+
+LOOP_NODE = "loop"
+LOOP_HANDLE = "again"
+
+# A small but not empty output: what a typical step records (an id, a status, a little data).
+_FILLER = "x" * 48
+
+
+def linear_definition(n: int) -> dict[str, Any]:
+    """``n`` nodes ``s0 -> s1 -> ... -> s{n-1}``, each with a little data of its own."""
+    return {
+        "nodes": [{"id": f"s{i}", "type": "step", "data": {"i": i}} for i in range(n)],
+        "edges": [{"id": f"e{i}", "source": f"s{i}", "target": f"s{i + 1}"} for i in range(n - 1)],
+    }
+
+
+def _step(data: Any, context: Context, payload: Any, globals: Any) -> Any:
+    return {"i": data["i"], "status": "ok", "note": _FILLER}
+
+
+LINEAR_NODES = {"step": NodeDefinition(executor=_step)}
+
+
+def loop_definition() -> dict[str, Any]:
+    """One node ``loop`` with an edge back to itself through the handle ``again``."""
+    return {
+        "nodes": [{"id": LOOP_NODE, "type": "loop", "data": {"label": "tick"}}],
+        "edges": [
+            {"id": "back", "source": LOOP_NODE, "target": LOOP_NODE, "sourceHandle": LOOP_HANDLE}
+        ],
+    }
+
+
+def loop_nodes(limit: int) -> dict[str, NodeDefinition]:
+    """The ``loop`` node type: it takes the ``again`` edge until it has run ``limit`` times.
+
+    It counts its runs with ``context.count``, which stays right when retention trims results.
+    """
+
+    def loop(data: Any, context: Context, payload: Any, globals: Any) -> StepResult:
+        n = context.count(LOOP_NODE) + 1
+        return StepResult(
+            data={"i": n, "status": "ok", "note": _FILLER},
+            next_handle=LOOP_HANDLE if n < limit else None,
+        )
+
+    return {"loop": NodeDefinition(executor=loop)}
+
+
+def loop_workflow(limit: int, retention: int | None, name: str = "loop") -> Workflow:
+    """A :class:`Workflow` of the loop, ending after ``limit`` steps."""
+    return Workflow(name, loop_definition(), loop_nodes(limit), retention=retention)

@@ -1,0 +1,60 @@
+"""The benchmarks' code paths still run and write well-formed results (tiny sizes, no timing).
+
+Speed goals live in the benchmarks (``make bench``), not here. The platform section needs the
+emulators and is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run
+
+SECTIONS = ["engine", "flatness", "embedded", "coldstart"]
+
+
+def test_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> None:
+    argv = ["--tiny", "--out", str(tmp_path)]
+    for section in SECTIONS:
+        argv += ["--section", section]
+
+    assert run.main(argv) == 0
+
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["meta"]["mode"] == "tiny"
+    assert [s["section"] for s in data["sections"]] == SECTIONS
+    ids: set[str] = set()
+    for section in data["sections"]:
+        assert section["skipped"] is None, section
+        assert section["figures"], section["section"]
+        assert section["notes"], section["section"]
+        for fig in section["figures"]:
+            assert fig["id"] not in ids, fig["id"]
+            ids.add(fig["id"])
+            assert fig["id"].startswith(section["section"] + "."), fig["id"]
+            assert isinstance(fig["value"], int | float), fig
+            assert math.isfinite(fig["value"]) and fig["value"] >= 0, fig
+            assert fig["name"] and fig["unit"] and fig["display"], fig
+            assert fig["command"] == (
+                f"python -m benchmarks.run --section {section['section']} --tiny"
+            )
+            # A figure with a goal says whether it passed; one without does not pretend to.
+            assert (fig["goal"] is None) == (fig["passed"] is None), fig
+
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| Figure | Value | Goal | Pass/fail | Command |" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) == len(ids)
+    for section in data["sections"]:
+        assert f"## {section['title']}" in markdown
+
+
+def test_the_section_list_names_every_section(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for section in [*SECTIONS, "platform"]:
+        assert section in out
