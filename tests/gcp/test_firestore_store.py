@@ -101,6 +101,35 @@ async def test_two_invocations_racing_on_one_run_exactly_one_save_wins(
     assert (stored.version, stored.metadata) == (1, {"who": winners[0]})
 
 
+async def test_a_save_after_another_instance_saved_is_a_conflict_without_an_extra_read(
+    firestore_client: Any, second_client: Any
+) -> None:
+    """A save reuses the update time its load saw as the precondition (no read before it);
+    a write by another instance in between still makes it lose."""
+    one = FirestoreStateStore(firestore_client, COLLECTION)
+    two = FirestoreStateStore(second_client, COLLECTION)
+    await one.create(snapshot("seq"))
+    stale = await one.load("seq")
+    fresh = await two.load("seq")
+    await two.save(
+        fresh.model_copy(update={"version": 1, "metadata": {"who": "two"}}), expected_version=0
+    )
+    reads = 0
+    original_get = AsyncDocumentReference.get
+
+    async def counting_get(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await original_get(self, *args, **kwargs)
+
+    with mock.patch.object(AsyncDocumentReference, "get", counting_get):
+        with pytest.raises(VersionConflict):
+            await one.save(stale.model_copy(update={"version": 1}), expected_version=0)
+    assert reads == 1  # only the re-read that explains the refused write
+    stored = await one.load("seq")
+    assert (stored.version, stored.metadata) == (1, {"who": "two"})
+
+
 async def test_a_write_between_the_version_check_and_the_update_is_a_version_conflict(
     firestore_client: Any, second_client: Any, store: FirestoreStateStore
 ) -> None:

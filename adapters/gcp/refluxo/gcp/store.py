@@ -33,6 +33,7 @@ import datetime as dt
 import hashlib
 import re
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -130,6 +131,9 @@ def document_size(path: str, fields: Mapping[str, Any]) -> int:
     return name + _value_size(dict(fields)) + 32
 
 
+_REMEMBERED_RUNS = 4096
+
+
 class FirestoreStateStore(StateStore, ResultArchive):
     """Keeps each run in one Firestore document; see the module docstring for the layout.
 
@@ -173,6 +177,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
             predicate=if_transient_error,
         )
         self._call: dict[str, Any] = {"retry": retry, "timeout": timeout_s}
+        self._seen: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self.collection = collection
         self.max_bytes = max_bytes
 
@@ -206,7 +211,17 @@ class FirestoreStateStore(StateStore, ResultArchive):
             raise store_error(exc, f"load run {run_id!r}") from exc
         if not doc.exists:
             raise RunNotFound(run_id)
-        return _parse(run_id, doc)
+        snapshot = _parse(run_id, doc)
+        self._remember(run_id, snapshot.version, doc.update_time)
+        return snapshot
+
+    def _remember(self, run_id: str, version: int, update_time: Any) -> None:
+        # The update time seen with a version is the precondition a save of that version
+        # needs: the usual load-then-save of a step then costs no extra read.
+        self._seen[run_id] = (version, update_time)
+        self._seen.move_to_end(run_id)
+        if len(self._seen) > _REMEMBERED_RUNS:
+            self._seen.popitem(last=False)
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
         run_id = snapshot.workflow_id
@@ -215,26 +230,34 @@ class FirestoreStateStore(StateStore, ResultArchive):
             raise RunNotFound(run_id)
         ref = self._collection.document(doc_id)
         fields = self._fields(snapshot, ref.path)
+        seen = self._seen.get(run_id)
+        if seen is not None and seen[0] == expected_version:
+            update_time = seen[1]
+        else:
+            try:
+                before = await ref.get([_VERSION], **self._call)
+            except BACKEND_ERRORS as exc:
+                raise store_error(exc, f"read run {run_id!r} before saving it") from exc
+            if not before.exists:
+                raise RunNotFound(run_id)
+            stored = _version(before)
+            if stored != expected_version:
+                raise VersionConflict(run_id, expected_version, stored)
+            update_time = before.update_time
         try:
-            before = await ref.get([_VERSION], **self._call)
-        except BACKEND_ERRORS as exc:
-            raise store_error(exc, f"read run {run_id!r} before saving it") from exc
-        if not before.exists:
-            raise RunNotFound(run_id)
-        stored = _version(before)
-        if stored != expected_version:
-            raise VersionConflict(run_id, expected_version, stored)
-        try:
-            await ref.update(
+            result = await ref.update(
                 fields,
-                option=self._client.write_option(last_update_time=before.update_time),
+                option=self._client.write_option(last_update_time=update_time),
                 **self._call,
             )
         except (gexc.FailedPrecondition, gexc.NotFound) as exc:
-            # Written (or deleted) since we read it, or some other precondition failed.
-            await self._explain_lost_write(run_id, expected_version, before, exc)
+            # Written (or deleted) since that version was read, or another precondition failed.
+            self._seen.pop(run_id, None)
+            await self._explain_lost_write(run_id, expected_version, doc_id, update_time, exc)
         except BACKEND_ERRORS as exc:
+            self._seen.pop(run_id, None)
             raise store_error(exc, f"save run {run_id!r}") from exc
+        self._remember(run_id, snapshot.version, result.update_time)
 
     # --- the optional archive of trimmed results ----------------------------------------
 
@@ -345,17 +368,18 @@ class FirestoreStateStore(StateStore, ResultArchive):
         self,
         run_id: str,
         expected: int,
-        before: DocumentSnapshot[AsyncDocumentReference],
+        doc_id: str,
+        update_time: Any,
         exc: Exception,
     ) -> None:
         """Raise what a refused conditional write means, judging by the document now."""
         try:
-            after = await self._collection.document(before.id).get([_VERSION], **self._call)
+            after = await self._collection.document(doc_id).get([_VERSION], **self._call)
         except BACKEND_ERRORS as reread:
             raise store_error(reread, f"re-read run {run_id!r} after a refused save") from exc
         if not after.exists:
             raise RunNotFound(run_id) from exc
-        if after.update_time != before.update_time:
+        if after.update_time != update_time:
             # Another writer got in between our read and our write: it won.
             raise VersionConflict(run_id, expected, _version(after)) from exc
         raise store_error(exc, f"save run {run_id!r}") from exc
