@@ -203,6 +203,28 @@ class Snapshot(WireModel):
         """Load a snapshot from its JSON text."""
         return cls.model_validate_json(raw)
 
+    @classmethod
+    def from_stored(cls, run_id: str, raw: Any, where: str = "the store") -> Snapshot:
+        """Load a snapshot a store kept; what is not snapshot JSON becomes a (final) StoreError."""
+        from pydantic import ValidationError
+
+        from .errors import StoreError
+
+        if isinstance(raw, bytes | bytearray | memoryview):
+            raw = bytes(raw).decode("utf-8")
+        if not isinstance(raw, str):
+            raise StoreError(
+                f"{where} holds a {type(raw).__name__} for run {run_id!r}, not snapshot JSON",
+                transient=False,
+            )
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise StoreError(
+                f"{where}: the stored snapshot of run {run_id!r} is not valid: {exc}",
+                transient=False,
+            ) from exc
+
 
 class DispatchMessage(WireModel):
     """ "Run the next step of run X": what a scheduler delivers to the dispatcher.

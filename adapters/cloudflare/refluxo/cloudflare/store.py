@@ -57,19 +57,7 @@ def _field(obj: Any, name: str) -> Any:
 
 
 def _parse(run_id: str, raw: Any, where: str) -> Snapshot:
-    if isinstance(raw, bytes | bytearray | memoryview):
-        raw = bytes(raw).decode("utf-8")
-    if not isinstance(raw, str):
-        raise StoreError(
-            f"{where} holds a {type(raw).__name__} for run {run_id!r}, not snapshot JSON",
-            transient=False,
-        )
-    try:
-        return Snapshot.from_json(raw)
-    except ValidationError as exc:
-        raise StoreError(
-            f"{where}: the stored snapshot of run {run_id!r} is not valid: {exc}", transient=False
-        ) from exc
+    return Snapshot.from_stored(run_id, raw, where)
 
 
 def _encoded(snapshot: Snapshot, limit: int) -> str:

@@ -42,9 +42,8 @@ from google.api_core.retry import AsyncRetry, if_transient_error
 from google.cloud import firestore
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
-from pydantic import ValidationError
 
-from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
+from refluxo.core.errors import PayloadTooLarge, RunNotFound, VersionConflict
 from refluxo.core.model import NodeResult, Snapshot, Status
 from refluxo.core.ports import ResultArchive, StateStore
 
@@ -402,14 +401,4 @@ def _version(doc: DocumentSnapshot[AsyncDocumentReference]) -> int | None:
 
 def _parse(run_id: str, doc: DocumentSnapshot[AsyncDocumentReference]) -> Snapshot:
     raw = (doc.to_dict() or {}).get(_SNAPSHOT)
-    if not isinstance(raw, str):
-        raise StoreError(
-            f"document {doc.reference.path!r} has no {_SNAPSHOT!r} text field: not a refluxo run",
-            transient=False,
-        )
-    try:
-        return Snapshot.from_json(raw)
-    except ValidationError as exc:
-        raise StoreError(
-            f"run {run_id!r}: the stored snapshot is not valid: {exc}", transient=False
-        ) from exc
+    return Snapshot.from_stored(run_id, raw, f"document {doc.reference.path!r}")
