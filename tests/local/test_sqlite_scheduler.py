@@ -13,12 +13,14 @@ import textwrap
 from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from refluxo.core import SchedulerError
+import refluxo.local.scheduler as scheduler_module
+from refluxo.core import Dispatcher, SchedulerError
 from refluxo.core.model import DispatchMessage, now_ms
-from refluxo.local import SQLiteScheduler
+from refluxo.local import SQLiteScheduler, SQLiteStateStore
 from tests.conftest import FakeClock
 from tests.contract.scheduler import NextDelivery, SchedulerContract
 
@@ -559,4 +561,309 @@ async def test_a_locked_file_raises_a_transient_scheduler_error_from_the_sqlite_
     finally:
         other.execute("ROLLBACK")
         other.close()
+        scheduler.close()
+
+
+# Leases taken while scheduling, done marks in batches ------------------------------------
+
+
+async def test_a_handlers_follow_up_is_leased_to_its_worker_as_it_is_scheduled(
+    path: Path,
+) -> None:
+    first, second = SQLiteScheduler(path), SQLiteScheduler(path)
+    got: list[DispatchMessage] = []
+    seen: dict[str, str] = {}
+    taken_elsewhere: list[int] = []
+
+    async def step(message: DispatchMessage) -> None:
+        got.append(message)
+        if message.version == 1:
+            await first.schedule(DispatchMessage(run_id="run-1", version=2))
+            seen.update({m.key: m.state for m in await first.list_messages()})
+            # Leased in the schedule call, for the slot this handler is about to free.
+            taken_elsewhere.append(await second.drain(Recorder()))
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(first.run(step, stop=stop, concurrency=1))
+    try:
+        await first.schedule(DispatchMessage(run_id="run-1", version=1))
+        await wait_until(lambda: len(got) == 2, "the follow-up")
+        assert seen == {"run-1.1.0": "leased", "run-1.2.0": "leased"}
+        assert taken_elsewhere == [0]
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, DEADLINE_S)
+        first.close()
+        second.close()
+    assert [m.version for m in got] == [1, 2]
+
+
+async def test_older_due_messages_take_the_slot_before_a_handlers_follow_up(
+    path: Path,
+) -> None:
+    scheduler = SQLiteScheduler(path)
+    got: list[str] = []
+    seen: dict[str, str] = {}
+
+    async def step(message: DispatchMessage) -> None:
+        got.append(message.key)
+        if message.run_id == "x" and message.version == 1:
+            await scheduler.schedule(DispatchMessage(run_id="x", version=2))
+            seen.update({m.key: m.state for m in await scheduler.list_messages()})
+
+    start = now_ms()
+    await scheduler.schedule(DispatchMessage(run_id="x", version=1), at=start - 2000)
+    await scheduler.schedule(DispatchMessage(run_id="a", version=1), at=start - 1000)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(scheduler.run(step, stop=stop, concurrency=1))
+    try:
+        await wait_until(lambda: len(got) == 3, "three deliveries")
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, DEADLINE_S)
+        scheduler.close()
+    # The slot x's handler hands over goes to a, waiting longer than x's follow-up.
+    assert seen == {"x.1.0": "leased", "a.1.0": "leased", "x.2.0": "pending"}
+    assert got == ["x.1.0", "a.1.0", "x.2.0"]
+
+
+async def test_a_busy_worker_marks_delivered_messages_done_within_the_flush_delay(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "DONE_FLUSH_S", 0.5)
+    scheduler = SQLiteScheduler(path)
+    gate = Gate()
+
+    async def step(message: DispatchMessage) -> None:
+        if message.version == 1:
+            await scheduler.schedule(DispatchMessage(run_id="run-1", version=2))
+            return
+        await gate(message)
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(scheduler.run(step, stop=stop, concurrency=1))
+    try:
+        await scheduler.schedule(DispatchMessage(run_id="run-1", version=1))
+        await asyncio.wait_for(gate.entered.wait(), DEADLINE_S)
+
+        async def states() -> dict[str, str]:
+            return {m.key: m.state for m in await scheduler.list_messages()}
+
+        # Delivered, but its only slot is busy: it waits to be marked with others...
+        assert await states() == {"run-1.1.0": "leased", "run-1.2.0": "leased"}
+        # ...for the flush delay at most, although the slot stays busy.
+        deadline = now_ms() + DEADLINE_S * 1000
+        while (await states())["run-1.1.0"] != "done":
+            assert now_ms() < deadline, "run-1.1.0 was never marked done"
+            await asyncio.sleep(0.02)
+        assert (await states())["run-1.2.0"] == "leased" and not gate.done
+    finally:
+        gate.opened.set()
+        stop.set()
+        await asyncio.wait_for(worker, DEADLINE_S)
+        scheduler.close()
+    reopened = SQLiteScheduler(path)
+    assert {m.state for m in await reopened.list_messages()} == {"done"}
+    reopened.close()
+
+
+async def test_cancelling_the_worker_releases_the_follow_ups_it_had_leased_too(
+    path: Path,
+) -> None:
+    scheduler = SQLiteScheduler(path)
+    gate = Gate()
+
+    async def step(message: DispatchMessage) -> None:
+        await scheduler.schedule(DispatchMessage(run_id="run-1", version=message.version + 1))
+        await gate(message)
+
+    worker = asyncio.create_task(scheduler.run(step, concurrency=1))
+    try:
+        await scheduler.schedule(DispatchMessage(run_id="run-1", version=1))
+        await asyncio.wait_for(gate.entered.wait(), DEADLINE_S)
+        assert {m.state for m in await scheduler.list_messages()} == {"leased"}
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    infos = await scheduler.list_messages()
+    assert [(m.key, m.state, m.attempts) for m in infos] == [
+        ("run-1.1.0", "pending", 0),
+        ("run-1.2.0", "pending", 0),
+    ]
+    scheduler.close()
+
+
+# A workflow of `steps` steps on one node, for a child process and for the test. A step
+# numbered `crash_at` ends the process as a crash would: no finally, nothing flushed.
+LOOPER = textwrap.dedent(
+    """
+    import os
+
+    from refluxo.core import NodeDefinition, StepResult, Workflow
+
+    def looper(steps, crash_at=None, ran=None):
+        def loop(data, context, payload, globals):
+            n = context.count("loop") + 1
+            if n == crash_at:
+                os._exit(3)
+            if ran is not None:
+                ran.append(n)
+            return StepResult(data={"n": n}, next_handle="again" if n < steps else None)
+
+        definition = {
+            "nodes": [{"id": "loop", "type": "loop", "data": {}}],
+            "edges": [
+                {"id": "back", "source": "loop", "target": "loop", "sourceHandle": "again"}
+            ],
+        }
+        return Workflow("looper", definition, {"loop": NodeDefinition(executor=loop)})
+    """
+)
+
+# Runs a workflow on the worker loop until its fifth step kills the process. Done marks wait
+# an hour, so every message delivered so far is still leased, unmarked, when it dies.
+CRASH_MID_RUN = LOOPER + textwrap.dedent(
+    """
+    import asyncio, sys
+    import refluxo.local.scheduler as scheduler_module
+    from refluxo.core import Dispatcher
+    from refluxo.local import SQLiteScheduler, SQLiteStateStore
+
+    scheduler_module.DONE_FLUSH_S = 3600.0
+
+    async def main(path):
+        store, scheduler = SQLiteStateStore(path), SQLiteScheduler(path)
+        dispatcher = Dispatcher([looper(10, crash_at=5)], store, scheduler)
+        await dispatcher.start("looper", run_id="run-1")
+
+        async def deliver(message):
+            await dispatcher.dispatch(message)
+
+        await scheduler.run(deliver, concurrency=1)
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+async def test_messages_delivered_but_not_yet_marked_done_when_the_process_dies_come_again(
+    path: Path, clock: FakeClock
+) -> None:
+    crashed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", CRASH_MID_RUN, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert crashed.returncode == 3, crashed.stderr
+    scheduler = SQLiteScheduler(path, clock=clock)
+    store = SQLiteStateStore(path)
+    try:
+        assert (await store.load("run-1")).version == 4  # Steps 1 to 4 were saved.
+        # Versions 0 to 3 delivered, 4 in flight: all still leased to the dead worker.
+        infos = await scheduler.list_messages()
+        assert [(m.message.version, m.state) for m in infos] == [(v, "leased") for v in range(5)]
+
+        namespace: dict[str, object] = {}
+        exec(LOOPER, namespace)
+        ran: list[int] = []
+        looper = namespace["looper"]
+        assert callable(looper)
+        dispatcher = Dispatcher([looper(10, ran=ran)], store, scheduler)
+        outcomes: list[tuple[int, str]] = []
+
+        async def deliver(message: DispatchMessage) -> None:
+            result = await dispatcher.dispatch(message)
+            outcomes.append((message.version, result.outcome))
+
+        clock.advance(60_000 + 1000)  # The leases expire (the child ran on the real clock).
+        await scheduler.drain(deliver)
+        # The duplicates change nothing; the step that died runs again, and each after it once.
+        assert [o for v, o in outcomes if v < 4] == ["stale", "stale", "stale", "recovered"]
+        assert ran == [5, 6, 7, 8, 9, 10]
+        final = await store.load("run-1")
+        assert (final.version, final.status) == (10, "completed")
+    finally:
+        scheduler.close()
+        store.close()
+
+
+async def test_a_file_with_the_old_indexes_is_migrated(path: Path) -> None:
+    with sqlite3.connect(path) as raw:
+        raw.executescript(
+            """
+            CREATE TABLE messages (
+                key TEXT PRIMARY KEY, run_id TEXT NOT NULL, version INTEGER NOT NULL,
+                hop INTEGER NOT NULL, due_at INTEGER NOT NULL, state TEXT NOT NULL,
+                lease_until INTEGER, lease_token TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+                last_error TEXT, created_at INTEGER NOT NULL, done_at INTEGER
+            );
+            CREATE INDEX messages_due ON messages (state, due_at);
+            CREATE INDEX messages_lease ON messages (state, lease_until);
+            CREATE INDEX messages_done ON messages (state, done_at);
+            INSERT INTO messages (key, run_id, version, hop, due_at, state, created_at)
+            VALUES ('run-1.1.0', 'run-1', 1, 0, 0, 'pending', 0);
+            """
+        )
+    raw.close()
+    scheduler = SQLiteScheduler(path)
+    try:
+        handler = Recorder()
+        assert await scheduler.drain(handler) == 1
+        assert [m.key for m in await scheduler.list_messages(state="done")] == ["run-1.1.0"]
+    finally:
+        scheduler.close()
+    with sqlite3.connect(path) as raw:
+        indexes = {
+            name
+            for (name,) in raw.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            )
+        }
+    raw.close()
+    assert indexes == {
+        "messages_pending",
+        "messages_leased",
+        "messages_done_at",
+        "messages_dead",
+    }
+
+
+async def test_a_chain_of_follow_ups_needs_no_lease_transactions_of_the_worker(
+    path: Path,
+) -> None:
+    scheduler = SQLiteScheduler(path)
+    leased: list[int] = []
+    real_lease = scheduler._lease
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        taken = real_lease(*args, **kwargs)
+        leased.append(len(taken))
+        return taken
+
+    scheduler._lease = counted  # type: ignore[method-assign]
+    got: list[int] = []
+
+    async def step(message: DispatchMessage) -> None:
+        got.append(message.version)
+        if message.version < 20:
+            await scheduler.schedule(DispatchMessage(run_id="run-1", version=message.version + 1))
+
+    await scheduler.schedule(DispatchMessage(run_id="run-1", version=1))
+    stop = asyncio.Event()
+    worker = asyncio.create_task(scheduler.run(step, stop=stop, concurrency=4))
+    try:
+        await wait_until(lambda: len(got) == 20, "twenty steps")
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, DEADLINE_S)
+    try:
+        assert got == list(range(1, 21))
+        # The worker leased the first message; each schedule call leased the one it wrote,
+        # while the worker's free slots only read the table to find nothing else due.
+        assert leased == [1]
+        assert {m.state for m in await scheduler.list_messages()} == {"done"}
+    finally:
         scheduler.close()

@@ -234,7 +234,8 @@ def test_several_processes_saving_one_run_lose_no_increment(path: Path) -> None:
 
 
 async def test_a_stale_save_from_another_connection_is_refused(path: Path) -> None:
-    first, second = SQLiteStateStore(path), SQLiteStateStore(path)
+    # Stores of one process on one file share a connection, unless their busy timeouts differ.
+    first, second = SQLiteStateStore(path), SQLiteStateStore(path, busy_timeout_ms=4000)
     try:
         await first.create(snapshot("run-1"))
         await first.save(snapshot("run-1", version=1), expected_version=0)
@@ -244,3 +245,55 @@ async def test_a_stale_save_from_another_connection_is_refused(path: Path) -> No
     finally:
         first.close()
         second.close()
+
+
+async def test_a_save_that_renames_the_workflow_is_listed_under_the_new_name(
+    store: SQLiteStateStore,
+) -> None:
+    # Saves leave the workflow column alone unless the name changes; when it does, it is set.
+    await store.create(snapshot("a", definition=DefinitionRef(name="orders", hash="h1")))
+    renamed = DefinitionRef(name="invoices", hash="h2")
+    await store.save(snapshot("a", version=1, definition=renamed), expected_version=0)
+    assert [r.workflow for r in await store.list_runs()] == ["invoices"]
+    assert await store.list_runs(workflow="orders") == []
+    with pytest.raises(VersionConflict):  # The fallback is a compare-and-set too.
+        await store.save(snapshot("a", version=1, definition=renamed), expected_version=0)
+
+
+async def test_a_file_with_the_old_indexes_is_migrated_and_lists_runs_by_status(
+    path: Path, clock: FakeClock
+) -> None:
+    # Files written before the indexes changed had these two; opening the file replaces them.
+    with sqlite3.connect(path) as raw:
+        raw.executescript(
+            """
+            CREATE TABLE runs (
+                id TEXT PRIMARY KEY, workflow TEXT, status TEXT NOT NULL,
+                version INTEGER NOT NULL, updated_at INTEGER NOT NULL, snapshot TEXT NOT NULL
+            );
+            CREATE INDEX runs_by_status ON runs (status, updated_at);
+            CREATE INDEX runs_by_workflow ON runs (workflow, updated_at);
+            """
+        )
+    raw.close()
+    store = SQLiteStateStore(path, clock=clock)
+    try:
+        for i, status in enumerate(["active", "failed", "completed", "failed"]):
+            clock.advance(10)
+            await store.create(snapshot(f"r{i}", status=status))
+        assert [r.run_id for r in await store.list_runs(status="failed")] == ["r3", "r1"]
+        assert [r.run_id for r in await store.list_runs(status="active")] == ["r0"]
+        await store.save(snapshot("r0", version=1, status="failed"), expected_version=0)
+        assert [r.run_id for r in await store.list_runs(status="failed")] == ["r0", "r3", "r1"]
+        assert await store.list_runs(status="active") == []
+    finally:
+        store.close()
+    with sqlite3.connect(path) as raw:
+        indexes = {
+            row[0]
+            for row in raw.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+    raw.close()
+    assert indexes == {"runs_workflow", "runs_settled"}

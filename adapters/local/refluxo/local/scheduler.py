@@ -11,26 +11,39 @@ A row goes through these states::
        ^                 │ ╲
        └── handler raised┘  ╲── last attempt failed, or its lease expired once too often ──> dead
            (backoff)
+
+Each write transaction costs a commit, so a worker loop saves some. A message scheduled
+through this object on the worker's event loop is written in a transaction that also leases
+the worker what it has room for, counting the slot of the handler that schedules it (the
+oldest due messages first, then the new one if due): a step's follow-up is mostly leased with
+no lease transaction of its own. Delivered messages are marked done in batches, in whichever
+transaction comes once the oldest has waited ``DONE_FLUSH_S`` (at once when the worker runs
+out of work). Nothing is given up for it: a message is a row before
+:meth:`SQLiteScheduler.schedule` returns and a lease is a row before its handler runs, so if
+the process dies, what it had leased is delivered again after ``lease_ms``, including messages
+delivered but not yet marked done (the dispatcher finds those stale).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import sqlite3
-import threading
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Literal
 
 from refluxo.core.errors import SchedulerError
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.core.ports import Scheduler
 
-from ._sqlite import connect, translated
+from ._sqlite import Database
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +51,21 @@ Handler = Callable[[DispatchMessage], Awaitable[object]]
 """What a worker delivers each message to; raising means "not delivered, try again later"."""
 
 MessageState = Literal["pending", "leased", "done", "dead"]
+_STATES: tuple[MessageState, ...] = ("pending", "leased", "done", "dead")
 
 DAY_MS = 24 * 3600 * 1000
 # Done rows are not deleted at once: a duplicate that arrives late collapses on its tombstone.
 # The pruning pass itself is cheap but needs the write lock, so it runs at most this often.
 PRUNE_EVERY_MS = 60_000
+# How long a busy worker lets delivered messages wait to be marked done, so that one
+# transaction marks many: their rows and index entries sit on a few pages, which it writes
+# once. (A worker with nothing left to deliver marks them at once.) Until marked, a message is
+# leased to the worker, which renews it; if the process dies first, it is delivered again.
+DONE_FLUSH_S = 0.05
+# Leasing while scheduling looks for expired leases at most this often (a worker's own lease
+# transactions always look): a lease expires a minute after its worker died, so a second more
+# changes nothing, and looking costs a query on every step.
+EXPIRY_CHECK_EVERY_MS = 1_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -59,21 +82,41 @@ CREATE TABLE IF NOT EXISTS messages (
     created_at INTEGER NOT NULL,
     done_at INTEGER  -- when it became done or dead
 );
-CREATE INDEX IF NOT EXISTS messages_due ON messages (state, due_at);
-CREATE INDEX IF NOT EXISTS messages_lease ON messages (state, lease_until);
-CREATE INDEX IF NOT EXISTS messages_done ON messages (state, done_at);
+-- A message changes state two or three times; with partial indexes each change touches the
+-- entries of the states it leaves and enters only, not one entry per index. Queries that use
+-- them say "state = '...'" with the literal (what SQLite's planner needs to pick them). Files
+-- made by earlier versions had indexes on (state, due_at), (state, lease_until) and
+-- (state, done_at); they are dropped.
+DROP INDEX IF EXISTS messages_due;
+DROP INDEX IF EXISTS messages_lease;
+DROP INDEX IF EXISTS messages_done;
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (due_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_until) WHERE state = 'leased';
+CREATE INDEX IF NOT EXISTS messages_done_at ON messages (done_at) WHERE state = 'done';
+CREATE INDEX IF NOT EXISTS messages_dead ON messages (due_at) WHERE state = 'dead';
 """
 
 # A key seen before collapses into the existing row, unless that row is a done tombstone
 # older than tombstone_ms: then the message is new again (the prune may not have run yet).
+# A new row is pending, or leased at once to the worker it is handed to (see schedule).
 _SCHEDULE = """
-INSERT INTO messages (key, run_id, version, hop, due_at, state, attempts, created_at)
-VALUES (:key, :run_id, :version, :hop, :due_at, 'pending', 0, :now)
+INSERT INTO messages (
+    key, run_id, version, hop, due_at, state, lease_until, lease_token, attempts, created_at
+)
+VALUES (
+    :key, :run_id, :version, :hop, :due_at, :state, :lease_until, :lease_token, 0, :now
+)
 ON CONFLICT (key) DO UPDATE SET
-    due_at = excluded.due_at, state = 'pending', attempts = 0, last_error = NULL,
-    lease_until = NULL, lease_token = NULL, created_at = excluded.created_at, done_at = NULL
+    due_at = excluded.due_at, state = excluded.state, attempts = 0, last_error = NULL,
+    lease_until = excluded.lease_until, lease_token = excluded.lease_token,
+    created_at = excluded.created_at, done_at = NULL
 WHERE state = 'done' AND done_at < :expired
 """
+
+_MARK_DONE = (
+    "UPDATE messages SET state = 'done', done_at = ?, lease_until = NULL, lease_token = NULL"
+    " WHERE key = ? AND lease_token = ?"
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +147,51 @@ class _Lease:
     due_at: int
     attempts: int
     token: str
+
+
+@dataclass(eq=False)
+class _Worker:
+    """A running worker loop (:meth:`SQLiteScheduler.run`), as :meth:`schedule` sees it."""
+
+    loop: asyncio.AbstractEventLoop
+    wake: asyncio.Event
+    stop: asyncio.Event | None
+    concurrency: int
+    # Every lease this worker takes carries its token, so one statement renews them all.
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    inflight: dict[asyncio.Task[None], _Lease] = field(default_factory=dict)
+    # Leased to this worker (committed) but not started: each will take a slot about to free.
+    ready: deque[_Lease] = field(default_factory=deque)
+    # Handlers returned, not yet marked done (still leased to this worker), oldest first.
+    delivered: list[_Lease] = field(default_factory=list)
+    delivered_since: float = 0.0  # loop.time() when the oldest of them was delivered
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def delivered_to_mark(self) -> list[_Lease]:
+        """The delivered messages, once the oldest has waited DONE_FLUSH_S; else none."""
+        if self.delivered and self.loop.time() - self.delivered_since >= DONE_FLUSH_S:
+            return list(self.delivered)
+        return []
+
+    def room(self) -> int:
+        """Slots neither running a handler nor promised to a ready lease."""
+        return self.concurrency - len(self.inflight) - len(self.ready)
+
+
+@dataclass(eq=False)
+class _Delivery:
+    """The delivery a handler task is running, for :meth:`SQLiteScheduler.schedule` calls it
+    makes: its slot frees when it returns, so it may be promised to the message it schedules."""
+
+    worker: _Worker
+    slot_promised: bool = False
+
+
+_delivery: contextvars.ContextVar[_Delivery | None] = contextvars.ContextVar(
+    "refluxo_local_delivery", default=None
+)
 
 
 class SQLiteScheduler(Scheduler):
@@ -161,46 +249,37 @@ class SQLiteScheduler(Scheduler):
         self.tombstone_ms = tombstone_ms
         self.poll_interval_s = poll_interval_s
         self.busy_timeout_ms = busy_timeout_ms
-        self._conn: sqlite3.Connection | None = None
-        # The connection is shared; the lock keeps two threads' transactions from interleaving.
-        self._lock = threading.Lock()
+        self._database = Database(path, busy_timeout_ms=busy_timeout_ms, schema=_SCHEMA)
         self._last_prune: int | None = None
-        # One wake-up event per running worker loop, with the loop that owns it.
-        self._wakers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._last_expiry_check: int | None = None
+        # The worker loops running on this object (each with its event loop and wake-up event).
+        self._workers: set[_Worker] = set()
 
     # Connection ------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
-            try:
-                conn.executescript(_SCHEMA)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
-
     def close(self) -> None:
-        """Close the connection; the next call opens it again."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        """Close the connection (unless another object of this process on the file uses it);
+        the next call opens it again."""
+        self._database.close()
+
+    def _use(self, what: str) -> AbstractContextManager[sqlite3.Connection]:
+        """``with self._use(what) as db:`` the connection, for the block alone; SQLite errors
+        in it are raised as SchedulerErrors."""
+        return self._database.use(SchedulerError, what)
 
     @contextlib.contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front (waiting up to busy_timeout), so what
         # the transaction reads cannot change before it writes: two workers never lease one row.
-        with self._lock, translated(SchedulerError, what):
-            db = self._db()
+        with self._use(what) as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # A failed COMMIT may leave it open.
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     # The port --------------------------------------------------------------------------
 
@@ -222,18 +301,74 @@ class SQLiteScheduler(Scheduler):
         now = self.clock()
         if at is not None and at - now > self._max_delay_ms:
             raise ValueError(f"at is {at - now} ms away, over the maximum of {self._max_delay_ms}")
+        due_at = now if at is None else at
         params = {
             "key": message.key,
             "run_id": message.run_id,
             "version": message.version,
             "hop": message.hop,
-            "due_at": now if at is None else at,
+            "due_at": due_at,
+            "state": "pending",
+            "lease_until": None,
+            "lease_token": None,
             "now": now,
             "expired": now - self.tombstone_ms,
         }
-        with self._lock, translated(SchedulerError, f"schedule {message.key!r}"):
-            self._db().execute(_SCHEDULE, params)
-        self._wake()
+        worker = self._worker_here()
+        if worker is None:
+            with self._use(f"schedule {message.key!r}") as db:
+                db.execute(_SCHEDULE, params)
+            self._wake()
+            return
+        # A worker loop runs on this event loop: lease it what it has room for in the same
+        # transaction. A handler of that worker scheduling its follow-up counts its own slot,
+        # which frees when it returns; it is promised once.
+        room = max(worker.room(), 0)
+        delivery = _delivery.get()
+        promise = delivery is not None and delivery.worker is worker and not delivery.slot_promised
+        if promise:
+            room += 1
+        leases = self._schedule_leasing(worker, message, params, now, room)
+        if promise and leases:
+            assert delivery is not None
+            delivery.slot_promised = True
+        self._wake(skip=worker if len(worker.inflight) >= worker.concurrency else None)
+
+    def _schedule_leasing(
+        self,
+        worker: _Worker,
+        message: DispatchMessage,
+        params: dict[str, object],
+        now: int,
+        room: int,
+    ) -> list[_Lease]:
+        """Insert a message, mark the worker's delivered messages done and lease it up to
+        ``room`` due messages (older ones first, then this one), in one transaction."""
+        due_at = params["due_at"]
+        assert isinstance(due_at, int)
+        delivered = worker.delivered_to_mark()
+        with self._transaction(f"schedule {message.key!r}") as db:
+            self._mark_done(db, delivered, now)
+            leases = []
+            if room > 0:
+                last = self._last_expiry_check
+                expire = last is None or not 0 <= now - last < EXPIRY_CHECK_EVERY_MS
+                leases = self._claim(db, now, room, worker.token, expire=expire)
+            if due_at <= now and len(leases) < room:
+                params = {
+                    **params,
+                    "state": "leased",
+                    "lease_until": now + self.lease_ms,
+                    "lease_token": worker.token,
+                }
+                # rowcount is 0 when the key collapsed into a stored row: nothing to deliver.
+                if db.execute(_SCHEDULE, params).rowcount == 1:
+                    leases.append(_Lease(message.key, message, due_at, 0, worker.token))
+            else:
+                db.execute(_SCHEDULE, params)
+        del worker.delivered[: len(delivered)]
+        worker.ready.extend(leases)
+        return leases
 
     # Workers ---------------------------------------------------------------------------
 
@@ -242,10 +377,12 @@ class SQLiteScheduler(Scheduler):
     ) -> None:
         """Deliver due messages to ``handler`` until ``stop`` is set (or the task is cancelled).
 
-        Up to ``concurrency`` handlers run at once. A message whose handler returns is done;
-        one whose handler raises is retried after a backoff, and dead-lettered (logged at
-        ERROR) after ``max_attempts``. Between messages the loop sleeps until the next due time,
-        a :meth:`schedule` through this object, or ``poll_interval_s``, whichever comes first.
+        Up to ``concurrency`` handlers run at once. A message whose handler returns is done
+        (marked with others, within ``DONE_FLUSH_S``; until then it stays leased to this
+        worker); one whose handler raises is retried after a backoff, and dead-lettered
+        (logged at ERROR) after ``max_attempts``. Between messages the loop sleeps until the
+        next due time, a :meth:`schedule` through this object, or ``poll_interval_s``,
+        whichever comes first.
 
         When ``stop`` is set, no new message is leased and ``run`` returns once the handlers
         in flight have finished. When the task is cancelled, handlers in flight are cancelled
@@ -258,11 +395,10 @@ class SQLiteScheduler(Scheduler):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        waker = (loop, wake)
-        self._wakers.add(waker)
-        inflight: dict[asyncio.Task[None], _Lease] = {}
-        helpers = [asyncio.create_task(self._renew_leases(inflight))]
+        worker = _Worker(loop=loop, wake=asyncio.Event(), stop=stop, concurrency=concurrency)
+        wake, inflight = worker.wake, worker.inflight
+        self._workers.add(worker)
+        helpers = [asyncio.create_task(self._renew_leases(worker))]
         if stop is not None:
             helpers.append(asyncio.create_task(_set_when(stop, wake)))
 
@@ -270,39 +406,68 @@ class SQLiteScheduler(Scheduler):
             inflight.pop(task, None)
             wake.set()
 
+        def start(lease: _Lease) -> None:
+            task = asyncio.create_task(self._deliver_for(worker, handler, lease))
+            inflight[task] = lease
+            task.add_done_callback(finished)
+
         try:
-            while stop is None or not stop.is_set():
+            while not worker.stopping():
                 wake.clear()
                 timeout = self.poll_interval_s
                 try:
-                    free = concurrency - len(inflight)
-                    for lease in self._lease(free) if free > 0 else []:
-                        task = asyncio.create_task(self._deliver(handler, lease))
-                        inflight[task] = lease
-                        task.add_done_callback(finished)
-                    # With every slot taken, only a finishing handler (it sets wake) matters.
+                    # Leases taken while scheduling first: they are committed, and older than
+                    # anything a lease transaction would find now.
+                    while worker.ready and len(inflight) < concurrency:
+                        start(worker.ready.popleft())
                     if len(inflight) < concurrency:
+                        # A read first: when handlers' schedule calls lease what comes next,
+                        # nothing else is due, and the write lock would be taken for nothing.
                         timeout = self._idle_s()
+                        if timeout <= 0:
+                            for lease in self._lease(concurrency - len(inflight), worker):
+                                start(lease)
+                            if len(inflight) < concurrency:
+                                timeout = self._idle_s()
+                            else:
+                                timeout = self.poll_interval_s
+                    if worker.delivered:
+                        # Handlers' schedule calls mark them done in passing; if none comes in
+                        # time, or none will (no handler running), a transaction of their own.
+                        left = DONE_FLUSH_S - (loop.time() - worker.delivered_since)
+                        if left > 0 and inflight:
+                            timeout = min(timeout, left)
+                        else:
+                            self._flush_delivered(worker)
                 except SchedulerError as exc:
                     if not exc.transient:
                         raise
                     logger.warning("the worker loop will retry after: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout)
+                if not wake.is_set():
+                    # Cheaper than wait_for, which wraps the wait in a task of its own.
+                    timer = loop.call_later(timeout, wake.set)
+                    try:
+                        await wake.wait()
+                    finally:
+                        timer.cancel()
             if inflight:
                 await asyncio.wait(list(inflight))
         finally:
-            self._wakers.discard(waker)
+            self._workers.discard(worker)
             for helper in helpers:
                 helper.cancel()
-            if inflight:
-                abandoned = list(inflight.values())
-                for task in inflight:
-                    task.cancel()
-                await asyncio.gather(*inflight, *helpers, return_exceptions=True)
+            # A finished task whose done callback has not run yet is still in inflight; its
+            # handler's outcome is recorded already, so it is not abandoned.
+            abandoned = [lease for task, lease in inflight.items() if not task.done()]
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, *helpers, return_exceptions=True)
+            # Leased for this worker but never started: free them for other workers now.
+            abandoned.extend(worker.ready)
+            worker.ready.clear()
+            self._flush_delivered(worker, quiet=True)
+            if abandoned:
                 self._release(abandoned)
-            else:
-                await asyncio.gather(*helpers, return_exceptions=True)
 
     async def drain(self, handler: Handler, *, max_messages: int | None = None) -> int:
         """Deliver every message due now, one at a time, then return; for tests and scripts.
@@ -338,14 +503,13 @@ class SQLiteScheduler(Scheduler):
             limit: at most this many.
         """
         sql = "SELECT key, run_id, version, hop, state, due_at, attempts, last_error FROM messages"
-        params: list[object] = []
         if state is not None:
-            sql += " WHERE state = ?"
-            params.append(state)
+            if state not in _STATES:
+                raise ValueError(f"state must be one of {', '.join(_STATES)}, not {state!r}")
+            sql += f" WHERE state = '{state}'"  # A literal, so that its partial index is used.
         sql += " ORDER BY due_at, key LIMIT ?"
-        params.append(limit)
-        with self._lock, translated(SchedulerError, "list messages"):
-            rows = self._db().execute(sql, params).fetchall()
+        with self._use("list messages") as db:
+            rows = db.execute(sql, (limit,)).fetchall()
         return [
             MessageInfo(
                 key=key,
@@ -360,62 +524,79 @@ class SQLiteScheduler(Scheduler):
 
     # Internals -------------------------------------------------------------------------
 
-    def _wake(self) -> None:
+    def _worker_here(self) -> _Worker | None:
+        """A worker loop of this object running on the current event loop and not stopping."""
+        if not self._workers:
+            return None
+        delivery = _delivery.get()
+        if delivery is not None and delivery.worker in self._workers:
+            if not delivery.worker.stopping():
+                return delivery.worker
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        for worker in tuple(self._workers):  # A copy: other threads' loops add and discard.
+            if worker.loop is current and not worker.stopping():
+                return worker
+        return None
+
+    def _wake(self, skip: _Worker | None = None) -> None:
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, event in list(self._wakers):
-            if loop is current:
-                event.set()
+        for worker in list(self._workers):
+            if worker is skip:
+                continue
+            if worker.loop is current:
+                worker.wake.set()
             else:  # A worker on another thread's loop: asyncio.Event is not thread-safe.
                 with contextlib.suppress(RuntimeError):  # That loop closed meanwhile.
-                    loop.call_soon_threadsafe(event.set)
+                    worker.loop.call_soon_threadsafe(worker.wake.set)
 
     def _backoff_ms(self, attempts: int) -> int:
         return int(min(self.retry_base_ms * 2 ** (attempts - 1), self.retry_max_ms))
 
-    def _lease(self, limit: int) -> list[_Lease]:
-        """Lease up to ``limit`` due messages (pending, or leased by a worker that vanished)."""
+    def _lease(self, limit: int, worker: _Worker | None = None) -> list[_Lease]:
+        """Lease up to ``limit`` due messages (pending, or leased by a worker that vanished);
+        for a worker loop, also mark the messages it delivered done, in the same transaction."""
         now = self.clock()
-        token = uuid.uuid4().hex
+        delivered = list(worker.delivered) if worker is not None else []
         with self._transaction("lease messages") as db:
-            if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY_MS:
-                db.execute(
-                    "DELETE FROM messages WHERE state = 'done' AND done_at < ?",
-                    (now - self.tombstone_ms,),
-                )
-                self._last_prune = now
+            self._mark_done(db, delivered, now)
+            leases = self._claim(db, now, limit, worker.token if worker else uuid.uuid4().hex)
+        if worker is not None:
+            del worker.delivered[: len(delivered)]
+        return leases
+
+    def _claim(
+        self, db: sqlite3.Connection, now: int, limit: int, token: str, *, expire: bool = True
+    ) -> list[_Lease]:
+        """In a write transaction: lease up to ``limit`` due messages to ``token``, after
+        returning expired leases to pending (or dead) when ``expire``."""
+        if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY_MS:
+            db.execute(
+                "DELETE FROM messages WHERE state = 'done' AND done_at < ?",
+                (now - self.tombstone_ms,),
+            )
+            self._last_prune = now
+        if expire:
             # Expired leases first: their worker died mid-delivery, which counts as a failed
             # attempt, so a message that kills its process is dead-lettered, not looped on.
             expired = db.execute(
                 "SELECT key, attempts FROM messages WHERE state = 'leased' AND lease_until <= ?",
                 (now,),
             ).fetchall()
-            dead = [key for key, attempts in expired if attempts + 1 >= self.max_attempts]
-            db.executemany(
-                "UPDATE messages SET state = 'dead', attempts = attempts + 1, done_at = ?,"
-                " lease_until = NULL, lease_token = NULL,"
-                " last_error = 'lease expired: the worker died or hung' WHERE key = ?",
-                [(now, key) for key in dead],
-            )
-            for key in dead:
-                logger.error(
-                    "dead-lettered %s after %d attempts: its lease expired (worker died or hung)",
-                    key,
-                    self.max_attempts,
-                )
-            db.executemany(
-                "UPDATE messages SET state = 'pending', attempts = attempts + 1,"
-                " lease_until = NULL, lease_token = NULL,"
-                " last_error = 'lease expired: the worker died or hung' WHERE key = ?",
-                [(key,) for key, attempts in expired if attempts + 1 < self.max_attempts],
-            )
-            rows = db.execute(
-                "SELECT key, run_id, version, hop, due_at, attempts FROM messages"
-                " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, key LIMIT ?",
-                (now, limit),
-            ).fetchall()
+            if expired:
+                self._expire(db, now, expired)
+            self._last_expiry_check = now
+        rows = db.execute(
+            "SELECT key, run_id, version, hop, due_at, attempts FROM messages"
+            " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, key LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        if rows:
             db.executemany(
                 "UPDATE messages SET state = 'leased', lease_until = ?, lease_token = ?"
                 " WHERE key = ?",
@@ -432,7 +613,60 @@ class SQLiteScheduler(Scheduler):
             for key, run_id, version, hop, due_at, attempts in rows
         ]
 
-    async def _deliver(self, handler: Handler, lease: _Lease) -> None:
+    def _expire(self, db: sqlite3.Connection, now: int, expired: list[tuple[str, int]]) -> None:
+        dead = [key for key, attempts in expired if attempts + 1 >= self.max_attempts]
+        db.executemany(
+            "UPDATE messages SET state = 'dead', attempts = attempts + 1, done_at = ?,"
+            " lease_until = NULL, lease_token = NULL,"
+            " last_error = 'lease expired: the worker died or hung' WHERE key = ?",
+            [(now, key) for key in dead],
+        )
+        for key in dead:
+            logger.error(
+                "dead-lettered %s after %d attempts: its lease expired (worker died or hung)",
+                key,
+                self.max_attempts,
+            )
+        db.executemany(
+            "UPDATE messages SET state = 'pending', attempts = attempts + 1,"
+            " lease_until = NULL, lease_token = NULL,"
+            " last_error = 'lease expired: the worker died or hung' WHERE key = ?",
+            [(key,) for key, attempts in expired if attempts + 1 < self.max_attempts],
+        )
+
+    def _mark_done(self, db: sqlite3.Connection, leases: Sequence[_Lease], now: int) -> None:
+        """In a write transaction: mark delivered messages done."""
+        if not leases:
+            return
+        cur = db.executemany(_MARK_DONE, [(now, lease.key, lease.token) for lease in leases])
+        if cur.rowcount < len(leases):
+            # executemany counts rows, not which: name the ones that are not ours any more.
+            for lease in leases:
+                row = db.execute(
+                    "SELECT 1 FROM messages WHERE key = ? AND state = 'done' AND done_at = ?",
+                    (lease.key, now),
+                ).fetchone()
+                if row is None:
+                    logger.warning("%s was delivered after its lease expired", lease.key)
+
+    def _flush_delivered(self, worker: _Worker, *, quiet: bool = False) -> None:
+        """Mark the worker's delivered messages done in a transaction of their own."""
+        if not worker.delivered:
+            return
+        delivered = list(worker.delivered)
+        try:
+            with self._transaction("mark messages done") as db:
+                self._mark_done(db, delivered, self.clock())
+        except SchedulerError as exc:
+            if not quiet:
+                raise
+            # Their leases will expire and they be delivered again: at least once.
+            logger.warning("could not mark %d messages done: %s", len(delivered), exc)
+            return
+        del worker.delivered[: len(delivered)]
+
+    async def _attempt(self, handler: Handler, lease: _Lease) -> bool:
+        """Hand ``lease`` to ``handler``; False, with the failure recorded, if it raised."""
         try:
             await handler(lease.message)
         except Exception as exc:  # Any failure of the handler is a failed delivery.
@@ -441,20 +675,29 @@ class SQLiteScheduler(Scheduler):
                 self._fail(lease, error)
             except SchedulerError as db_exc:
                 logger.warning("could not record the failure of %s: %s", lease.key, db_exc)
-            return
-        try:
-            self._finish(lease)
-        except SchedulerError as exc:
-            # The lease will expire and the message be delivered again: at least once.
-            logger.warning("could not mark %s done: %s", lease.key, exc)
+            return False
+        return True
+
+    async def _deliver_for(self, worker: _Worker, handler: Handler, lease: _Lease) -> None:
+        """Deliver for a worker loop, which marks it done with others later."""
+        _delivery.set(_Delivery(worker))  # This task's own context: seen by its schedule calls.
+        if await self._attempt(handler, lease):
+            if not worker.delivered:
+                worker.delivered_since = worker.loop.time()
+            worker.delivered.append(lease)
+
+    async def _deliver(self, handler: Handler, lease: _Lease) -> None:
+        """Deliver for :meth:`drain`, marking it done at once."""
+        if await self._attempt(handler, lease):
+            try:
+                self._finish(lease)
+            except SchedulerError as exc:
+                # The lease will expire and the message be delivered again: at least once.
+                logger.warning("could not mark %s done: %s", lease.key, exc)
 
     def _finish(self, lease: _Lease) -> None:
-        with self._lock, translated(SchedulerError, f"finish {lease.key!r}"):
-            cur = self._db().execute(
-                "UPDATE messages SET state = 'done', done_at = ?, lease_until = NULL,"
-                " lease_token = NULL WHERE key = ? AND lease_token = ?",
-                (self.clock(), lease.key, lease.token),
-            )
+        with self._use(f"finish {lease.key!r}") as db:
+            cur = db.execute(_MARK_DONE, (self.clock(), lease.key, lease.token))
         if cur.rowcount == 0:
             logger.warning("%s was delivered after its lease expired", lease.key)
 
@@ -462,8 +705,8 @@ class SQLiteScheduler(Scheduler):
         attempts = lease.attempts + 1
         now = self.clock()
         dead = attempts >= self.max_attempts
-        with self._lock, translated(SchedulerError, f"retry {lease.key!r}"):
-            self._db().execute(
+        with self._use(f"retry {lease.key!r}") as db:
+            db.execute(
                 "UPDATE messages SET state = ?, due_at = ?, attempts = ?, last_error = ?,"
                 " done_at = ?, lease_until = NULL, lease_token = NULL"
                 " WHERE key = ? AND lease_token = ?",
@@ -491,8 +734,8 @@ class SQLiteScheduler(Scheduler):
     def _release(self, leases: Sequence[_Lease]) -> None:
         """Give back leases whose handler was cancelled, for immediate redelivery."""
         try:
-            with self._lock, translated(SchedulerError, "release leases"):
-                self._db().executemany(
+            with self._use("release leases") as db:
+                db.executemany(
                     "UPDATE messages SET state = 'pending', lease_until = NULL, lease_token = NULL"
                     " WHERE key = ? AND lease_token = ? AND state = 'leased'",
                     [(lease.key, lease.token) for lease in leases],
@@ -500,37 +743,31 @@ class SQLiteScheduler(Scheduler):
         except SchedulerError as exc:
             logger.warning("could not release %d leases; they will expire: %s", len(leases), exc)
 
-    async def _renew_leases(self, inflight: dict[asyncio.Task[None], _Lease]) -> None:
+    async def _renew_leases(self, worker: _Worker) -> None:
         # A third of the lease: two renewals can be missed (a busy loop) before it expires.
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
-            tokens = sorted({lease.token for lease in inflight.values()})
-            if not tokens:
+            if not (worker.inflight or worker.ready or worker.delivered):
                 continue
-            marks = ", ".join("?" * len(tokens))
             try:
-                with self._lock, translated(SchedulerError, "renew leases"):
-                    self._db().execute(
+                with self._use("renew leases") as db:
+                    db.execute(
                         "UPDATE messages SET lease_until = ?"
-                        f" WHERE state = 'leased' AND lease_token IN ({marks})",
-                        (self.clock() + self.lease_ms, *tokens),
+                        " WHERE state = 'leased' AND lease_token = ?",
+                        (self.clock() + self.lease_ms, worker.token),
                     )
             except SchedulerError as exc:
                 logger.warning("could not renew leases: %s", exc)
 
     def _idle_s(self) -> float:
         """How long a worker with free slots may sleep: until the next due time, at most."""
-        with self._lock, translated(SchedulerError, "find the next due time"):
-            row = (
-                self._db()
-                .execute(
-                    "SELECT min(t) FROM ("
-                    " SELECT min(due_at) AS t FROM messages WHERE state = 'pending'"
-                    " UNION ALL"
-                    " SELECT min(lease_until) FROM messages WHERE state = 'leased')"
-                )
-                .fetchone()
-            )
+        with self._use("find the next due time") as db:
+            row = db.execute(
+                "SELECT min(t) FROM ("
+                " SELECT min(due_at) AS t FROM messages WHERE state = 'pending'"
+                " UNION ALL"
+                " SELECT min(lease_until) FROM messages WHERE state = 'leased')"
+            ).fetchone()
         if row is None or row[0] is None:
             return self.poll_interval_s
         next_at: int = row[0]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -14,7 +14,7 @@ from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, Versio
 from refluxo.core.model import NodeResult, Snapshot, now_ms
 from refluxo.core.ports import ResultArchive, StateStore
 
-from ._sqlite import connect, translated
+from ._sqlite import Database
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 
@@ -27,8 +27,15 @@ CREATE TABLE IF NOT EXISTS runs (
     updated_at INTEGER NOT NULL,
     snapshot TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, updated_at);
-CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, updated_at);
+-- Every save rewrites the entries of each index whose columns its UPDATE sets, so the indexes
+-- leave out updated_at (set by every save) and workflow is never updated (it is fixed at
+-- create). Active runs, the bulk of the saves, are not in runs_settled at all: a save that
+-- keeps a run active touches no index. Files made by earlier versions had indexes on
+-- (status, updated_at) and (workflow, updated_at); they are dropped.
+DROP INDEX IF EXISTS runs_by_status;
+DROP INDEX IF EXISTS runs_by_workflow;
+CREATE INDEX IF NOT EXISTS runs_workflow ON runs (workflow);
+CREATE INDEX IF NOT EXISTS runs_settled ON runs (status) WHERE status <> 'active';
 CREATE TABLE IF NOT EXISTS archived_results (
     run_id TEXT NOT NULL,
     node_id TEXT NOT NULL,
@@ -90,27 +97,17 @@ class SQLiteStateStore(StateStore, ResultArchive):
         self.max_bytes = max_bytes
         self.busy_timeout_ms = busy_timeout_ms
         self.clock = clock
-        self._conn: sqlite3.Connection | None = None
-        # The connection is shared; the lock keeps two threads' statements from interleaving.
-        self._lock = threading.Lock()
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
-            try:
-                conn.executescript(_SCHEMA)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
+        self._database = Database(path, busy_timeout_ms=busy_timeout_ms, schema=_SCHEMA)
 
     def close(self) -> None:
-        """Close the connection; the next call opens it again."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        """Close the connection (unless another object of this process on the file uses it);
+        the next call opens it again."""
+        self._database.close()
+
+    def _use(self, what: str) -> AbstractContextManager[sqlite3.Connection]:
+        """``with self._use(what) as db:`` the connection, for the block alone; SQLite errors
+        in it are raised as StoreErrors."""
+        return self._database.use(StoreError, what)
 
     def _encode(self, snapshot: Snapshot) -> str:
         raw = snapshot.to_json()
@@ -136,8 +133,8 @@ class SQLiteStateStore(StateStore, ResultArchive):
             StoreError: SQLite failed; ``transient`` when the file was locked.
         """
         columns = self._columns(snapshot)
-        with self._lock, translated(StoreError, f"create {snapshot.workflow_id!r}"):
-            cur = self._db().execute(
+        with self._use(f"create {snapshot.workflow_id!r}") as db:
+            cur = db.execute(
                 "INSERT OR IGNORE INTO runs (id, workflow, status, version, updated_at, snapshot)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (snapshot.workflow_id, *columns),
@@ -151,8 +148,8 @@ class SQLiteStateStore(StateStore, ResultArchive):
             RunNotFound: no run has that id.
             StoreError: SQLite failed, or the stored JSON is not a valid snapshot.
         """
-        with self._lock, translated(StoreError, f"load {run_id!r}"):
-            row = self._db().execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
+        with self._use(f"load {run_id!r}") as db:
+            row = db.execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunNotFound(run_id)
         try:
@@ -172,14 +169,24 @@ class SQLiteStateStore(StateStore, ResultArchive):
             StoreError: SQLite failed; ``transient`` when the file was locked.
         """
         run_id = snapshot.workflow_id
-        workflow, status, version, updated_at, raw = self._columns(snapshot)
-        with self._lock, translated(StoreError, f"save {run_id!r}"):
-            db = self._db()
+        workflow = snapshot.definition.name if snapshot.definition is not None else None
+        raw = self._encode(snapshot)
+        values = (snapshot.status, snapshot.version, self.clock(), raw)
+        match = (run_id, expected_version)
+        with self._use(f"save {run_id!r}") as db:
+            # Setting workflow, even to its stored value, would rewrite its index entry; a run
+            # keeps its definition's name, so the column is set only when it does change.
             cur = db.execute(
-                "UPDATE runs SET workflow = ?, status = ?, version = ?, updated_at = ?,"
-                " snapshot = ? WHERE id = ? AND version = ?",
-                (workflow, status, version, updated_at, raw, run_id, expected_version),
+                "UPDATE runs SET status = ?, version = ?, updated_at = ?, snapshot = ?"
+                " WHERE id = ? AND version = ? AND workflow IS ?",
+                (*values, *match, workflow),
             )
+            if cur.rowcount == 0:
+                cur = db.execute(
+                    "UPDATE runs SET status = ?, version = ?, updated_at = ?, snapshot = ?,"
+                    " workflow = ? WHERE id = ? AND version = ?",
+                    (*values, workflow, *match),
+                )
             if cur.rowcount == 1:
                 return
             # Nothing matched: tell a missing run from a stale version. Runs are never deleted,
@@ -195,8 +202,8 @@ class SQLiteStateStore(StateStore, ResultArchive):
     ) -> None:
         """Keep results trimmed out of a snapshot (see :class:`ResultArchive`); idempotent."""
         rows = [(run_id, node_id, first_index + i, r.to_json()) for i, r in enumerate(results)]
-        with self._lock, translated(StoreError, f"archive results of {run_id!r}"):
-            self._db().executemany(
+        with self._use(f"archive results of {run_id!r}") as db:
+            db.executemany(
                 "INSERT OR IGNORE INTO archived_results (run_id, node_id, idx, result)"
                 " VALUES (?, ?, ?, ?)",
                 rows,
@@ -204,16 +211,11 @@ class SQLiteStateStore(StateStore, ResultArchive):
 
     async def archived_results(self, run_id: str, node_id: str) -> list[NodeResult]:
         """Every archived result of ``node_id`` in ``run_id``, oldest first."""
-        with self._lock, translated(StoreError, f"read archived results of {run_id!r}"):
-            rows = (
-                self._db()
-                .execute(
-                    "SELECT result FROM archived_results WHERE run_id = ? AND node_id = ?"
-                    " ORDER BY idx",
-                    (run_id, node_id),
-                )
-                .fetchall()
-            )
+        with self._use(f"read archived results of {run_id!r}") as db:
+            rows = db.execute(
+                "SELECT result FROM archived_results WHERE run_id = ? AND node_id = ? ORDER BY idx",
+                (run_id, node_id),
+            ).fetchall()
         return [NodeResult.model_validate_json(row[0]) for row in rows]
 
     async def list_runs(
@@ -234,6 +236,10 @@ class SQLiteStateStore(StateStore, ResultArchive):
         if status is not None:
             where.append("status = ?")
             params.append(status)
+            if status != "active":
+                # Says in so many words what the partial index runs_settled covers, which is
+                # the only way SQLite's planner uses it; active runs are found by a scan.
+                where.append("status <> 'active'")
         if workflow is not None:
             where.append("workflow = ?")
             params.append(workflow)
@@ -243,6 +249,6 @@ class SQLiteStateStore(StateStore, ResultArchive):
         # id breaks ties so that pages of runs written in the same millisecond are stable.
         sql += " ORDER BY updated_at DESC, id LIMIT ?"
         params.append(limit)
-        with self._lock, translated(StoreError, "list runs"):
-            rows = self._db().execute(sql, params).fetchall()
+        with self._use("list runs") as db:
+            rows = db.execute(sql, params).fetchall()
         return [RunSummary(*row) for row in rows]
