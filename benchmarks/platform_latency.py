@@ -109,7 +109,7 @@ async def _measure(firestore_env: dict[str, str], tasks_address: str, sz: Sizes)
         store_any: Any = store
         sched_any: Any = scheduler
         store_any.load = parts.wrap("store.load (get)", store.load)
-        store_any.save = parts.wrap("store.save (get version + update)", store.save)
+        store_any.save = parts.wrap("store.save (conditional update)", store.save)
         sched_any.schedule = parts.wrap("scheduler.schedule (create_task)", scheduler.schedule)
         total_steps = sz.warmup + sz.steps * sz.blocks
         workflow = loop_workflow(total_steps + 10, RETENTION, name="platform")
@@ -269,8 +269,8 @@ def run(cfg: Config) -> SectionResult:
     result.notes.append(
         "Our step's parts (median per call): "
         + "; ".join(f"{k} {fmt_us(v)}" for k, v in data["parts"].items())
-        + ". A step makes three Firestore round trips (load's get, save's version read, the "
-        "conditional update) where the floor makes two."
+        + ". Like the floor, a step makes two Firestore round trips: the load's get, and an "
+        "update whose precondition is the update time that get saw."
     )
     result.notes.append(
         "Cloudflare: not measured per step. The Worker harness (Pyodide in Node over "
