@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+_HERE = Path(__file__).resolve().parent
+# Every test under these folders starts an emulator, Node or a server process.
+_EXTERNAL = (_HERE / "gcp", _HERE / "cloudflare")
+
+
+@pytest.hookimpl(tryfirst=True)  # Before -m deselection looks at the marks.
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parents = Path(str(item.path)).resolve().parents
+        if any(folder in parents for folder in _EXTERNAL):
+            item.add_marker(pytest.mark.external_service)
 
 
 class FakeClock:

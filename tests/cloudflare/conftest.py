@@ -51,19 +51,6 @@ DEFAULT_D1 = ("DB",)
 collect_ignore = ["toy_worker", "in_pyodide", "harness"]
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "external_service: starts an emulator, Node or another real service"
-    )
-
-
-@pytest.hookimpl(tryfirst=True)  # Before -m deselection looks at the marks.
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if _HERE in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.external_service)
-
-
 # ---------------------------------------------------------------- toolchain
 
 

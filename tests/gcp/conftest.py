@@ -37,19 +37,6 @@ TASKS_MAX_RETRIES = 3
 _HERE = Path(__file__).resolve().parent
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "external_service: starts an emulator, Node or another real service"
-    )
-
-
-@pytest.hookimpl(tryfirst=True)  # Before -m deselection looks at the marks.
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if _HERE in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.external_service)
-
-
 def _skip_allowed() -> bool:
     return os.environ.get("REFLUXO_SKIP_GCP", "") == "1"
 
