@@ -35,13 +35,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _bundle import copy_app, copy_packages  # the shared module sits above this folder
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 PACKAGES = {
     "refluxo/core": ROOT / "core" / "refluxo" / "core",
     "refluxo/cloudflare": ROOT / "adapters" / "cloudflare" / "refluxo" / "cloudflare",
 }
-BUILTIN_APPS = {"refluxo.demo": ROOT / "core" / "refluxo" / "demo"}
 BUILTIN_APP_VARS = {"refluxo.demo": {"REFLUXO_GLOBALS": '{"order_id": "A-1001"}'}}
 """Vars the built-in apps need. A real app's globals hold secrets: store them with
 ``wrangler secret put REFLUXO_GLOBALS`` rather than as a var, which anyone with access to
@@ -183,17 +185,8 @@ def build(out: Path, config: BundleConfig, app_src: Path | None = None) -> Path:
         "# refluxo: import the workflows here\n", f"import {module}  # noqa: F401\n"
     )
     (src / "entry.py").write_text(entry)
-    for dest, package in PACKAGES.items():
-        shutil.copytree(package, src / dest, ignore=_IGNORE)
-    if module in BUILTIN_APPS:
-        shutil.copytree(BUILTIN_APPS[module], src / module.replace(".", "/"), ignore=_IGNORE)
-    elif app_src is not None:
-        if app_src.is_dir():
-            shutil.copytree(app_src, src / app_src.name, ignore=_IGNORE)
-        else:
-            shutil.copy2(app_src, src / app_src.name)
-    else:
-        raise SystemExit(f"deploy: --app-src is needed to bundle the code of {module!r}")
+    copy_packages(src, PACKAGES, _IGNORE)
+    copy_app(src, config.app, app_src, _IGNORE)
     (out / "wrangler.toml").write_text(wrangler_toml(config))
     (out / "pyproject.toml").write_text(pyproject_toml(config))
     return out

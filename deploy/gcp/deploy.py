@@ -19,13 +19,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _bundle import copy_app, copy_packages  # the shared module sits above this folder
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 PACKAGES = {
     "refluxo/core": ROOT / "core" / "refluxo" / "core",
     "refluxo/gcp": ROOT / "adapters" / "gcp" / "refluxo" / "gcp",
 }
-BUILTIN_APPS = {"refluxo.demo": ROOT / "core" / "refluxo" / "demo"}
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
 
 
@@ -36,18 +38,8 @@ def build(out: Path, app: str, app_src: Path | None = None) -> Path:
     out.mkdir(parents=True)
     shutil.copy2(HERE / "main.py", out / "main.py")
     shutil.copy2(HERE / "requirements.txt", out / "requirements.txt")
-    for dest, src in PACKAGES.items():
-        shutil.copytree(src, out / dest, ignore=_IGNORE)
-    module = app.partition(":")[0]
-    if module in BUILTIN_APPS:
-        shutil.copytree(BUILTIN_APPS[module], out / module.replace(".", "/"), ignore=_IGNORE)
-    elif app_src is not None:
-        if app_src.is_dir():
-            shutil.copytree(app_src, out / app_src.name, ignore=_IGNORE)
-        else:
-            shutil.copy2(app_src, out / app_src.name)
-    else:
-        raise SystemExit(f"deploy: --app-src is needed to bundle the code of {module!r}")
+    copy_packages(out, PACKAGES, _IGNORE)
+    copy_app(out, app, app_src, _IGNORE)
     (out / ".gcloudignore").write_text("__pycache__/\n*.pyc\n")
     return out
 

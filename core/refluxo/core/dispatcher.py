@@ -224,7 +224,7 @@ class Dispatcher:
             the run never took a step, in case the first call died before scheduling it).
 
         Raises:
-            WorkflowNotFound, ValueError (bad run id), RunAlreadyExists-like WorkflowMismatch
+            WorkflowNotFound, ValueError (bad run id), WorkflowMismatch
             when the id belongs to a run of another workflow; store and scheduler errors.
         """
         wf = self.workflow(workflow)

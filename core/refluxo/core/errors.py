@@ -8,7 +8,6 @@ The tree::
     ├── NonRetryableError                   raised by an executor: fail the run now, no retries
     ├── RunNotFound (LookupError)           no run with that id
     ├── WorkflowNotFound (LookupError)      no workflow with that name in this deployment
-    ├── RunAlreadyExists                    create() on an id that is taken
     ├── VersionConflict                     save() lost the optimistic-locking race
     ├── WorkflowMismatch                    the run was started on an incompatible definition
     ├── RunFinished                         the run is completed or failed; nothing more can happen
@@ -54,14 +53,6 @@ class WorkflowNotFound(RefluxoError, LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"workflow {name!r} not found")
         self.name = name
-
-
-class RunAlreadyExists(RefluxoError):
-    """A run with this id exists already."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id!r} already exists")
-        self.run_id = run_id
 
 
 class VersionConflict(RefluxoError):
