@@ -175,30 +175,11 @@ def _gcp_bundle(out: Path) -> Path:
     return bundle
 
 
-def _worker_bundle(out: Path) -> tuple[Path, str]:
-    """The Worker's ``src`` directory, from deploy/cloudflare's build() or, failing that, a
-    copy of the sources it would bundle."""
-    try:
-        deploy: Any = _load(
-            ROOT / "deploy" / "cloudflare" / "deploy.py", "_refluxo_bench_cf_deploy"
-        )
-        bundle: Path = deploy.build(out, deploy.BundleConfig())
-        return bundle / "src", "deploy/cloudflare/deploy.py build()"
-    except Exception as exc:  # the Cloudflare deploy is young: measure its sources instead
-        import shutil
-
-        src = out / "src"
-        shutil.rmtree(out, ignore_errors=True)
-        for dest, pkg in (
-            ("refluxo/core", ROOT / "core" / "refluxo" / "core"),
-            ("refluxo/cloudflare", ROOT / "adapters" / "cloudflare" / "refluxo" / "cloudflare"),
-            ("refluxo/demo", ROOT / "core" / "refluxo" / "demo"),
-        ):
-            shutil.copytree(pkg, src / dest, ignore=shutil.ignore_patterns("__pycache__"))
-        (src / "entry.py").write_text(
-            "from workers import WorkerEntrypoint\nfrom refluxo.cloudflare import worker\n"
-        )
-        return src, f"a copy of the sources (deploy/cloudflare build() failed: {exc})"
+def _worker_bundle(out: Path) -> Path:
+    """The Worker's ``src`` directory, as deploy/cloudflare's build() writes it."""
+    deploy: Any = _load(ROOT / "deploy" / "cloudflare" / "deploy.py", "_refluxo_bench_cf_deploy")
+    bundle: Path = deploy.build(out, deploy.BundleConfig())
+    return bundle / "src"
 
 
 def _workers_sdk(out: Path) -> tuple[Path, str]:
@@ -361,30 +342,29 @@ def _figures(target: Target, m: Measured, cfg: Config, cmd: str) -> tuple[list[F
             },
         )
     ]
-    if m.ours_cpu:
-        ours, sdk = median(m.ours_cpu), median(m.sdk_cpu)
-        cpu_share = median(m.cpu_shares)
-        figures.append(
-            Figure(
-                id=f"coldstart.{target.key}.own_share_cpu",
-                name=f"Cold start, {target.label}: our share of import CPU time",
-                value=round(cpu_share * 100, 1),
-                unit="%",
-                display=f"{cpu_share:.1%} ({fmt_us(ours)} CPU in all, of which "
-                f"{fmt_us(sdk)} for {target.sdk_label}, imported first in the same "
-                f"process; wall {fmt_us(median(m.ours_wall))} vs {fmt_us(median(m.sdk_wall))})",
-                command=cmd,
-                goal=f"< {GOAL:.0%}",
-                passed=cpu_share < GOAL,
-                details={
-                    "shares": m.cpu_shares,
-                    "ours_cpu_s": m.ours_cpu,
-                    "sdk_cpu_s": m.sdk_cpu,
-                    "ours_wall_s": m.ours_wall,
-                    "sdk_wall_s": m.sdk_wall,
-                },
-            )
+    ours, sdk = median(m.ours_cpu), median(m.sdk_cpu)
+    cpu_share = median(m.cpu_shares)
+    figures.append(
+        Figure(
+            id=f"coldstart.{target.key}.own_share_cpu",
+            name=f"Cold start, {target.label}: our share of import CPU time",
+            value=round(cpu_share * 100, 1),
+            unit="%",
+            display=f"{cpu_share:.1%} ({fmt_us(ours)} CPU in all, of which "
+            f"{fmt_us(sdk)} for {target.sdk_label}, imported first in the same "
+            f"process; wall {fmt_us(median(m.ours_wall))} vs {fmt_us(median(m.sdk_wall))})",
+            command=cmd,
+            goal=f"< {GOAL:.0%}",
+            passed=cpu_share < GOAL,
+            details={
+                "shares": m.cpu_shares,
+                "ours_cpu_s": m.ours_cpu,
+                "sdk_cpu_s": m.sdk_cpu,
+                "ours_wall_s": m.ours_wall,
+                "sdk_wall_s": m.sdk_wall,
+            },
         )
+    )
     if m.nopyc:
         figures.append(
             Figure(
@@ -392,8 +372,8 @@ def _figures(target: Target, m: Measured, cfg: Config, cmd: str) -> tuple[list[F
                 name=f"Cold start, {target.label}: import CPU time when the bundle ships no .pyc",
                 value=round(median(m.nopyc), 4),
                 unit="s",
-                display=f"{fmt_us(median(m.nopyc))}"
-                + (f" (vs {fmt_us(median(m.ours_cpu))} byte-compiled)" if m.ours_cpu else ""),
+                display=f"{fmt_us(median(m.nopyc))} "
+                f"(vs {fmt_us(median(m.ours_cpu))} byte-compiled)",
                 command=cmd,
                 details={"seconds": m.nopyc},
             )
@@ -416,12 +396,12 @@ def run(cfg: Config) -> SectionResult:
     with tempfile.TemporaryDirectory(prefix="refluxo-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
         gcp = _gcp_bundle(tmp / "gcp")
-        worker_src, worker_how = _worker_bundle(tmp / "cloudflare")
+        worker_src = _worker_bundle(tmp / "cloudflare")
         stub, worker_sdk_label = _workers_sdk(tmp / "workers-sdk")
         for directory in (gcp, worker_src, stub):
             compileall.compile_dir(str(directory), quiet=1)
         gcp_raw = _gcp_bundle(tmp / "gcp-source-only")
-        worker_raw, _ = _worker_bundle(tmp / "cloudflare-source-only")
+        worker_raw = _worker_bundle(tmp / "cloudflare-source-only")
         targets = [
             (
                 Target(
@@ -448,11 +428,11 @@ def run(cfg: Config) -> SectionResult:
                     worker_sdk_label,
                     [worker_src, stub],
                     worker_src,
-                    f"sources from {worker_how}; `import entry` (which imports the SDK's "
-                    "`workers`) plus the demo app, which the Worker imports on its first "
-                    "request; the baseline imports pydantic, defines one model and imports "
-                    "`workers`. Pyodide's import costs differ from CPython's; this is the "
-                    "CPython proxy.",
+                    "sources from deploy/cloudflare/deploy.py build(); `import entry` "
+                    "(which imports the SDK's `workers`) plus the demo app, which the "
+                    "Worker imports on its first request; the baseline imports pydantic, "
+                    "defines one model and imports `workers`. Pyodide's import costs "
+                    "differ from CPython's; this is the CPython proxy.",
                 ),
                 Target(
                     "worker", "", WORKER_OURS, WORKER_SDK, "", [worker_raw, stub], worker_raw, ""
