@@ -388,3 +388,18 @@ def test_other_errors_and_endless_propagation_fail_the_deployment(
             args, deploy_script.Cloud(False, runner=endless, sleep=slept.append, attempts=4)
         )
     assert slept == [5.0, 10.0, 20.0]
+
+
+def test_the_readme_shows_the_commands_the_dry_run_prints(
+    deploy_script: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--project", "my-project", "--region", "europe-west1", "--out", "build/gcp"]
+    assert deploy_script.main([*argv, "--dry-run"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+    readme = (REPO / "deploy" / "gcp" / "README.md").read_text()
+    shown = [line for line in readme.splitlines() if line.startswith("+ gcloud ")]
+    assert shown == printed
