@@ -6,6 +6,7 @@
     refluxo cancel RUN_ID [--reason TEXT]
     refluxo inspect RUN_ID [--json]
     refluxo graph WORKFLOW [--app refluxo.demo]
+    refluxo smoke --url URL [--token T] [--timeout 300]
 
 The client commands call the HTTP API at ``--url`` (default ``$REFLUXO_URL`` or
 http://127.0.0.1:8000) with ``--token`` (default ``$REFLUXO_TOKEN``).
@@ -103,6 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     graph.add_argument("workflow")
     graph.add_argument("--app", default=os.environ.get("REFLUXO_APP", "refluxo.demo"))
 
+    smoke = sub.add_parser(
+        "smoke", help="run the demo to completion against a deployment (its URL)"
+    )
+    # SUPPRESS: given after the command they override the global options; else those hold.
+    smoke.add_argument("--url", default=argparse.SUPPRESS)
+    smoke.add_argument("--token", default=argparse.SUPPRESS)
+    smoke.add_argument("--timeout", type=float, default=300.0, help="seconds per stage")
+    smoke.add_argument("--poll", type=float, default=1.0, help="seconds between reads")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "dev":
@@ -121,6 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _print(raw)
             else:
                 print(render_timeline(Snapshot.model_validate(raw)))
+        elif args.command == "smoke":
+            from .smoke import smoke as run_smoke
+
+            return run_smoke(
+                Client(args.url, args.token, timeout=30.0),
+                timeout_s=args.timeout,
+                poll_s=args.poll,
+                out=sys.stdout,
+            )
         elif args.command == "graph":
             from refluxo.core.dispatcher import load_workflows
 
