@@ -66,6 +66,7 @@ DONE_FLUSH_S = 0.05
 # transactions always look): a lease expires a minute after its worker died, so a second more
 # changes nothing, and looking costs a query on every step.
 EXPIRY_CHECK_EVERY_MS = 1_000
+DEFAULT_LEASE_MS = 60_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -229,7 +230,7 @@ class SQLiteScheduler(Scheduler):
         *,
         clock: Callable[[], int] = now_ms,
         max_delay_ms: int = 365 * DAY_MS,
-        lease_ms: int = 60_000,
+        lease_ms: int = DEFAULT_LEASE_MS,
         max_attempts: int = 10,
         retry_base_ms: int = 1_000,
         retry_max_ms: int = 300_000,
