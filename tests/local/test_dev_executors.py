@@ -68,6 +68,15 @@ class Dev:
             assert time.monotonic() < end, f"run {run_id} is {snapshot['status']}"
             time.sleep(0.02)
 
+    def kill(self) -> None:
+        """SIGKILL, then close the pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.reader.join(5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -80,12 +89,7 @@ class Dev:
 def dev(tmp_path: Path) -> Iterator[Dev]:
     server = Dev(tmp_path / "dev.db")
     yield server
-    if server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait()
-    server.reader.join(5)
-    assert server.proc.stdout is not None
-    server.proc.stdout.close()
+    server.kill()
 
 
 @pytest.mark.parametrize(
