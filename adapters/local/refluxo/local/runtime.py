@@ -12,7 +12,9 @@ from typing import Any
 
 from refluxo.core import Dispatcher, DispatchMessage, Snapshot, Workflow
 from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, HttpApi
+from refluxo.core.model import now_ms
 
+from ._sqlite import sqlite_clock
 from .scheduler import DEFAULT_LEASE_MS, SQLiteScheduler
 from .server import LocalServer
 from .store import SQLiteStateStore
@@ -41,6 +43,8 @@ class LocalRuntime:
 
     Runs live in SQLite at ``db_path``; the scheduler keeps due messages in the same file and a
     worker loop delivers them to the dispatcher, so stopping and starting again loses nothing.
+    Due times, leases and the steps of workflows built with the default clock read SQLite's
+    clock, so that every process on the file judges them by one clock.
 
     Use as ``async with LocalRuntime(workflows, db_path=...) as runtime:``; then
     ``await runtime.serve(port=...)`` to expose the HTTP API.
@@ -69,10 +73,20 @@ class LocalRuntime:
     ) -> None:
         path = Path(db_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.store = SQLiteStateStore(path)
-        self.scheduler = SQLiteScheduler(path, lease_ms=lease_ms)
+        hosted = list(workflows)
+        for workflow in hosted:
+            # One clock for every process on the file: SQLite's, not this process's Python.
+            if workflow.engine.clock is now_ms:
+                workflow.engine.clock = sqlite_clock
+        self.store = SQLiteStateStore(path, clock=sqlite_clock)
+        self.scheduler = SQLiteScheduler(path, lease_ms=lease_ms, clock=sqlite_clock)
         self.dispatcher: Dispatcher = _CancellingDispatcher(
-            workflows, self.store, self.scheduler, globals=globals, stop_run=self._stop_run
+            hosted,
+            self.store,
+            self.scheduler,
+            globals=globals,
+            stop_run=self._stop_run,
+            clock=sqlite_clock,
         )
         self.api = HttpApi(self.dispatcher, api_token=api_token, max_body_bytes=max_body_bytes)
         self.concurrency = concurrency

@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from refluxo.core.errors import SchedulerError
-from refluxo.core.model import DispatchMessage, now_ms
+from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import Scheduler
 
-from ._sqlite import Database
+from ._sqlite import Database, sqlite_clock
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +262,8 @@ class SQLiteScheduler(Scheduler):
     Args:
         path: the database file (may be the state store's); created when missing.
         clock: epoch milliseconds; due times, leases and backoff follow it, so tests can
-            drive :meth:`drain` with a fake clock.
+            drive :meth:`drain` with a fake clock. By default SQLite's own (see
+            :func:`~refluxo.local._sqlite.sqlite_clock`): processes on one file share it.
         max_delay_ms: the longest delay :meth:`schedule` accepts.
         lease_ms: how long a delivery may go without its worker renewing the lease before
             another worker takes the message over. A worker loop starting on the same host
@@ -281,7 +282,7 @@ class SQLiteScheduler(Scheduler):
         self,
         path: str | os.PathLike[str],
         *,
-        clock: Callable[[], int] = now_ms,
+        clock: Callable[[], int] = sqlite_clock,
         max_delay_ms: int = 365 * DAY_MS,
         lease_ms: int = DEFAULT_LEASE_MS,
         max_attempts: int = 10,
