@@ -90,7 +90,7 @@ class Workflow:
         definition: the graph, or its plain JSON form.
         nodes: node type -> :class:`NodeDefinition`.
         plugins, transform_engines, retention, step_timeout: passed to
-            :class:`WorkflowEngine`. ``step_timeout`` (seconds, default 300) bounds each
+            :class:`WorkflowEngine`. ``step_timeout`` (seconds, default 240) bounds each
             executor call whose node sets no ``timeout``; keep it below the platform's limit
             on one delivery.
             ``retention=N`` keeps the newest N results per node in the snapshot, so a run's

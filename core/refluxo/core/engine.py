@@ -37,8 +37,11 @@ logger = logging.getLogger("refluxo.engine")
 TIMEOUT_HANDLE = "timeout"
 """The ``sourceHandle`` a run follows when an event wait times out."""
 
-DEFAULT_STEP_TIMEOUT_S = 300.0
-"""How long an executor may run, in seconds, when neither its node nor its workflow says."""
+DEFAULT_STEP_TIMEOUT_S = 240.0
+"""How long an executor may run, in seconds, when neither its node nor its workflow says.
+
+Below the shortest limit on one delivery among the platforms: the Cloud Function's 300 s
+timeout (with room to load and save the run), and a Queues consumer's 15 minutes."""
 
 MAX_EXECUTOR_THREADS = 64
 """Plain executors running at once (those past their timeout included) before a step is refused."""

@@ -21,7 +21,9 @@ transaction comes once the oldest has waited ``DONE_FLUSH_S`` (at once when the 
 out of work). Nothing is given up for it: a message is a row before
 :meth:`SQLiteScheduler.schedule` returns and a lease is a row before its handler runs, so if
 the process dies, what it had leased is delivered again after ``lease_ms``, including messages
-delivered but not yet marked done (the dispatcher finds those stale).
+delivered but not yet marked done (the dispatcher finds those stale); at once if the next
+worker loop to start on the file runs on the same host (see
+:meth:`SQLiteScheduler.release_dead_workers`).
 """
 
 from __future__ import annotations
