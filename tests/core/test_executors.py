@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from refluxo.core import Context, NodeDefinition, RetryPolicy, WorkflowEngine
+from refluxo.core import engine as engine_module
 
 ONE_NODE = {"nodes": [{"id": "a", "type": "t", "data": {}}], "edges": []}
 
@@ -154,3 +155,38 @@ async def test_cancelled_error_raised_by_an_executor_itself_fails_the_attempt() 
     done = await step(engine_for(NodeDefinition(executor=raises)))
     assert done.status == "failed"
     assert "CancelledError" in done.metadata["failedReason"]
+
+
+async def test_a_plain_executor_with_thread_false_runs_inline_on_the_event_loop() -> None:
+    def where(data: Any, context: Context, payload: Any, globals: Any) -> Any:
+        return threading.get_ident()
+
+    inline = await step(engine_for(NodeDefinition(executor=where, thread=False)))
+    threaded = await step(engine_for(NodeDefinition(executor=where)))
+    assert inline.context["a"][-1].output == threading.get_ident()
+    assert threaded.context["a"][-1].output != threading.get_ident()
+
+
+async def test_a_step_is_refused_while_the_executor_threads_are_all_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine_module._executor_threads, "limit", 2)
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def blocked(data: Any, context: Context, payload: Any, globals: Any) -> Any:
+        entered.release()
+        release.wait(30)
+        return "done"
+
+    engine = engine_for(NodeDefinition(executor=blocked, retry_policy=RetryPolicy(2)))
+    try:
+        busy = [asyncio.create_task(step(engine)) for _ in range(2)]
+        for _ in range(2):
+            await asyncio.to_thread(entered.acquire, True, 10)
+        refused = await step(engine)
+        assert refused.status == "error"  # retryable: a thread may be free by then
+        assert "plain executors are still running" in (refused.context["a"][-1].error or "")
+    finally:
+        release.set()
+    assert [s.status for s in await asyncio.gather(*busy)] == ["completed", "completed"]

@@ -7,6 +7,7 @@ import contextvars
 import copy
 import inspect
 import logging
+import queue
 import random
 import sys
 import threading
@@ -48,8 +49,6 @@ MAX_EXECUTOR_THREADS = 64
 
 # Pyodide (Cloudflare Workers) has no threads: plain executors run inline there.
 _THREADS = sys.platform != "emscripten"
-_threads_busy = 0
-_threads_lock = threading.Lock()
 
 
 class _Keep:
@@ -117,21 +116,63 @@ class _Raised(Exception):
         self.exc = exc
 
 
-async def _in_thread(executor: Executor, args: tuple[Any, ...]) -> Any:
-    """``executor(*args)`` in a daemon thread of its own.
+class _ExecutorThreads:
+    """Daemon threads that run plain executors, kept for reuse (a thread start costs more
+    than a small step).
 
-    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so one hung
-    executor would keep the process from stopping. A thread cannot be killed: one that runs
-    past its step's timeout runs on, and counts against MAX_EXECUTOR_THREADS until it ends.
+    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so one hung executor
+    would keep the process from stopping. A thread cannot be killed: one that runs past its
+    step's timeout runs on, and counts against ``limit`` until it returns. A thread idle for
+    ``idle_s`` ends.
     """
-    global _threads_busy
-    with _threads_lock:
-        if _threads_busy >= MAX_EXECUTOR_THREADS:
-            raise RuntimeError(
-                f"{_threads_busy} plain executors are still running (some past their "
-                "timeout); this step is refused until one ends"
-            )
-        _threads_busy += 1
+
+    def __init__(self, limit: int, idle_s: float = 60.0) -> None:
+        self.limit = limit
+        self.idle_s = idle_s
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._busy = 0  # jobs submitted and not yet returned
+        self._idle = 0  # threads waiting for a job and not yet promised one
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` in a thread; RuntimeError when ``limit`` jobs are running already."""
+        with self._lock:
+            if self._busy >= self.limit:
+                raise RuntimeError(
+                    f"{self._busy} plain executors are still running (some may be past their "
+                    "timeout); this step is refused until one returns"
+                )
+            self._busy += 1
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1  # promised to this job
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(target=self._work, name="refluxo-executor", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self.idle_s)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # Not promised a job: end.
+                        self._idle -= 1
+                        return
+                continue  # A job was promised to an idle thread: this one takes it.
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    self._idle += 1
+
+
+_executor_threads = _ExecutorThreads(MAX_EXECUTOR_THREADS)
+
+
+async def _in_thread(executor: Executor, args: tuple[Any, ...]) -> Any:
+    """``executor(*args)`` in an executor thread, awaited on the running loop."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 
@@ -144,31 +185,33 @@ async def _in_thread(executor: Executor, args: tuple[Any, ...]) -> Any:
             future.set_exception(value)
 
     def work() -> None:
-        global _threads_busy
         try:
             outcome: tuple[bool, Any] = (True, executor(*args))
         except BaseException as exc:  # Handed to the step, which fails.
             outcome = (False, exc if isinstance(exc, Exception) else _Raised(exc))
-        finally:
-            with _threads_lock:
-                _threads_busy -= 1
         try:
             loop.call_soon_threadsafe(settle, *outcome)
         except RuntimeError:  # The loop closed while the executor ran.
             pass
 
     context = contextvars.copy_context()
-    threading.Thread(target=context.run, args=(work,), name="refluxo-executor", daemon=True).start()
+    _executor_threads.submit(lambda: context.run(work))
     return await future
 
 
 async def run_executor(
-    executor: Executor, args: tuple[Any, ...], timeout_s: float | None, node_id: str
+    executor: Executor,
+    args: tuple[Any, ...],
+    timeout_s: float | None,
+    node_id: str,
+    *,
+    thread: bool = True,
 ) -> Any:
     """Run one executor call to its result, within ``timeout_s`` seconds.
 
-    A plain executor runs in a thread of its own (inline where there are no threads), so that
-    blocking I/O does not stop the event loop; an awaitable it returns is awaited too.
+    A plain executor runs in an executor thread when ``thread`` (inline where there are no
+    threads), so that blocking I/O does not stop the event loop; an awaitable it returns is
+    awaited too.
 
     Raises:
         TimeoutError: the executor ran past ``timeout_s``; the attempt fails (retryable).
@@ -183,7 +226,7 @@ async def run_executor(
     deadline = asyncio.timeout(timeout_s)
     try:
         async with deadline:
-            if _THREADS and not _is_async(executor):
+            if thread and _THREADS and not _is_async(executor):
                 raw = await _in_thread(executor, args)
             else:
                 raw = executor(*args)
@@ -437,6 +480,7 @@ class WorkflowEngine:
                 (data, context, payload, globals),
                 self.step_timeout if definition.timeout is None else definition.timeout_s,
                 node_id,
+                thread=definition.thread,
             )
             result = raw if isinstance(raw, StepResult) else StepResult(data=raw)
             output = self._output(definition, result.data, node_id)

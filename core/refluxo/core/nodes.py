@@ -107,6 +107,10 @@ class NodeDefinition:
         timeout: how long one attempt may run, in seconds or as a ``timedelta``; past it the
             attempt fails with a ``TimeoutError`` (retried as the ``retry_policy`` says). None
             takes the workflow's ``step_timeout``.
+        thread: run a plain (not async) executor in a thread, so that blocking calls in it do
+            not stop the event loop (the default). False runs it inline on the event loop,
+            which saves the hop to a thread for quick code that never blocks; its timeout
+            then cannot interrupt it.
     """
 
     executor: Executor
@@ -114,6 +118,7 @@ class NodeDefinition:
     input_model: type[BaseModel] | None = None
     output_model: type[BaseModel] | None = None
     timeout: float | timedelta | None = None
+    thread: bool = True
 
     def __post_init__(self) -> None:
         seconds = self.timeout_s
