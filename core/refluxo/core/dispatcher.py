@@ -25,9 +25,10 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
-from .engine import WorkflowEngine
+from .engine import DEFAULT_STEP_TIMEOUT_S, WorkflowEngine
 from .errors import (
     DefinitionError,
     PayloadTooLarge,
@@ -89,7 +90,10 @@ class Workflow:
         name: the name runs are started under (``POST /workflows/{name}/runs``).
         definition: the graph, or its plain JSON form.
         nodes: node type -> :class:`NodeDefinition`.
-        plugins, transform_engines, retention: passed to :class:`WorkflowEngine`.
+        plugins, transform_engines, retention, step_timeout: passed to
+            :class:`WorkflowEngine`. ``step_timeout`` (seconds, default 240) bounds each
+            executor call whose node sets no ``timeout``; keep it below the platform's limit
+            on one delivery.
             ``retention=N`` keeps the newest N results per node in the snapshot, so a run's
             snapshot (and each step's write) stays the same size however long the run is.
         archive: with a retention, keep the trimmed results in the store (which must then
@@ -109,6 +113,7 @@ class Workflow:
         archive: bool = False,
         start: str | None = None,
         clock: Callable[[], int] = now_ms,
+        step_timeout: float | timedelta | None = DEFAULT_STEP_TIMEOUT_S,
     ) -> None:
         if archive and retention is None:
             raise DefinitionError("archive=True needs a retention limit: nothing is trimmed")
@@ -122,6 +127,7 @@ class Workflow:
             transform_engines=transform_engines,
             retention=retention,
             clock=clock,
+            step_timeout=step_timeout,
         )
         self.archive = archive
         self.start = start or self.engine.start_node_id
