@@ -14,6 +14,11 @@ The expression is parsed with :mod:`ast` and walked against an allow-list: names
 and item access on data (never on Python objects, never underscore names), literals,
 arithmetic, comparisons, boolean logic, conditional expressions and a few pure functions.
 Nothing is ever passed to ``eval``.
+
+Node data may be written by an adversary, so every step is bounded (:class:`ExpressionLimits`):
+integers, strings and collections have a maximum size that is checked *before* a result is
+computed, and the evaluation of one node's data has an operation budget. Going over a limit
+raises :class:`ExpressionError`, which fails the node without retries.
 """
 
 from __future__ import annotations
@@ -22,23 +27,14 @@ import ast
 import json
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
 from .errors import ExpressionError
 from .model import NodeResult
 
-_TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-
-_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-}
 _CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
@@ -51,25 +47,39 @@ _CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Is: operator.is_,
     ast.IsNot: operator.is_not,
 }
-_FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "len": len,
-    "str": str,
-    "int": int,
-    "float": float,
-    "bool": bool,
-    "abs": abs,
-    "min": min,
-    "max": max,
-    "sum": sum,
-    "round": round,
-    "lower": lambda s: str(s).lower(),
-    "upper": lambda s: str(s).upper(),
-    "json": lambda v: json.dumps(v, separators=(",", ":")),
-    "get": lambda mapping, key, default=None: (
-        mapping.get(key, default) if isinstance(mapping, Mapping) else default
-    ),
-}
 _MAX_LENGTH = 1000
+_NUMBER = (int, float)
+
+# One %-conversion: %[(key)][flags][width][.precision][length]type
+_FORMAT_SPEC = re.compile(r"%(?:\(([^)]*)\))?([-#0 +]*)(\*|\d+)?(?:\.(\*|\d+)?)?[hlL]?(.?)", re.S)
+
+
+@dataclass(frozen=True)
+class ExpressionLimits:
+    """Bounds on what evaluating one node's expressions may cost.
+
+    Attributes:
+        max_operations: expression steps per node's data (every syntax node evaluated, every
+            item a function walks, every template found); bounds CPU time.
+        max_size: the largest string (characters), collection (items) or rendered text any
+            single step may produce; checked before the result is built.
+        max_total_size: the sum of the sizes of everything produced for one node's data.
+        max_int_bits: the largest integer, in bits (4096 bits is about 1,233 digits).
+        max_depth: how deeply expressions may nest.
+        max_format_width: the largest width or precision in ``'%5.2f' % x`` formatting.
+        max_round_digits: the largest ``abs(ndigits)`` of ``round(x, ndigits)``.
+    """
+
+    max_operations: int = 100_000
+    max_size: int = 1_000_000
+    max_total_size: int = 10_000_000
+    max_int_bits: int = 4096
+    max_depth: int = 100
+    max_format_width: int = 1000
+    max_round_digits: int = 400
+
+
+DEFAULT_LIMITS = ExpressionLimits()
 
 
 class TransformEngine(Protocol):
@@ -175,7 +185,7 @@ def _member(obj: Any, key: Any, expr: str) -> Any:
     if obj is None:
         raise ExpressionError(f"in {expr!r}: cannot read {key!r} of nothing")
     if isinstance(obj, Mapping):
-        if key not in obj:
+        if isinstance(key, list | dict) or key not in obj:
             raise ExpressionError(f"in {expr!r}: no key {key!r}")
         return obj[key]
     if isinstance(obj, list | tuple | str) and isinstance(key, int):
@@ -194,123 +204,453 @@ def _parse(expr: str) -> ast.Expression:
         return ast.parse(expr.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"invalid expression {expr.strip()!r}: {exc.msg}") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise ExpressionError(f"expression {expr.strip()[:40]!r}... is nested too deeply") from None
 
 
-def _eval(node: ast.AST, scope: _Scope, expr: str) -> Any:
-    match node:
-        case ast.Expression(body=body):
-            return _eval(body, scope, expr)
-        case ast.Constant(value=value):
-            return value
-        case ast.Name(id=name):
-            return scope.name(name)
-        case ast.Attribute(value=value, attr=attr):
-            if attr.startswith("_"):
-                raise ExpressionError(f"in {expr!r}: names starting with '_' are not allowed")
-            return _member(_eval(value, scope, expr), attr, expr)
-        case ast.Subscript(value=value, slice=index):
-            key = _eval(index, scope, expr)
-            if isinstance(key, str) and key.startswith("__"):
-                raise ExpressionError(f"in {expr!r}: names starting with '__' are not allowed")
-            return _member(_eval(value, scope, expr), key, expr)
-        case ast.List(elts=elts) | ast.Tuple(elts=elts):
-            return [_unjson(_eval(e, scope, expr)) for e in elts]
-        case ast.Dict(keys=keys, values=values):
-            return {
-                _eval(k, scope, expr): _unjson(_eval(v, scope, expr))
-                for k, v in zip(keys, values, strict=True)
-                if k is not None
-            }
-        case ast.BinOp(left=left, op=op, right=right) if type(op) in _BINOPS:
-            a, b = _unjson(_eval(left, scope, expr)), _unjson(_eval(right, scope, expr))
-            if isinstance(op, ast.Mult) and (
-                isinstance(a, str | list) or isinstance(b, str | list)
-            ):
-                raise ExpressionError(f"in {expr!r}: repeating strings or lists is not allowed")
-            try:
-                return _BINOPS[type(op)](a, b)
-            except (TypeError, ZeroDivisionError) as exc:
-                raise ExpressionError(f"in {expr!r}: {exc}") from None
-        case ast.UnaryOp(op=ast.Not(), operand=operand):
-            return not _unjson(_eval(operand, scope, expr))
-        case ast.UnaryOp(op=ast.USub(), operand=operand):
-            return -_unjson(_eval(operand, scope, expr))
-        case ast.UnaryOp(op=ast.UAdd(), operand=operand):
-            return +_unjson(_eval(operand, scope, expr))
-        case ast.BoolOp(op=op, values=values):
-            result: Any = None
-            for v in values:
-                result = _unjson(_eval(v, scope, expr))
-                if isinstance(op, ast.And) and not result:
-                    return result
-                if isinstance(op, ast.Or) and result:
-                    return result
-            return result
-        case ast.Compare(left=left, ops=ops, comparators=comparators):
-            current = _unjson(_eval(left, scope, expr))
-            for cmp, comparator in zip(ops, comparators, strict=True):
-                if type(cmp) not in _CMPOPS:
-                    break
-                other = _unjson(_eval(comparator, scope, expr))
-                try:
-                    if not _CMPOPS[type(cmp)](current, other):
-                        return False
-                except TypeError as exc:
-                    raise ExpressionError(f"in {expr!r}: {exc}") from None
-                current = other
+class _Budget:
+    """What one node's expressions may still spend; raises ExpressionError when spent."""
+
+    __slots__ = ("limits", "operations", "produced")
+
+    def __init__(self, limits: ExpressionLimits) -> None:
+        self.limits = limits
+        self.operations = 0
+        self.produced = 0
+
+    def tick(self, n: int = 1) -> None:
+        self.operations += n
+        if self.operations > self.limits.max_operations:
+            raise ExpressionError(
+                f"expression budget exceeded: more than {self.limits.max_operations} "
+                "operations for one node's data"
+            )
+
+    def allow(self, size: int, what: str) -> None:
+        """Check, before building it, that a result of ``size`` fits; then account for it."""
+        if size > self.limits.max_size:
+            raise ExpressionError(
+                f"{what} would be {size} long, over the limit of {self.limits.max_size}"
+            )
+        self.produced += size
+        if self.produced > self.limits.max_total_size:
+            raise ExpressionError(
+                f"expression budget exceeded: more than {self.limits.max_total_size} "
+                "characters produced for one node's data"
+            )
+        self.tick(1 + size // 4096)
+
+    def integer(self, bits: int, what: str) -> None:
+        if bits > self.limits.max_int_bits:
+            raise ExpressionError(
+                f"{what} would have {bits} bits, over the limit of {self.limits.max_int_bits}"
+            )
+
+
+def _json_chunks(value: Any) -> Iterator[str]:
+    return json.JSONEncoder(separators=(",", ":"), default=str).iterencode(value)
+
+
+def _json_size(value: Any, cap: int, budget: _Budget) -> int:
+    """The length of ``value`` as compact JSON, counted without building it; stops past ``cap``."""
+    size = 0
+    count = 0
+    for chunk in _json_chunks(value):
+        size += len(chunk)
+        count += 1
+        if count % 16 == 0:
+            budget.tick()
+        if size > cap:
+            return size
+    return size
+
+
+def _text_size(value: Any, cap: int, budget: _Budget) -> int:
+    """An upper bound of ``len(str(value))`` (repr of containers, digits of numbers)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, bool) or value is None:
+        return 5
+    if isinstance(value, int):
+        return value.bit_length() * 3 // 10 + 2
+    if isinstance(value, float):
+        return 32
+    # repr escapes at most twice as long as JSON (quotes inside strings), never longer.
+    return 2 * _json_size(value, cap, budget) + 2
+
+
+class _Evaluation:
+    """One node's expressions: the scope they read and the budget they share."""
+
+    def __init__(self, scope: _Scope, budget: _Budget) -> None:
+        self.scope = scope
+        self.budget = budget
+        self.limits = budget.limits
+        self.functions: dict[str, Callable[..., Any]] = {
+            "len": len,
+            "str": self._str,
+            "int": self._int,
+            "float": self._float,
+            "bool": bool,
+            "abs": abs,
+            "min": self._min,
+            "max": self._max,
+            "sum": self._sum,
+            "round": self._round,
+            "lower": lambda s: self._case(s, str.lower),
+            "upper": lambda s: self._case(s, str.upper),
+            "json": self._json,
+            "get": lambda mapping, key, default=None: (
+                mapping.get(key, default) if isinstance(mapping, Mapping) else default
+            ),
+        }
+
+    # --- bounded functions ------------------------------------------------------------------
+
+    def _str(self, value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            self.budget.integer(value.bit_length(), "str() of an integer")
+        self.budget.allow(_text_size(value, self.limits.max_size, self.budget), "str()")
+        return str(value)
+
+    def _int(self, value: Any, *base: Any) -> int:
+        if isinstance(value, str):
+            digits = self.limits.max_int_bits * 3 // 10 + 2
+            if len(value) > digits + 64:
+                raise ExpressionError(f"int() of a text longer than {digits} digits")
+        result = int(value, *base)
+        self.budget.integer(result.bit_length(), "int()")
+        return result
+
+    def _float(self, value: Any) -> float:
+        if isinstance(value, str) and len(value) > 1000:
+            raise ExpressionError("float() of a text longer than 1000 characters")
+        return float(value)
+
+    def _items(self, args: tuple[Any, ...]) -> Any:
+        items = args[0] if len(args) == 1 else args
+        if isinstance(items, list | tuple | str | Mapping):
+            self.budget.tick(len(items))
+        return items
+
+    def _min(self, *args: Any) -> Any:
+        return min(self._items(args))
+
+    def _max(self, *args: Any) -> Any:
+        return max(self._items(args))
+
+    def _sum(self, items: Any, start: Any = 0) -> Any:
+        values = self._items((items,))
+        if not isinstance(values, list | tuple) or not all(
+            isinstance(v, _NUMBER) for v in [*values, start]
+        ):
+            raise ExpressionError("sum() adds numbers only")
+        total = sum(values, start)
+        if isinstance(total, int):
+            self.budget.integer(total.bit_length(), "sum()")
+        return total
+
+    def _round(self, number: Any, ndigits: Any = None) -> Any:
+        if ndigits is None:
+            return round(number)
+        if not isinstance(ndigits, int) or abs(ndigits) > self.limits.max_round_digits:
+            raise ExpressionError(
+                f"round() takes ndigits between -{self.limits.max_round_digits} and "
+                f"{self.limits.max_round_digits}"
+            )
+        return round(number, ndigits)
+
+    def _case(self, value: Any, change: Callable[[str], str]) -> str:
+        text = value if isinstance(value, str) else self._str(value)
+        # Case changes can grow a text (``'ß'.upper()`` is ``'SS'``), at most threefold.
+        self.budget.allow(3 * len(text), "lower()/upper()")
+        return change(text)
+
+    def _json(self, value: Any) -> str:
+        self.budget.allow(_json_size(value, self.limits.max_size, self.budget), "json()")
+        return json.dumps(value, separators=(",", ":"), default=str)
+
+    # --- bounded operators ------------------------------------------------------------------
+
+    def _add(self, a: Any, b: Any) -> Any:
+        if (isinstance(a, str) and isinstance(b, str)) or (
+            isinstance(a, list) and isinstance(b, list)
+        ):
+            self.budget.allow(len(a) + len(b), "a concatenation")
+        result = a + b
+        if isinstance(result, int):
+            self.budget.integer(result.bit_length(), "a sum")
+        return result
+
+    def _sub(self, a: Any, b: Any) -> Any:
+        result = a - b
+        if isinstance(result, int):
+            self.budget.integer(result.bit_length(), "a difference")
+        return result
+
+    def _mul(self, a: Any, b: Any) -> Any:
+        if not isinstance(a, _NUMBER) or not isinstance(b, _NUMBER):
+            raise ExpressionError("repeating strings or lists is not allowed")
+        if isinstance(a, int) and isinstance(b, int):
+            self.budget.integer(a.bit_length() + b.bit_length(), "a product")
+        return a * b
+
+    def _mod(self, a: Any, b: Any) -> Any:
+        if isinstance(a, str):
+            args = tuple(b) if isinstance(b, list) else b
+            self.budget.allow(self._format_size(a, args), "a %-formatted text")
+            return a % args
+        if not isinstance(a, _NUMBER) or not isinstance(b, _NUMBER):
+            raise ExpressionError("% takes two numbers, or a format text and its values")
+        return a % b
+
+    def _format_size(self, fmt: str, args: Any) -> int:
+        """An upper bound of ``len(fmt % args)``; refuses ``*`` and over-wide conversions."""
+        size = len(fmt)
+        positional = args if isinstance(args, tuple) else (args,)
+        index = 0
+        limit = self.limits.max_format_width
+        for spec in _FORMAT_SPEC.finditer(fmt):
+            self.budget.tick()
+            key, _flags, width, precision, kind = spec.groups()
+            if kind == "%" and key is None:
+                continue
+            numbers = []
+            for part in (width, precision):
+                if part == "*":
+                    raise ExpressionError("'*' widths are not allowed in % formatting")
+                if part:
+                    if len(part) > 6 or int(part) > limit:
+                        raise ExpressionError(
+                            f"% formatting takes widths and precisions up to {limit}"
+                        )
+                    numbers.append(int(part))
+            if key is not None:
+                arg = args[key] if isinstance(args, Mapping) else None
             else:
-                return True
-        case ast.IfExp(test=test, body=body, orelse=orelse):
-            chosen = body if _unjson(_eval(test, scope, expr)) else orelse
-            return _eval(chosen, scope, expr)
-        case ast.Call(func=ast.Name(id=fname), args=args, keywords=[]) if fname in _FUNCTIONS:
-            values = [_unjson(_eval(a, scope, expr)) for a in args]
-            try:
-                return _FUNCTIONS[fname](*values)
-            except (TypeError, ValueError) as exc:
-                raise ExpressionError(f"in {expr!r}: {fname}(): {exc}") from None
-    raise ExpressionError(f"in {expr!r}: {type(node).__name__} is not allowed in expressions")
+                arg = positional[index] if index < len(positional) else None
+                index += 1
+            size += sum(numbers) + (
+                _text_size(arg, self.limits.max_size, self.budget) + 330
+                if kind in "sra"
+                else (arg.bit_length() if isinstance(arg, int) else 0) + 330
+            )
+        return size
+
+    _BINOPS: dict[type[ast.operator], str] = {
+        ast.Add: "_add",
+        ast.Sub: "_sub",
+        ast.Mult: "_mul",
+        ast.Mod: "_mod",
+    }
+
+    # --- the walk ---------------------------------------------------------------------------
+
+    def run(self, expr: str) -> Any:
+        tree = _parse(expr)
+        text = expr.strip()
+        try:
+            return _unjson(self.eval(tree, text, 0))
+        except ExpressionError:
+            raise
+        except RecursionError:
+            raise ExpressionError(f"in {text!r}: nested too deeply") from None
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            raise ExpressionError(f"in {text!r}: {type(exc).__name__}: {exc}") from None
+
+    def eval(self, node: ast.AST, expr: str, depth: int) -> Any:
+        if depth > self.limits.max_depth:
+            raise ExpressionError(f"in {expr!r}: nested more than {self.limits.max_depth} deep")
+        self.budget.tick()
+        depth += 1
+        match node:
+            case ast.Expression(body=body):
+                return self.eval(body, expr, depth)
+            case ast.Constant(value=value):
+                if value is None or isinstance(value, bool | float | str):
+                    return value
+                if isinstance(value, int):
+                    self.budget.integer(value.bit_length(), "an integer literal")
+                    return value
+                raise ExpressionError(
+                    f"in {expr!r}: {type(value).__name__} literals are not allowed"
+                )
+            case ast.Name(id=name):
+                return self.scope.name(name)
+            case ast.Attribute(value=value, attr=attr):
+                if attr.startswith("_"):
+                    raise ExpressionError(f"in {expr!r}: names starting with '_' are not allowed")
+                return _member(self.eval(value, expr, depth), attr, expr)
+            case ast.Subscript(value=value, slice=index):
+                key = self.eval(index, expr, depth)
+                if isinstance(key, str) and key.startswith("__"):
+                    raise ExpressionError(f"in {expr!r}: names starting with '__' are not allowed")
+                return _member(self.eval(value, expr, depth), key, expr)
+            case ast.List(elts=elts) | ast.Tuple(elts=elts):
+                return [_unjson(self.eval(e, expr, depth)) for e in elts]
+            case ast.Dict(keys=keys, values=values):
+                return {
+                    self.eval(k, expr, depth): _unjson(self.eval(v, expr, depth))
+                    for k, v in zip(keys, values, strict=True)
+                    if k is not None
+                }
+            case ast.BinOp(left=left, op=op, right=right):
+                a = _unjson(self.eval(left, expr, depth))
+                b = _unjson(self.eval(right, expr, depth))
+                try:
+                    if type(op) in self._BINOPS:
+                        return getattr(self, self._BINOPS[type(op)])(a, b)
+                    if isinstance(op, ast.Div):
+                        return operator.truediv(a, b)
+                    if isinstance(op, ast.FloorDiv):
+                        return operator.floordiv(a, b)
+                except ExpressionError as exc:
+                    raise ExpressionError(f"in {expr!r}: {exc}") from None
+                except (TypeError, ZeroDivisionError, OverflowError, ValueError) as exc:
+                    raise ExpressionError(f"in {expr!r}: {exc}") from None
+            case ast.UnaryOp(op=ast.Not(), operand=operand):
+                return not _unjson(self.eval(operand, expr, depth))
+            case ast.UnaryOp(op=ast.USub(), operand=operand):
+                return -_unjson(self.eval(operand, expr, depth))
+            case ast.UnaryOp(op=ast.UAdd(), operand=operand):
+                return +_unjson(self.eval(operand, expr, depth))
+            case ast.BoolOp(op=op, values=values):
+                result: Any = None
+                for v in values:
+                    result = _unjson(self.eval(v, expr, depth))
+                    if isinstance(op, ast.And) and not result:
+                        return result
+                    if isinstance(op, ast.Or) and result:
+                        return result
+                return result
+            case ast.Compare(left=left, ops=ops, comparators=comparators):
+                current = _unjson(self.eval(left, expr, depth))
+                for cmp, comparator in zip(ops, comparators, strict=True):
+                    if type(cmp) not in _CMPOPS:
+                        break
+                    other = _unjson(self.eval(comparator, expr, depth))
+                    if isinstance(other, list | tuple | Mapping):
+                        self.budget.tick(len(other))
+                    try:
+                        if not _CMPOPS[type(cmp)](current, other):
+                            return False
+                    except TypeError as exc:
+                        raise ExpressionError(f"in {expr!r}: {exc}") from None
+                    current = other
+                else:
+                    return True
+            case ast.IfExp(test=test, body=body, orelse=orelse):
+                chosen = body if _unjson(self.eval(test, expr, depth)) else orelse
+                return self.eval(chosen, expr, depth)
+            case ast.Call(func=ast.Name(id=fname), args=args, keywords=[]) if (
+                fname in self.functions
+            ):
+                values = [_unjson(self.eval(a, expr, depth)) for a in args]
+                try:
+                    return self.functions[fname](*values)
+                except ExpressionError as exc:
+                    raise ExpressionError(f"in {expr!r}: {fname}(): {exc}") from None
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise ExpressionError(f"in {expr!r}: {fname}(): {exc}") from None
+        raise ExpressionError(f"in {expr!r}: {type(node).__name__} is not allowed in expressions")
 
 
 def evaluate(
     expr: str,
     context: Mapping[str, list[NodeResult]],
     globals: Any = None,
+    *,
+    limits: ExpressionLimits = DEFAULT_LIMITS,
 ) -> Any:
     """Evaluate one expression (the text between the braces) and return a plain value."""
-    return _unjson(_eval(_parse(expr), _Scope(context, globals), expr.strip()))
+    return _Evaluation(_Scope(context, globals), _Budget(limits)).run(expr)
 
 
-def _render(value: Any) -> str:
+def _render(value: Any, evaluation: _Evaluation) -> str:
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return evaluation._json(value)
 
 
-def resolve(data: Any, context: Mapping[str, list[NodeResult]], globals: Any = None) -> Any:
-    """Return ``data`` with every ``{{ ... }}`` in its strings evaluated (a new structure).
+def _templates(text: str) -> Iterator[tuple[int, int]]:
+    """The ``(start, end)`` of each ``{{ ... }}`` in ``text``, left to right, in linear time.
 
-    A string that is one expression alone becomes the expression's value, whatever its type;
-    expressions inside a longer string are interpolated as text (JSON for non-strings).
+    Each search starts where the previous one stopped: an opening ``{{`` without a closing
+    ``}}`` ends the scan, since no later ``{{`` can have one either.
     """
+    position = 0
+    while True:
+        start = text.find("{{", position)
+        if start < 0:
+            return
+        end = text.find("}}", start + 2)
+        if end < 0:
+            return
+        yield start, end + 2
+        position = end + 2
+
+
+def _resolve(data: Any, evaluation: _Evaluation) -> Any:
     if isinstance(data, str):
         if "{{" not in data:
             return data
-        match = _TEMPLATE.fullmatch(data.strip())
-        if match and "{{" not in match.group(1):
-            return evaluate(match.group(1), context, globals)
-        return _TEMPLATE.sub(lambda m: _render(evaluate(m.group(1), context, globals)), data)
+        whole = data.strip()
+        if whole.startswith("{{") and whole.endswith("}}") and "{{" not in whole[2:-2]:
+            return evaluation.run(whole[2:-2])
+        parts: list[str] = []
+        size = 0
+        position = 0
+        for start, end in _templates(data):
+            evaluation.budget.tick()
+            rendered = _render(evaluation.run(data[start + 2 : end - 2]), evaluation)
+            parts.append(data[position:start])
+            parts.append(rendered)
+            size += start - position + len(rendered)
+            if size > evaluation.limits.max_size:
+                evaluation.budget.allow(size, "an interpolated text")
+            position = end
+        if not parts:
+            return data
+        parts.append(data[position:])
+        evaluation.budget.allow(size + len(data) - position, "an interpolated text")
+        return "".join(parts)
     if isinstance(data, list):
-        return [resolve(v, context, globals) for v in data]
+        return [_resolve(v, evaluation) for v in data]
     if isinstance(data, dict):
-        return {k: resolve(v, context, globals) for k, v in data.items()}
+        return {k: _resolve(v, evaluation) for k, v in data.items()}
     return data
 
 
+def resolve(
+    data: Any,
+    context: Mapping[str, list[NodeResult]],
+    globals: Any = None,
+    *,
+    limits: ExpressionLimits = DEFAULT_LIMITS,
+) -> Any:
+    """Return ``data`` with every ``{{ ... }}`` in its strings evaluated (a new structure).
+
+    A string that is one expression alone becomes the expression's value, whatever its type;
+    expressions inside a longer string are interpolated as text (JSON for non-strings). All
+    the expressions of ``data`` share one budget (``limits``).
+
+    Raises:
+        ExpressionError: an expression is invalid, fails, or goes over a limit.
+    """
+    return _resolve(data, _Evaluation(_Scope(context, globals), _Budget(limits)))
+
+
 class ExpressionTransform:
-    """The built-in transform engine: resolves ``{{ ... }}`` expressions in node data."""
+    """The built-in transform engine: resolves ``{{ ... }}`` expressions in node data.
+
+    Args:
+        limits: what evaluating one node's data may cost; see :class:`ExpressionLimits`.
+    """
+
+    def __init__(self, limits: ExpressionLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
 
     async def transform(
         self, data: Any, context: Mapping[str, list[NodeResult]], globals: Any
     ) -> Any:
-        return resolve(data, context, globals)
+        return resolve(data, context, globals, limits=self.limits)
