@@ -6,14 +6,24 @@ Inside the braces a Python-like expression reads earlier results and globals::
     "{{ fetch.all }}"                   every recorded result of ``fetch`` (each has ``.data``)
     "{{ fetch.count }}"                 how many results ``fetch`` produced (retention-proof)
     "{{ nodes['my-node'].last.data }}"  node ids that are not identifiers
-    "{{ globals.api_key }}"             secrets: resolved for the executor, never stored
-    "{{ get(globals, 'region', 'eu') }}"  a key that may be missing, with a default
+    "{{ globals.api_key }}"             one secret, by name: resolved for the executor
+    "{{ get(globals, 'region', 'eu') }}"  a secret that may be missing, with a default
     "Hello {{ user.last.data.name }}!"  inside a longer string: the value is interpolated
 
 The expression is parsed with :mod:`ast` and walked against an allow-list: names, attribute
 and item access on data (never on Python objects, never underscore names), literals,
 arithmetic, comparisons, boolean logic, conditional expressions and a few pure functions.
 Nothing is ever passed to ``eval``.
+
+Secrets are read one at a time, by a name written in the expression (``globals.NAME``,
+``globals['NAME']``, ``get(globals, 'NAME', default)``), never as a whole (``json(globals)``,
+``globals[some_expression]``). A value read from a secret is marked inside the evaluator: it
+may be passed on (to the executor, into a text with ``+`` or a template, through ``str``,
+``upper``, ``lower``, ``json``, or as part of a list or object), but not inspected: comparing
+it, testing it, measuring it, indexing into its text, converting it to a number or formatting
+it with ``%`` is refused, so an expression cannot reveal anything about a secret, and no error
+message quotes one. What the executor then does with it is the engine's concern
+(:mod:`refluxo.core.secrets` masks secrets in what a step records).
 
 Node data may be written by an adversary, so every step is bounded (:class:`ExpressionLimits`):
 integers, strings and collections have a maximum size that is checked *before* a result is
@@ -48,6 +58,8 @@ _CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.IsNot: operator.is_not,
 }
 _MAX_LENGTH = 1000
+_GLOBALS = "globals"
+_PASS_ON = frozenset({"str", "lower", "upper", "json"})
 _NUMBER = (int, float)
 
 # One %-conversion: %[(key)][flags][width][.precision][length]type
@@ -145,9 +157,19 @@ class _Scope:
         count = getattr(self.context, "count", None)
         return NodeView(node_id, results, count(node_id) if count else len(results))
 
+    def secret(self, name: str, expr: str) -> _Secret:
+        if name.startswith("__"):
+            raise ExpressionError(f"in {expr!r}: names starting with '__' are not allowed")
+        if not isinstance(self.globals, Mapping) or name not in self.globals:
+            raise ExpressionError(f"in {expr!r}: no secret named {name!r} for this workflow")
+        return _Secret(self.globals[name])
+
     def name(self, name: str) -> Any:
         if name == "globals":
-            return self.globals
+            raise ExpressionError(
+                "secrets are read one at a time, by name: write globals.NAME, "
+                "globals['NAME'] or get(globals, 'NAME', default)"
+            )
         if name == "nodes":
             return _NodesView(self)
         if name in ("None", "True", "False"):
@@ -160,6 +182,33 @@ class _Scope:
 class _NodesView:
     def __init__(self, scope: _Scope) -> None:
         self.scope = scope
+
+
+class _Secret:
+    """A value read from a secret, inside the evaluator: it may be passed on, not inspected.
+
+    Only the outermost value is ever marked: a list or object built with a marked part in it
+    is marked as a whole (and its parts unmarked), so checking a value is O(1).
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _marked(value: Any) -> bool:
+    return isinstance(value, _Secret)
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, _Secret) else value
+
+
+def _Refused(what: str) -> ExpressionError:
+    return ExpressionError(
+        f"{what} a value read from globals is not allowed: a secret can be passed on, not inspected"
+    )
 
 
 def _unjson(value: Any) -> Any:
@@ -284,6 +333,7 @@ class _Evaluation:
 
     def __init__(self, scope: _Scope, budget: _Budget) -> None:
         self.scope = scope
+        self.touched = False  # the expression being evaluated read a secret
         self.budget = budget
         self.limits = budget.limits
         self.functions: dict[str, Callable[..., Any]] = {
@@ -447,16 +497,55 @@ class _Evaluation:
     # --- the walk ---------------------------------------------------------------------------
 
     def run(self, expr: str) -> Any:
+        """The value of one expression, with any secret mark taken off (for the executor)."""
         tree = _parse(expr)
         text = expr.strip()
+        self.touched = False
         try:
-            return _unjson(self.eval(tree, text, 0))
+            return _plain(_unjson(self.eval(tree, text, 0)))
         except ExpressionError:
             raise
         except RecursionError:
             raise ExpressionError(f"in {text!r}: nested too deeply") from None
         except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            if self.touched:  # the details could quote a secret
+                raise ExpressionError(f"in {text!r}: {type(exc).__name__}") from None
             raise ExpressionError(f"in {text!r}: {type(exc).__name__}: {exc}") from None
+
+    def read_secret(self, name: str, expr: str) -> _Secret:
+        self.touched = True
+        return self.scope.secret(name, expr)
+
+    def member(self, obj: Any, key: ast.AST, expr: str, depth: int) -> Any:
+        """``obj.key`` or ``obj[key]``: by a literal name only when ``obj`` is a secret."""
+        if _marked(obj):
+            inner = _plain(obj)
+            if not isinstance(key, ast.Constant) or isinstance(key.value, bool):
+                raise _Refused("reading a computed key or index of")
+            if isinstance(inner, str) or not isinstance(inner, Mapping | list):
+                raise _Refused("indexing into the text of")
+            try:
+                return _Secret(_member(inner, key.value, expr))
+            except ExpressionError:
+                raise ExpressionError(f"in {expr!r}: a secret has no such key or index") from None
+        value = self.eval(key, expr, depth)
+        if _marked(value):
+            raise _Refused("using as a key or index")
+        if isinstance(value, str) and value.startswith("__"):
+            raise ExpressionError(f"in {expr!r}: names starting with '__' are not allowed")
+        return _member(obj, value, expr)
+
+    def items(self, nodes: list[ast.expr], expr: str, depth: int) -> tuple[list[Any], bool]:
+        values = [_unjson(self.eval(e, expr, depth)) for e in nodes]
+        marked = any(_marked(v) for v in values)
+        return [_plain(v) for v in values], marked
+
+    def open(self, value: Any, what: str) -> Any:
+        """``value`` for an operation that inspects it; refused for a secret."""
+        value = _unjson(value)
+        if _marked(value):
+            raise _Refused(what)
+        return value
 
     def eval(self, node: ast.AST, expr: str, depth: int) -> Any:
         if depth > self.limits.max_depth:
@@ -480,23 +569,49 @@ class _Evaluation:
             case ast.Attribute(value=value, attr=attr):
                 if attr.startswith("_"):
                     raise ExpressionError(f"in {expr!r}: names starting with '_' are not allowed")
-                return _member(self.eval(value, expr, depth), attr, expr)
+                if isinstance(value, ast.Name) and value.id == _GLOBALS:
+                    return self.read_secret(attr, expr)
+                return self.member(self.eval(value, expr, depth), ast.Constant(attr), expr, depth)
             case ast.Subscript(value=value, slice=index):
-                key = self.eval(index, expr, depth)
-                if isinstance(key, str) and key.startswith("__"):
-                    raise ExpressionError(f"in {expr!r}: names starting with '__' are not allowed")
-                return _member(self.eval(value, expr, depth), key, expr)
+                if isinstance(value, ast.Name) and value.id == _GLOBALS:
+                    if not isinstance(index, ast.Constant) or not isinstance(index.value, str):
+                        raise ExpressionError(
+                            f"in {expr!r}: a secret is read by a name written in the "
+                            "expression (globals['NAME']), not a computed one"
+                        )
+                    return self.read_secret(index.value, expr)
+                return self.member(self.eval(value, expr, depth), index, expr, depth)
             case ast.List(elts=elts) | ast.Tuple(elts=elts):
-                return [_unjson(self.eval(e, expr, depth)) for e in elts]
+                values, marked = self.items(elts, expr, depth)
+                return _Secret(values) if marked else values
             case ast.Dict(keys=keys, values=values):
-                return {
-                    self.eval(k, expr, depth): _unjson(self.eval(v, expr, depth))
-                    for k, v in zip(keys, values, strict=True)
-                    if k is not None
-                }
-            case ast.BinOp(left=left, op=op, right=right):
+                present = [k for k in keys if k is not None]
+                if len(present) != len(keys):
+                    raise ExpressionError(f"in {expr!r}: '**' is not allowed in expressions")
+                names = [self.open(self.eval(k, expr, depth), "using as a key") for k in present]
+                items, marked = self.items(values, expr, depth)
+                result = dict(zip(names, items, strict=True))
+                return _Secret(result) if marked else result
+            case ast.BinOp(left=left, op=ast.Add(), right=right):
                 a = _unjson(self.eval(left, expr, depth))
                 b = _unjson(self.eval(right, expr, depth))
+                marked = _marked(a) or _marked(b)
+                a, b = _plain(a), _plain(b)
+                if marked and not (
+                    (isinstance(a, str) and isinstance(b, str))
+                    or (isinstance(a, list) and isinstance(b, list))
+                ):
+                    raise _Refused("arithmetic on")
+                try:
+                    result = self._add(a, b)
+                except ExpressionError as exc:
+                    raise ExpressionError(f"in {expr!r}: {exc}") from None
+                except (TypeError, OverflowError) as exc:
+                    raise ExpressionError(f"in {expr!r}: {exc}") from None
+                return _Secret(result) if marked else result
+            case ast.BinOp(left=left, op=op, right=right):
+                a = self.open(self.eval(left, expr, depth), "arithmetic or formatting with")
+                b = self.open(self.eval(right, expr, depth), "arithmetic or formatting with")
                 try:
                     if type(op) in self._BINOPS:
                         return getattr(self, self._BINOPS[type(op)])(a, b)
@@ -509,26 +624,26 @@ class _Evaluation:
                 except (TypeError, ZeroDivisionError, OverflowError, ValueError) as exc:
                     raise ExpressionError(f"in {expr!r}: {exc}") from None
             case ast.UnaryOp(op=ast.Not(), operand=operand):
-                return not _unjson(self.eval(operand, expr, depth))
+                return not self.open(self.eval(operand, expr, depth), "testing")
             case ast.UnaryOp(op=ast.USub(), operand=operand):
-                return -_unjson(self.eval(operand, expr, depth))
+                return -self.open(self.eval(operand, expr, depth), "arithmetic on")
             case ast.UnaryOp(op=ast.UAdd(), operand=operand):
-                return +_unjson(self.eval(operand, expr, depth))
+                return +self.open(self.eval(operand, expr, depth), "arithmetic on")
             case ast.BoolOp(op=op, values=values):
-                result: Any = None
+                outcome: Any = None
                 for v in values:
-                    result = _unjson(self.eval(v, expr, depth))
-                    if isinstance(op, ast.And) and not result:
-                        return result
-                    if isinstance(op, ast.Or) and result:
-                        return result
-                return result
+                    outcome = self.open(self.eval(v, expr, depth), "testing")
+                    if isinstance(op, ast.And) and not outcome:
+                        return outcome
+                    if isinstance(op, ast.Or) and outcome:
+                        return outcome
+                return outcome
             case ast.Compare(left=left, ops=ops, comparators=comparators):
-                current = _unjson(self.eval(left, expr, depth))
+                current = self.open(self.eval(left, expr, depth), "comparing")
                 for cmp, comparator in zip(ops, comparators, strict=True):
                     if type(cmp) not in _CMPOPS:
                         break
-                    other = _unjson(self.eval(comparator, expr, depth))
+                    other = self.open(self.eval(comparator, expr, depth), "comparing")
                     if isinstance(other, list | tuple | Mapping):
                         self.budget.tick(len(other))
                     try:
@@ -540,18 +655,42 @@ class _Evaluation:
                 else:
                     return True
             case ast.IfExp(test=test, body=body, orelse=orelse):
-                chosen = body if _unjson(self.eval(test, expr, depth)) else orelse
+                chosen = body if self.open(self.eval(test, expr, depth), "testing") else orelse
                 return self.eval(chosen, expr, depth)
+            case ast.Call(
+                func=ast.Name(id="get"), args=[ast.Name(id="globals"), name, *default], keywords=[]
+            ):
+                if not isinstance(name, ast.Constant) or not isinstance(name.value, str):
+                    raise ExpressionError(
+                        f"in {expr!r}: get(globals, ...) takes a secret's name written in the "
+                        "expression, not a computed one"
+                    )
+                if len(default) > 1:
+                    raise ExpressionError(f"in {expr!r}: get() takes at most three arguments")
+                if isinstance(self.scope.globals, Mapping) and name.value in self.scope.globals:
+                    return self.read_secret(name.value, expr)
+                return self.eval(default[0], expr, depth) if default else None
             case ast.Call(func=ast.Name(id=fname), args=args, keywords=[]) if (
                 fname in self.functions
             ):
-                values = [_unjson(self.eval(a, expr, depth)) for a in args]
+                raw = [_unjson(self.eval(a, expr, depth)) for a in args]
+                marks = [_marked(v) for v in raw]
+                values = [_plain(v) for v in raw]
+                marked = any(marks)
+                if fname == "get" and marked:
+                    if len(marks) > 1 and (marks[1] or not isinstance(args[1], ast.Constant)):
+                        raise _Refused("using as a key, or reading a computed key of,")
+                elif marked and fname not in _PASS_ON:
+                    raise _Refused(f"{fname}() of")
                 try:
-                    return self.functions[fname](*values)
+                    result = self.functions[fname](*values)
                 except ExpressionError as exc:
                     raise ExpressionError(f"in {expr!r}: {fname}(): {exc}") from None
                 except (TypeError, ValueError, OverflowError) as exc:
+                    if marked:
+                        raise ExpressionError(f"in {expr!r}: {fname}() failed") from None
                     raise ExpressionError(f"in {expr!r}: {fname}(): {exc}") from None
+                return _Secret(result) if marked else result
         raise ExpressionError(f"in {expr!r}: {type(node).__name__} is not allowed in expressions")
 
 
