@@ -202,17 +202,19 @@ def test_limits_are_configured_on_the_transform() -> None:
 
 
 @pytest.mark.parametrize(
-    "shape",
+    ("shape", "output"),
     [
-        "'{{' * 1_000_000",  # the report: openings without a closing
-        "'a{{' * 700_000",
-        "'{' * 2_000_000",
-        "'{{ ' + '}' * 2_000_000",
-        "'}}' + '{{x' * 700_000",
-        "'x' * 2_000_000 + '{{'",
+        ("'{{' * 1_000_000", "None"),  # the report: openings without a closing
+        ("'a{{' * 700_000", "None"),
+        ("'{' * 2_000_000", "None"),
+        ("'{{ ' + '}' * 2_000_000", "None"),
+        ("'}}' + '{{x' * 700_000", "None"),
+        ("'x' * 2_000_000 + '{{'", "None"),
+        # a %-format text from a result: '%(' without ')' rescanned the rest at every '%('
+        ("'{{ f % {} }}'", "'%(' * 1_000_000"),
     ],
 )
-def test_scanning_adversarial_templates_is_linear(shape: str) -> None:
+def test_scanning_adversarial_templates_is_linear(shape: str, output: str) -> None:
     # Megabytes of each shape: a quadratic scan takes hours here (80 kB took 27 s), a linear
     # one milliseconds. A child process with a generous deadline keeps a regression from
     # hanging the suite; the assertion is on the outcome, not on the time.
@@ -221,10 +223,12 @@ def test_scanning_adversarial_templates_is_linear(shape: str) -> None:
 
     program = (
         "from refluxo.core.expressions import resolve\n"
-        "from refluxo.core import ExpressionError\n"
+        "from refluxo.core import ExpressionError, NodeResult\n"
+        "from refluxo.core.nodes import Context\n"
         f"data = {shape}\n"
+        f"ctx = Context({{'f': [NodeResult(output={output}, timestamp=1)]}})\n"
         "try:\n"
-        "    out = resolve(data, {})\n"
+        "    out = resolve(data, ctx)\n"
         "    print('same' if out == data else 'changed')\n"
         "except ExpressionError as exc:\n"
         "    print('refused', str(exc)[:60])\n"
@@ -242,3 +246,29 @@ def test_templates_are_found_as_before() -> None:
     assert resolve("{{ {'a': {'b': 1}} }}", CTX) == {"a": {"b": 1}}
     assert resolve(" {{ fetch.count }} ", CTX) == 9
     assert resolve("}} {{ 1 }}", CTX) == "}} 1"
+
+
+def test_format_texts_from_results_are_parsed_in_one_pass() -> None:
+    ctx = Context({"f": [NodeResult(output={"fmt": "%(" * 4}, timestamp=1)]})
+    with pytest.raises(ExpressionError, match="format key needs a"):
+        evaluate("f.last.data.fmt % {'a': 1}", ctx)
+    emoji = Context({"s": [NodeResult(output="\U0001f600" * 200_000, timestamp=1)]})
+    with pytest.raises(ExpressionError, match="formatted text would be 2000004 long"):
+        evaluate("'%a' % s", emoji)
+    assert evaluate("'%(a)s-%(a)s %%' % {'a': 'x'}", CTX) == "x-x %"
+    assert evaluate("'%5.1f|%s' % [2.5, 'y']", CTX) == "  2.5|y"
+
+
+def test_comparisons_pay_for_the_size_of_what_they_compare() -> None:
+    ctx = Context(
+        {
+            "a": [NodeResult(output="x" * 600_000, timestamp=1)],
+            "b": [NodeResult(output="x" * 600_000, timestamp=1)],
+            "c": [NodeResult(output={str(i): i for i in range(40_000)}, timestamp=1)],
+        }
+    )
+    with pytest.raises(ExpressionError, match="budget exceeded"):
+        resolve(["{{ a == b }}"] * 300, ctx)
+    with pytest.raises(ExpressionError, match="budget exceeded"):
+        resolve(["{{ c == c }}"] * 100, ctx)
+    assert resolve(["{{ a == b }}"] * 2, ctx) == [True, True]

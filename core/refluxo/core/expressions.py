@@ -36,7 +36,6 @@ from __future__ import annotations
 import ast
 import json
 import operator
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,8 +61,7 @@ _GLOBALS = "globals"
 _PASS_ON = frozenset({"str", "lower", "upper", "json"})
 _NUMBER = (int, float)
 
-# One %-conversion: %[(key)][flags][width][.precision][length]type
-_FORMAT_SPEC = re.compile(r"%(?:\(([^)]*)\))?([-#0 +]*)(\*|\d+)?(?:\.(\*|\d+)?)?[hlL]?(.?)", re.S)
+_DIGITS = frozenset("0123456789*")
 
 
 @dataclass(frozen=True)
@@ -211,14 +209,16 @@ def _Refused(what: str) -> ExpressionError:
     )
 
 
-def _unjson(value: Any) -> Any:
+def _unjson(value: Any, budget: _Budget) -> Any:
+    """A view as the data it stands for; lists are copied (and paid for), views inside too."""
     if isinstance(value, ResultView):
         return value.attribute("data")
     if isinstance(value, NodeView):
         last = value.attribute("last")
         return None if last is None else last.attribute("data")
     if isinstance(value, list):
-        return [_unjson(v) for v in value]
+        budget.tick(len(value) // 16)  # a copy costs far less per item than a syntax node
+        return [_unjson(v, budget) for v in value]
     return value
 
 
@@ -377,10 +377,22 @@ class _Evaluation:
             raise ExpressionError("float() of a text longer than 1000 characters")
         return float(value)
 
+    def weigh(self, value: Any) -> None:
+        """Pay for an operation whose cost grows with the size of ``value`` (comparisons)."""
+        if isinstance(value, str):
+            self.budget.tick(len(value) // 1024)
+        elif isinstance(value, list | tuple | Mapping):
+            size = _json_size(value, self.limits.max_size, self.budget)
+            if size > self.limits.max_size:
+                raise ExpressionError(
+                    f"a value over {self.limits.max_size} long cannot be compared"
+                )
+
     def _items(self, args: tuple[Any, ...]) -> Any:
         items = args[0] if len(args) == 1 else args
         if isinstance(items, list | tuple | str | Mapping):
             self.budget.tick(len(items))
+            self.weigh(items)
         return items
 
     def _min(self, *args: Any) -> Any:
@@ -459,33 +471,61 @@ class _Evaluation:
         size = len(fmt)
         positional = args if isinstance(args, tuple) else (args,)
         index = 0
-        limit = self.limits.max_format_width
-        for spec in _FORMAT_SPEC.finditer(fmt):
-            self.budget.tick()
-            key, _flags, width, precision, kind = spec.groups()
-            if kind == "%" and key is None:
+        for key, width, kind in self._conversions(fmt):
+            size += width
+            if kind == "%":
                 continue
-            numbers = []
-            for part in (width, precision):
-                if part == "*":
-                    raise ExpressionError("'*' widths are not allowed in % formatting")
-                if part:
-                    if len(part) > 6 or int(part) > limit:
-                        raise ExpressionError(
-                            f"% formatting takes widths and precisions up to {limit}"
-                        )
-                    numbers.append(int(part))
             if key is not None:
                 arg = args[key] if isinstance(args, Mapping) else None
             else:
                 arg = positional[index] if index < len(positional) else None
                 index += 1
-            size += sum(numbers) + (
-                _text_size(arg, self.limits.max_size, self.budget) + 330
-                if kind in "sra"
-                else (arg.bit_length() if isinstance(arg, int) else 0) + 330
-            )
+            if kind in "ra" and isinstance(arg, str):
+                size += 10 * len(arg) + 2  # ``\U0001f600``: ten characters for one
+            elif kind in "sra":
+                size += _text_size(arg, self.limits.max_size, self.budget)
+            else:
+                size += (arg.bit_length() if isinstance(arg, int) else 0) + 330
         return size
+
+    def _conversions(self, fmt: str) -> Iterator[tuple[str | None, int, str]]:
+        """Each ``%[(key)][flags][width][.precision][length]type`` of ``fmt``, in one pass.
+
+        Yields the key, the width plus the precision, and the type.
+        """
+        limit = self.limits.max_format_width
+        end = len(fmt)
+        i = fmt.find("%")
+        while i >= 0:
+            self.budget.tick()
+            i += 1
+            key = None
+            if i < end and fmt[i] == "(":
+                close = fmt.find(")", i)
+                if close < 0 or "(" in fmt[i + 1 : close]:
+                    raise ExpressionError("a %-format key needs a ')' and no '(' inside")
+                key, i = fmt[i + 1 : close], close + 1
+            while i < end and fmt[i] in "-+ #0":
+                i += 1
+            width = 0
+            for part in range(2):
+                if part == 1:
+                    if i >= end or fmt[i] != ".":
+                        break
+                    i += 1
+                start = i
+                while i < end and fmt[i] in _DIGITS and i - start <= 6:
+                    i += 1
+                digits = fmt[start:i]
+                if "*" in digits:
+                    raise ExpressionError("'*' widths are not allowed in % formatting")
+                if digits and (len(digits) > 6 or int(digits) > limit):
+                    raise ExpressionError(f"% formatting takes widths and precisions up to {limit}")
+                width += int(digits or 0)
+            while i < end and fmt[i] in "hlL":
+                i += 1
+            yield key, width, fmt[i : i + 1]
+            i = fmt.find("%", i + 1)
 
     _BINOPS: dict[type[ast.operator], str] = {
         ast.Add: "_add",
@@ -502,7 +542,7 @@ class _Evaluation:
         text = expr.strip()
         self.touched = False
         try:
-            return _plain(_unjson(self.eval(tree, text, 0)))
+            return _plain(self.unjson(self.eval(tree, text, 0)))
         except ExpressionError:
             raise
         except RecursionError:
@@ -535,14 +575,17 @@ class _Evaluation:
             raise ExpressionError(f"in {expr!r}: names starting with '__' are not allowed")
         return _member(obj, value, expr)
 
+    def unjson(self, value: Any) -> Any:
+        return _unjson(value, self.budget)
+
     def items(self, nodes: list[ast.expr], expr: str, depth: int) -> tuple[list[Any], bool]:
-        values = [_unjson(self.eval(e, expr, depth)) for e in nodes]
+        values = [self.unjson(self.eval(e, expr, depth)) for e in nodes]
         marked = any(_marked(v) for v in values)
         return [_plain(v) for v in values], marked
 
     def open(self, value: Any, what: str) -> Any:
         """``value`` for an operation that inspects it; refused for a secret."""
-        value = _unjson(value)
+        value = self.unjson(value)
         if _marked(value):
             raise _Refused(what)
         return value
@@ -593,8 +636,8 @@ class _Evaluation:
                 result = dict(zip(names, items, strict=True))
                 return _Secret(result) if marked else result
             case ast.BinOp(left=left, op=ast.Add(), right=right):
-                a = _unjson(self.eval(left, expr, depth))
-                b = _unjson(self.eval(right, expr, depth))
+                a = self.unjson(self.eval(left, expr, depth))
+                b = self.unjson(self.eval(right, expr, depth))
                 marked = _marked(a) or _marked(b)
                 a, b = _plain(a), _plain(b)
                 if marked and not (
@@ -644,8 +687,8 @@ class _Evaluation:
                     if type(cmp) not in _CMPOPS:
                         break
                     other = self.open(self.eval(comparator, expr, depth), "comparing")
-                    if isinstance(other, list | tuple | Mapping):
-                        self.budget.tick(len(other))
+                    self.weigh(current)
+                    self.weigh(other)
                     try:
                         if not _CMPOPS[type(cmp)](current, other):
                             return False
@@ -673,7 +716,7 @@ class _Evaluation:
             case ast.Call(func=ast.Name(id=fname), args=args, keywords=[]) if (
                 fname in self.functions
             ):
-                raw = [_unjson(self.eval(a, expr, depth)) for a in args]
+                raw = [self.unjson(self.eval(a, expr, depth)) for a in args]
                 marks = [_marked(v) for v in raw]
                 values = [_plain(v) for v in raw]
                 marked = any(marks)
