@@ -151,18 +151,17 @@ class Redactor:
         forms.sort(key=lambda pair: len(pair[0]), reverse=True)  # the longest form first
         return re.compile("|".join(pattern for _, pattern in forms))
 
-    def _mask(self, text: str, groups: frozenset[int]) -> str:
+    def _matcher(self, groups: frozenset[int]) -> re.Pattern[str] | None:
         if not groups:
-            return text
+            return None
         texts = tuple(sorted({f for i in groups for f in self._groups[i][0]}))
         exact = tuple(sorted({f for i in groups for f in self._groups[i][1]}))
-        return self._pattern(texts, exact).sub(MASK, text)
+        return self._pattern(texts, exact)
 
     def text(self, text: str) -> str:
         """``text`` with every form of every secret replaced by ``***``."""
-        if not self._groups:
-            return text
-        return self._mask(text, self._candidates(text))
+        matcher = self._matcher(self._candidates(text)) if self._groups else None
+        return text if matcher is None else matcher.sub(MASK, text)
 
     def value(self, value: Any) -> Any:
         """A copy of the JSON-like ``value`` with secrets masked in every text and key.
@@ -175,25 +174,25 @@ class Redactor:
             blob = json.dumps(value, ensure_ascii=False, default=str)
         except (TypeError, ValueError, RecursionError):
             blob = str(value)
-        groups = self._candidates(blob)
-        if not groups and not self._numbers:
+        matcher = self._matcher(self._candidates(blob))
+        if matcher is None and not self._numbers:
             return value
-        return self._walk(value, groups)
+        return self._walk(value, matcher)
 
-    def _walk(self, value: Any, groups: frozenset[int]) -> Any:
+    def _walk(self, value: Any, matcher: re.Pattern[str] | None) -> Any:
         if isinstance(value, str):
-            return self._mask(value, groups)
+            return value if matcher is None else matcher.sub(MASK, value)
         if isinstance(value, bool) or value is None:
             return value
         if isinstance(value, int | float):
             return MASK if value in self._numbers else value
         if isinstance(value, Mapping):
             return {
-                (self._mask(k, groups) if isinstance(k, str) else k): self._walk(v, groups)
+                self._walk(k, matcher) if isinstance(k, str) else k: self._walk(v, matcher)
                 for k, v in value.items()
             }
         if isinstance(value, list | tuple):
-            return [self._walk(v, groups) for v in value]
+            return [self._walk(v, matcher) for v in value]
         return value
 
 
