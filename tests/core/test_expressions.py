@@ -231,3 +231,17 @@ def test_comparisons_pay_for_the_size_of_what_they_compare() -> None:
     with pytest.raises(ExpressionError, match="budget exceeded"):
         resolve(["{{ c == c }}"] * 100, ctx)
     assert resolve(["{{ a == b }}"] * 2, ctx) == [True, True]
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["f.last.data.d[f.last.data.k]", "('%(' + f.last.data.x + ')s') % {}", "int(f.last.data.k)"],
+)
+def test_error_messages_stay_short_whatever_the_values(expr: str) -> None:
+    # Error messages are stored in the snapshot: a long key must not be copied into it.
+    ctx = Context(
+        {"f": [NodeResult(output={"k": "(x" * 50_000, "x": "x" * 100_000, "d": {}}, timestamp=1)]}
+    )
+    with pytest.raises(ExpressionError) as info:
+        evaluate(expr, ctx)
+    assert len(str(info.value)) < 400

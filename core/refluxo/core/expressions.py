@@ -203,7 +203,7 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, _Secret) else value
 
 
-def _Refused(what: str) -> ExpressionError:
+def _refused(what: str) -> ExpressionError:
     return ExpressionError(
         f"{what} a value read from globals is not allowed: a secret can be passed on, not inspected"
     )
@@ -222,27 +222,38 @@ def _unjson(value: Any, budget: _Budget) -> Any:
     return value
 
 
+def _short(value: Any) -> str:
+    """``repr(value)``, cut short: error messages are stored, and a key may be long."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _cut(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else f"{text[:197]}..."
+
+
 def _member(obj: Any, key: Any, expr: str) -> Any:
     if isinstance(obj, ResultView | NodeView):
         if not isinstance(key, str):
-            raise ExpressionError(f"in {expr!r}: use a name, not {key!r}")
+            raise ExpressionError(f"in {expr!r}: use a name, not {_short(key)}")
         return obj.attribute(key)
     if isinstance(obj, _NodesView):
         if not isinstance(key, str):
             raise ExpressionError(f"in {expr!r}: nodes[...] takes a node id")
         return obj.scope.node(key)
     if obj is None:
-        raise ExpressionError(f"in {expr!r}: cannot read {key!r} of nothing")
+        raise ExpressionError(f"in {expr!r}: cannot read {_short(key)} of nothing")
     if isinstance(obj, Mapping):
         if isinstance(key, list | dict) or key not in obj:
-            raise ExpressionError(f"in {expr!r}: no key {key!r}")
+            raise ExpressionError(f"in {expr!r}: no key {_short(key)}")
         return obj[key]
     if isinstance(obj, list | tuple | str) and isinstance(key, int):
         try:
             return obj[key]
         except IndexError:
             raise ExpressionError(f"in {expr!r}: index {key} out of range") from None
-    raise ExpressionError(f"in {expr!r}: cannot read {key!r} of a {type(obj).__name__}")
+    raise ExpressionError(f"in {expr!r}: cannot read {_short(key)} of a {type(obj).__name__}")
 
 
 @lru_cache(maxsize=1024)
@@ -253,8 +264,9 @@ def _parse(expr: str) -> ast.Expression:
         return ast.parse(expr.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"invalid expression {expr.strip()!r}: {exc.msg}") from None
-    except (RecursionError, MemoryError, ValueError):
-        raise ExpressionError(f"expression {expr.strip()[:40]!r}... is nested too deeply") from None
+    except (RecursionError, MemoryError, ValueError) as exc:
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ExpressionError(f"cannot parse {_short(expr.strip())}: {reason}") from None
 
 
 class _Budget:
@@ -550,7 +562,7 @@ class _Evaluation:
         except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
             if self.touched:  # the details could quote a secret
                 raise ExpressionError(f"in {text!r}: {type(exc).__name__}") from None
-            raise ExpressionError(f"in {text!r}: {type(exc).__name__}: {exc}") from None
+            raise ExpressionError(f"in {text!r}: {type(exc).__name__}: {_cut(exc)}") from None
 
     def read_secret(self, name: str, expr: str) -> _Secret:
         self.touched = True
@@ -561,16 +573,16 @@ class _Evaluation:
         if _marked(obj):
             inner = _plain(obj)
             if not isinstance(key, ast.Constant) or isinstance(key.value, bool):
-                raise _Refused("reading a computed key or index of")
+                raise _refused("reading a computed key or index of")
             if isinstance(inner, str) or not isinstance(inner, Mapping | list):
-                raise _Refused("indexing into the text of")
+                raise _refused("indexing into the text of")
             try:
                 return _Secret(_member(inner, key.value, expr))
             except ExpressionError:
                 raise ExpressionError(f"in {expr!r}: a secret has no such key or index") from None
         value = self.eval(key, expr, depth)
         if _marked(value):
-            raise _Refused("using as a key or index")
+            raise _refused("using as a key or index")
         if isinstance(value, str) and value.startswith("__"):
             raise ExpressionError(f"in {expr!r}: names starting with '__' are not allowed")
         return _member(obj, value, expr)
@@ -587,7 +599,7 @@ class _Evaluation:
         """``value`` for an operation that inspects it; refused for a secret."""
         value = self.unjson(value)
         if _marked(value):
-            raise _Refused(what)
+            raise _refused(what)
         return value
 
     def eval(self, node: ast.AST, expr: str, depth: int) -> Any:
@@ -644,13 +656,13 @@ class _Evaluation:
                     (isinstance(a, str) and isinstance(b, str))
                     or (isinstance(a, list) and isinstance(b, list))
                 ):
-                    raise _Refused("arithmetic on")
+                    raise _refused("arithmetic on")
                 try:
                     result = self._add(a, b)
                 except ExpressionError as exc:
-                    raise ExpressionError(f"in {expr!r}: {exc}") from None
+                    raise ExpressionError(f"in {expr!r}: {_cut(exc)}") from None
                 except (TypeError, OverflowError) as exc:
-                    raise ExpressionError(f"in {expr!r}: {exc}") from None
+                    raise ExpressionError(f"in {expr!r}: {_cut(exc)}") from None
                 return _Secret(result) if marked else result
             case ast.BinOp(left=left, op=op, right=right):
                 a = self.open(self.eval(left, expr, depth), "arithmetic or formatting with")
@@ -663,9 +675,9 @@ class _Evaluation:
                     if isinstance(op, ast.FloorDiv):
                         return operator.floordiv(a, b)
                 except ExpressionError as exc:
-                    raise ExpressionError(f"in {expr!r}: {exc}") from None
+                    raise ExpressionError(f"in {expr!r}: {_cut(exc)}") from None
                 except (TypeError, ZeroDivisionError, OverflowError, ValueError) as exc:
-                    raise ExpressionError(f"in {expr!r}: {exc}") from None
+                    raise ExpressionError(f"in {expr!r}: {_cut(exc)}") from None
             case ast.UnaryOp(op=ast.Not(), operand=operand):
                 return not self.open(self.eval(operand, expr, depth), "testing")
             case ast.UnaryOp(op=ast.USub(), operand=operand):
@@ -693,7 +705,7 @@ class _Evaluation:
                         if not _CMPOPS[type(cmp)](current, other):
                             return False
                     except TypeError as exc:
-                        raise ExpressionError(f"in {expr!r}: {exc}") from None
+                        raise ExpressionError(f"in {expr!r}: {_cut(exc)}") from None
                     current = other
                 else:
                     return True
@@ -722,17 +734,17 @@ class _Evaluation:
                 marked = any(marks)
                 if fname == "get" and marked:
                     if len(marks) > 1 and (marks[1] or not isinstance(args[1], ast.Constant)):
-                        raise _Refused("using as a key, or reading a computed key of,")
+                        raise _refused("using as a key, or reading a computed key of,")
                 elif marked and fname not in _PASS_ON:
-                    raise _Refused(f"{fname}() of")
+                    raise _refused(f"{fname}() of")
                 try:
                     result = self.functions[fname](*values)
                 except ExpressionError as exc:
-                    raise ExpressionError(f"in {expr!r}: {fname}(): {exc}") from None
+                    raise ExpressionError(f"in {expr!r}: {fname}(): {_cut(exc)}") from None
                 except (TypeError, ValueError, OverflowError) as exc:
                     if marked:
                         raise ExpressionError(f"in {expr!r}: {fname}() failed") from None
-                    raise ExpressionError(f"in {expr!r}: {fname}(): {exc}") from None
+                    raise ExpressionError(f"in {expr!r}: {fname}(): {_cut(exc)}") from None
                 return _Secret(result) if marked else result
         raise ExpressionError(f"in {expr!r}: {type(node).__name__} is not allowed in expressions")
 
