@@ -236,3 +236,35 @@ def test_redaction_leaves_values_without_secrets_alone() -> None:
     value = {"a": [1, "text", None, True], "b": {"c": 2.5}}
     assert redactor({"k": KEY}).value(value) is value
     assert redactor(None).text("anything") == "anything"
+
+
+async def test_executors_receive_texts_made_from_a_secret_marked_as_secret() -> None:
+    from refluxo.core.secrets import Secret
+
+    seen: list[Any] = []
+
+    async def look(data: Any, ctx: Any, payload: Any, g: Any) -> Any:
+        seen.append(data)
+        return {"ok": True}
+
+    data = {
+        "auth": "Bearer {{ globals.api_key }}",
+        "key": "{{ globals.api_key }}",
+        "db": "{{ globals.db }}",
+        "plain": "n={{ 1 + 1 }}",
+        "one": "{{ 'x' }}",
+    }
+    await run_one(data, {"api_key": KEY, "db": {"user": "u", "port": 5432}}, look)
+    (got,) = seen
+    assert got == {
+        "auth": f"Bearer {KEY}",
+        "key": KEY,
+        "db": {"user": "u", "port": 5432},
+        "plain": "n=2",
+        "one": "x",
+    }
+    assert isinstance(got["auth"], Secret) and isinstance(got["key"], Secret)
+    assert isinstance(got["db"]["user"], Secret)
+    assert not isinstance(got["plain"], Secret) and not isinstance(got["one"], Secret)
+    assert repr(got["key"]) == "'***'" and KEY not in repr(got)
+    assert type(got["key"].upper()) is str  # what the executor computes is a plain text

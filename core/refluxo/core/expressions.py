@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 from .errors import ExpressionError
 from .model import NodeResult
+from .secrets import Secret
 
 _CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Eq: operator.eq,
@@ -346,6 +347,7 @@ class _Evaluation:
     def __init__(self, scope: _Scope, budget: _Budget) -> None:
         self.scope = scope
         self.touched = False  # the expression being evaluated read a secret
+        self.marked = False  # the last expression's value came from a secret
         self.budget = budget
         self.limits = budget.limits
         self.functions: dict[str, Callable[..., Any]] = {
@@ -549,12 +551,14 @@ class _Evaluation:
     # --- the walk ---------------------------------------------------------------------------
 
     def run(self, expr: str) -> Any:
-        """The value of one expression, with any secret mark taken off (for the executor)."""
+        """The value of one expression, for the executor: texts from a secret as :class:`Secret`."""
         tree = _parse(expr)
         text = expr.strip()
         self.touched = False
         try:
-            return _plain(self.unjson(self.eval(tree, text, 0)))
+            value = self.unjson(self.eval(tree, text, 0))
+            self.marked = _marked(value)
+            return self.export(value.value) if self.marked else value
         except ExpressionError:
             raise
         except RecursionError:
@@ -563,6 +567,18 @@ class _Evaluation:
             if self.touched:  # the details could quote a secret
                 raise ExpressionError(f"in {text!r}: {type(exc).__name__}") from None
             raise ExpressionError(f"in {text!r}: {type(exc).__name__}: {_cut(exc)}") from None
+
+    def export(self, value: Any) -> Any:
+        """``value`` with each text in it a :class:`Secret` (new lists and objects)."""
+        if isinstance(value, str):
+            return Secret(value)
+        if isinstance(value, list | tuple):
+            self.budget.tick(len(value) // 16)
+            return [self.export(v) for v in value]
+        if isinstance(value, Mapping):
+            self.budget.tick(len(value) // 16)
+            return {k: self.export(v) for k, v in value.items()}
+        return value
 
     def read_secret(self, name: str, expr: str) -> _Secret:
         self.touched = True
@@ -792,11 +808,13 @@ def _resolve(data: Any, evaluation: _Evaluation) -> Any:
         if whole.startswith("{{") and whole.endswith("}}") and "{{" not in whole[2:-2]:
             return evaluation.run(whole[2:-2])
         parts: list[str] = []
+        marked = False
         size = 0
         position = 0
         for start, end in _templates(data):
             evaluation.budget.tick()
             rendered = _render(evaluation.run(data[start + 2 : end - 2]), evaluation)
+            marked = marked or evaluation.marked
             parts.append(data[position:start])
             parts.append(rendered)
             size += start - position + len(rendered)
@@ -807,7 +825,7 @@ def _resolve(data: Any, evaluation: _Evaluation) -> Any:
             return data
         parts.append(data[position:])
         evaluation.budget.allow(size + len(data) - position, "an interpolated text")
-        return "".join(parts)
+        return Secret("".join(parts)) if marked else "".join(parts)
     if isinstance(data, list):
         return [_resolve(v, evaluation) for v in data]
     if isinstance(data, dict):

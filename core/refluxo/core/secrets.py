@@ -28,6 +28,21 @@ from urllib.parse import quote, quote_plus
 MASK = "***"
 """What a secret is replaced with."""
 
+
+class Secret(str):
+    """A text that ``{{ ... }}`` expressions made from a secret, as the executor receives it.
+
+    It is a ``str`` in every way but ``repr``, which shows ``'***'`` (so a traceback or a
+    validation error that quotes it does not show it). Executors that compare or branch on their
+    input (a generic "if" node) can refuse such values. Operations on it return plain ``str``.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(MASK)
+
+
 _INTEGER = re.compile(r"[-+]?\d{1,64}")
 _DECIMAL = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d{1,3})?")
 
