@@ -29,7 +29,7 @@ from tests.contract.store import StateStoreContract
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 IN_PYODIDE = HERE / "in_pyodide"
-CORE_TEST_MODULES = ("test_engine.py", "test_expressions.py", "test_snapshot.py")
+CORE_TEST_MODULES = ("test_engine.py", "test_expressions.py", "test_secrets.py", "test_snapshot.py")
 
 STORE_TESTS = sorted(n for n in dir(StateStoreContract) if n.startswith("test_"))
 SCHEDULER_TESTS = sorted(n for n in dir(SchedulerContract) if n.startswith("test_"))

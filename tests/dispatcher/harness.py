@@ -82,7 +82,7 @@ class Harness:
         self.scheduler = MemoryScheduler(clock=clock, max_delay_ms=max_delay_ms)
         self.demo = Workflow("demo", DEFINITION, NODES, clock=clock)
         self.dispatcher = Dispatcher(
-            [self.demo], store, self.scheduler, clock=clock, globals={"order_id": "A-7"}
+            [self.demo], store, self.scheduler, clock=clock, globals={"supplier_token": "tok-7"}
         )
         self.outcomes: list[str] = []
 
@@ -118,7 +118,9 @@ class Harness:
     async def run_demo(
         self, run_id: str = "r1", deliver: Deliver = deliver_once, approve: bool = True
     ) -> Snapshot:
-        await self.dispatcher.start("demo", run_id=run_id, input={"customer": "Grace"})
+        await self.dispatcher.start(
+            "demo", run_id=run_id, input={"customer": "Grace", "order": "A-7"}
+        )
         await self.crank(deliver, until_waiting=run_id)
         snap = await self.store.load(run_id)
         assert snap.status == "paused" and snap.current_node_id == "approval", snap.status

@@ -218,7 +218,7 @@ def function(
             "REFLUXO_QUEUE": tasks_emulator.queue,
             "REFLUXO_COLLECTION": "e2e_runs",
             "REFLUXO_DISPATCH_TOKEN": DISPATCH_TOKEN,
-            "REFLUXO_GLOBALS": json.dumps({"order_id": ORDER_ID}),
+            "REFLUXO_GLOBALS": json.dumps({"supplier_token": "e2e-token"}),
             "REFLUXO_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         },
     )
@@ -255,7 +255,9 @@ class DemoRun:
 def run_demo(api: Api, run_id: str, **hooks: Any) -> DemoRun:
     """Start the demo, approve it when it waits, and return it waiting and finished."""
     status, body = api.request(
-        "POST", "/workflows/demo/runs", {"id": run_id, "input": {"customer": "Lin"}}
+        "POST",
+        "/workflows/demo/runs",
+        {"id": run_id, "input": {"customer": "Lin", "order": ORDER_ID}},
     )
     assert status == 201, (status, body)
     assert body == {"workflowId": run_id, "status": "active", "version": 0}
@@ -447,7 +449,9 @@ async def test_tasks_delivered_twice_change_nothing(
 
 def test_a_duplicate_while_waiting_for_the_event_is_put_off(api: Api, suffix: str) -> None:
     run_id = f"wait-{suffix}"
-    status, body = api.request("POST", "/workflows/demo/runs", {"id": run_id})
+    status, body = api.request(
+        "POST", "/workflows/demo/runs", {"id": run_id, "input": {"order": ORDER_ID}}
+    )
     assert status == 201, body
     waiting = api.wait(run_id, waiting_for_approval, "waiting for the approval")
     message = DispatchMessage(run_id=run_id, version=waiting.version)

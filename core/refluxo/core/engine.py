@@ -32,6 +32,7 @@ from .model import (
 )
 from .nodes import Context, Executor, NodeDefinition, StepResult
 from .plugins import NodeContext, Plugin
+from .secrets import redactor
 
 logger = logging.getLogger("refluxo.engine")
 
@@ -72,25 +73,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _secrets(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value] if len(value) >= 4 else []
-    if isinstance(value, Mapping):
-        return [s for v in value.values() for s in _secrets(v)]
-    if isinstance(value, list | tuple):
-        return [s for v in value for s in _secrets(v)]
-    return []
-
-
 def redact(text: str, globals: Any) -> str:
-    """``text`` with every string value of ``globals`` (4 characters or more) masked.
+    """``text`` with every secret of ``globals`` masked, in every form :mod:`.secrets` knows.
 
     Error messages are stored in snapshots and logs; an exception that quotes a secret it was
     given must not carry the secret there.
     """
-    for secret in sorted(_secrets(globals), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+    return redactor(globals).text(text)
 
 
 def _seconds(value: float | timedelta | None) -> float | None:
@@ -483,7 +472,8 @@ class WorkflowEngine:
                 thread=definition.thread,
             )
             result = raw if isinstance(raw, StepResult) else StepResult(data=raw)
-            output = self._output(definition, result.data, node_id)
+            # What an executor returns is recorded: it must not carry a secret there either.
+            output = redactor(globals).value(self._output(definition, result.data, node_id))
         except _Fail as exc:
             cause = exc.__cause__ or exc
             return await self._error(snapshot, base, ctx, data, cause, str(exc), start, False)
