@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
-from refluxo.core.model import NodeResult, Snapshot, now_ms
+from refluxo.core.errors import RunNotFound, StoreError, VersionConflict
+from refluxo.core.model import NodeResult, Snapshot, encode_snapshot, now_ms
 from refluxo.core.ports import ResultArchive, StateStore
 
 from ._sqlite import Database
@@ -110,12 +110,7 @@ class SQLiteStateStore(StateStore, ResultArchive):
         return self._database.use(StoreError, what)
 
     def _encode(self, snapshot: Snapshot) -> str:
-        raw = snapshot.to_json()
-        if self.max_bytes is not None:
-            size = len(raw.encode())
-            if size > self.max_bytes:
-                raise PayloadTooLarge("snapshot", size, self.max_bytes)
-        return raw
+        return encode_snapshot(snapshot, self.max_bytes)
 
     def _columns(self, snapshot: Snapshot) -> tuple[str | None, str, int, int, str]:
         workflow = snapshot.definition.name if snapshot.definition is not None else None
