@@ -34,6 +34,7 @@ import pytest
 from refluxo.core import (
     DefinitionRef,
     NodeResult,
+    NotStrictJson,
     PayloadTooLarge,
     RunNotFound,
     Snapshot,
@@ -337,6 +338,25 @@ class StateStoreContract:
         # Nobody else touches the run, so one must win: "at most" with no livelock.
         assert won.count(True) == 1
         assert wire(await store.load("run-1")) == wire(racers[won.index(True)])
+
+    async def test_a_snapshot_that_would_not_read_back_is_refused_and_nothing_is_written(
+        self, store: StateStore
+    ) -> None:
+        before = snapshot(input=[1])
+        assert await store.create(before) is True
+        nested: Any = "bottom"
+        for _ in range(250):
+            nested = [nested]
+        for bad in (nested, {1: "one", "1": "uno"}, "\ud800", float("nan"), float("inf")):
+            with pytest.raises(NotStrictJson):
+                await store.save(
+                    before.model_copy(update={"input": bad, "version": 1}), expected_version=0
+                )
+            with pytest.raises(NotStrictJson):
+                await store.create(snapshot("run-2", input=bad))
+        assert wire(await store.load("run-1")) == wire(before)
+        with pytest.raises(RunNotFound):
+            await store.load("run-2")
 
     async def test_a_run_not_finished_leaves_room_to_fail_or_cancel_it(
         self, store: StateStore, store_capabilities: frozenset[str], request: pytest.FixtureRequest

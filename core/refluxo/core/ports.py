@@ -17,6 +17,9 @@ from .model import DispatchMessage, NodeResult, Snapshot
 class StateStore(Protocol):
     """Stores snapshots by run id, with optimistic locking on ``Snapshot.version``.
 
+    A store writes what :func:`~refluxo.core.model.encode_snapshot` makes of a snapshot: JSON
+    proven to read back, within the store's size limit.
+
     Errors: every method raises :class:`~refluxo.core.errors.StoreError` when the backend
     fails; its ``transient`` flag says whether trying again may succeed.
     """
@@ -30,6 +33,10 @@ class StateStore(Protocol):
 
         Raises:
             PayloadTooLarge: the snapshot is over the store's size limit; nothing was written.
+                A run that is not finished must leave ``FINISH_HEADROOM_BYTES`` of the limit
+                free (see :func:`~refluxo.core.model.encode_snapshot`), so it can always be
+                failed or cancelled.
+            NotStrictJson: the snapshot would not read back as it is; nothing was written.
             StoreError: the backend failed.
         """
         ...
@@ -53,6 +60,10 @@ class StateStore(Protocol):
             VersionConflict: the stored version is not ``expected_version``; nothing was written.
             RunNotFound: no run has that id; nothing was written.
             PayloadTooLarge: the snapshot is over the store's size limit; nothing was written.
+                A run that is not finished must leave ``FINISH_HEADROOM_BYTES`` of the limit
+                free (see :func:`~refluxo.core.model.encode_snapshot`), so it can always be
+                failed or cancelled.
+            NotStrictJson: the snapshot would not read back as it is; nothing was written.
             StoreError: the backend failed.
         """
         ...
