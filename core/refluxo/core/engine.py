@@ -417,9 +417,9 @@ class WorkflowEngine:
                     if isinstance(data, definition.output_model)
                     else definition.output_model.model_validate(data)
                 )
-                data = model.model_dump()
+                data = model.model_dump(mode="json")
             elif isinstance(data, BaseModel):
-                data = data.model_dump()
+                data = data.model_dump(mode="json")
             return strict_json(data, max_depth=max_depth, what="output")
         except ValidationError as exc:
             raise _Fail(f"output of node {node_id!r} is invalid: {_describe(exc)}") from exc
