@@ -546,3 +546,16 @@ async def test_a_delivery_for_an_old_version_does_not_run_a_step(
     result = await rig.dispatcher.dispatch(DispatchMessage(run_id="r1", version=0))
     assert result.outcome in ("stale", "recovered")
     assert (await store.load("r1")).context == waiting.context
+
+
+async def test_a_retried_start_resends_the_first_delivery_even_after_events_arrived(
+    store: StateStore, clock: FakeClock
+) -> None:
+    rig = Rig(store, clock, chain("echo"), {"echo": NodeDefinition(executor=echo)})
+    await rig.dispatcher.start("wf", run_id="r1", input="hello")
+    rig.scheduler.pop_due()  # the first delivery is lost (the call died before it was sent)
+    await rig.dispatcher.send_event("r1", "a comment", "comment")
+    await rig.dispatcher.start("wf", run_id="r1", input="hello")  # the client retries
+    await rig.crank()
+    run = await store.load("r1")
+    assert run.status == "completed" and run.context["echo"][-1].output == "hello"

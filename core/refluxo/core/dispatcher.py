@@ -251,7 +251,7 @@ class Dispatcher:
             raise WorkflowMismatch(
                 f"run {run_id!r} exists already as a run of workflow {existing.definition.name!r}"
             )
-        if existing.version == 0 and existing.status == "active":
+        if existing.last_step_version == 0 and existing.status == "active":
             await self._schedule_next(existing)
         return existing, False
 
