@@ -309,12 +309,13 @@ async def test_the_inbox_is_bounded_and_a_full_inbox_answers_429(
     for i in range(5):
         status, _ = await rig.call("POST", "/runs/r1/events", {"name": "junk", "payload": i})
         assert status == 202
-    status, body = await rig.call("POST", "/runs/r1/events", {"name": "go", "payload": 1})
+    status, body = await rig.call("POST", "/runs/r1/events", {"name": "junk", "payload": 5})
     assert status == 429 and "max_inbox_events" in body["error"]["message"]
     status, body = await rig.call("POST", "/runs/r2/events", {"name": "go", "payload": "z" * 3000})
     assert status == 413 and "max_inbox_bytes" in body["error"]["message"]
     # Cancel still works, and the run is readable.
     assert (await rig.call("POST", "/runs/r1/cancel", {}))[0] == 200
+    assert (await rig.call("GET", "/runs/r1"))[0] == 200
     with pytest.raises(InboxFull):
         rig2 = Rig(
             store,
@@ -326,6 +327,25 @@ async def test_the_inbox_is_bounded_and_a_full_inbox_answers_429(
         await rig2.dispatcher.start("wf", run_id="r3")
         await rig2.dispatcher.send_event("r3", "a" * 100, "junk")
         await rig2.dispatcher.send_event("r3", "b" * 100, "junk")
+
+
+async def test_junk_events_do_not_lock_out_the_event_the_run_waits_for(
+    store: StateStore, clock: FakeClock
+) -> None:
+    limits = Limits(max_inbox_events=3, max_inbox_bytes=2000)
+    rig = Rig(
+        store, clock, chain("wait"), {"wait": NodeDefinition(executor=wait_for_go)}, limits=limits
+    )
+    await rig.call("POST", "/workflows/wf/runs", {"id": "r1"})
+    await rig.crank(advance=False)
+    for i in range(3):
+        assert (await rig.call("POST", "/runs/r1/events", {"name": "junk", "payload": i}))[0] == 202
+    assert (await rig.call("POST", "/runs/r1/events", {"name": "junk", "payload": 3}))[0] == 429
+    status, _ = await rig.call("POST", "/runs/r1/events", {"name": "go", "payload": "approved"})
+    assert status == 202
+    await rig.crank(advance=False)
+    run = await store.load("r1")
+    assert run.status == "completed" and run.context["wait"][-1].output == "approved"
 
 
 # --- 4. null payloads -----------------------------------------------------------------------

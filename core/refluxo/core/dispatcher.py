@@ -277,7 +277,7 @@ class Dispatcher:
             payload breaks the JSON rule, or the name or id is too long); PayloadTooLarge (the
             event alone is over ``max_inbox_bytes``, or the run would be over the store's
             limit); InboxFull (the inbox holds ``max_inbox_events`` events, or
-            ``max_inbox_bytes``); store errors.
+            ``max_inbox_bytes``, and the run does not wait for this event now); store errors.
         """
         limits = self.limits
         payload = strict_json(payload, max_depth=limits.max_depth, what="payload")
@@ -300,14 +300,17 @@ class Dispatcher:
             if current.is_terminal:
                 raise RunFinished(f"run {run_id!r} is {current.status}; it takes no events")
             inbox = current.inbox or []
-            if len(inbox) >= limits.max_inbox_events:
+            # An event the run waits for now is taken even when the inbox is full: the next
+            # step consumes it at once, and junk must not lock out the awaited event.
+            awaited = current.model_copy(update={"inbox": [event]}).next_event() is not None
+            if not awaited and len(inbox) >= limits.max_inbox_events:
                 raise InboxFull(
                     f"run {run_id!r} holds {len(inbox)} unconsumed events, the limit "
                     f"(max_inbox_events); it takes more once a node consumes some",
                     "max_inbox_events",
                 )
             held = sum(len(e.to_json().encode("utf-8")) for e in inbox)
-            if held + size > limits.max_inbox_bytes:
+            if not awaited and held + size > limits.max_inbox_bytes:
                 raise InboxFull(
                     f"run {run_id!r} holds {held} bytes of unconsumed events; this one "
                     f"({size} bytes) would pass the limit of {limits.max_inbox_bytes} "
