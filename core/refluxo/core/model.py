@@ -279,7 +279,11 @@ class Snapshot(WireModel):
 
     @classmethod
     def from_stored(cls, run_id: str, raw: Any, where: str = "the store") -> Snapshot:
-        """Load a snapshot a store kept; what is not snapshot JSON becomes a (final) StoreError."""
+        """Load a snapshot a store kept; what is not snapshot JSON becomes a (final) StoreError.
+
+        The error names what is wrong and where, never the stored content: it reaches HTTP
+        answers and logs.
+        """
         from pydantic import ValidationError
 
         from .errors import StoreError
@@ -294,8 +298,12 @@ class Snapshot(WireModel):
         try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False, include_context=False)
+            )
             raise StoreError(
-                f"{where}: the stored snapshot of run {run_id!r} is not valid: {exc}",
+                f"{where}: the stored snapshot of run {run_id!r} is not valid ({problems})",
                 transient=False,
             ) from exc
 

@@ -8,8 +8,6 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from refluxo.core.errors import RunNotFound, StoreError, VersionConflict
 from refluxo.core.model import NodeResult, Snapshot, encode_snapshot, now_ms
 from refluxo.core.ports import ResultArchive, StateStore
@@ -147,12 +145,7 @@ class SQLiteStateStore(StateStore, ResultArchive):
             row = db.execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunNotFound(run_id)
-        try:
-            return Snapshot.from_json(row[0])
-        except ValidationError as exc:
-            raise StoreError(
-                f"run {run_id!r}: the stored snapshot is not valid: {exc}", transient=False
-            ) from exc
+        return Snapshot.from_stored(run_id, row[0], "the SQLite store")
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
         """Replace the stored run with ``snapshot`` if its stored version is ``expected_version``.
