@@ -297,6 +297,26 @@ async def test_cancel_works_on_a_run_as_large_as_the_store_takes(
     assert run.status == "failed" and run.metadata["cancelled"] is True
 
 
+async def test_cancel_works_on_a_run_stored_before_stores_kept_room_to_finish(
+    store: StateStore, clock: FakeClock
+) -> None:
+    from refluxo.core import NodeResult
+
+    rig = Rig(store, clock, chain("wait"), {"wait": NodeDefinition(executor=wait_for_go)})
+    results = [NodeResult(output="r" * 8_000, timestamp=clock.now + i) for i in range(4)]
+    legacy = rig.workflow.engine.create_initial_snapshot(
+        "r1", definition=rig.workflow.ref
+    ).model_copy(update={"status": "paused", "context": {"wait": results}})
+    await store.create(legacy)
+    store.max_bytes = 20_000  # type: ignore[attr-defined]  # the limit it is now over
+    status, body = await rig.call("POST", "/runs/r1/cancel", {"reason": "stop"})
+    assert status == 200, body
+    run = await store.load("r1")
+    assert run.status == "failed" and run.metadata["cancelled"] is True
+    assert run.metadata["trimmedToCancel"] is True
+    assert run.context["wait"] == [results[-1]]
+
+
 async def test_the_inbox_is_bounded_and_a_full_inbox_answers_429(
     store: StateStore, clock: FakeClock
 ) -> None:

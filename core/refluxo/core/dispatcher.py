@@ -174,6 +174,16 @@ class DispatchResult:
     detail: str | None = None
 
 
+def _trimmed(snapshot: Snapshot, *, keep_outputs: bool) -> Snapshot:
+    """``snapshot`` with only the newest result of each node (their outputs, or none)."""
+    context = {
+        node_id: [r if keep_outputs else r.model_copy(update={"output": None}) for r in rs[-1:]]
+        for node_id, rs in snapshot.context.items()
+    }
+    metadata = {**snapshot.metadata, "trimmedToCancel": True}
+    return snapshot.model_copy(update={"context": context, "metadata": metadata})
+
+
 class Dispatcher:
     """Ties the engine to a :class:`StateStore` and a :class:`Scheduler`, one step per call.
 
@@ -338,7 +348,10 @@ class Dispatcher:
 
         The reason is cut to its first 1000 characters. The run's unconsumed events are
         dropped (their ids are remembered, so a retried event call still answers 202), which
-        with the room every store keeps free means a run of any size can be cancelled.
+        with the room every store keeps free means a run of any size can be cancelled. A run
+        stored before stores kept that room may still be too large: then only the newest
+        result of each node is kept (and, if need be, without its output), and
+        ``metadata.trimmedToCancel`` says so.
 
         Raises:
             RunNotFound, RunFinished (already completed or failed), NotStrictJson (the reason
@@ -353,11 +366,17 @@ class Dispatcher:
             why = reason or "cancelled"
             cancelled = self._failed(current, f"cancelled: {why}")
             cancelled.metadata.update(cancelled=True, cancelledAt=self.clock())
-            try:
-                await self.store.save(cancelled, expected_version=current.version)
-            except VersionConflict:
-                continue
-            return cancelled
+            for keep_outputs in (None, True, False):
+                if keep_outputs is not None:
+                    cancelled = _trimmed(cancelled, keep_outputs=keep_outputs)
+                try:
+                    await self.store.save(cancelled, expected_version=current.version)
+                    return cancelled
+                except PayloadTooLarge:
+                    if keep_outputs is False:
+                        raise
+                except VersionConflict:
+                    break
         raise VersionConflict(run_id, -1, None)
 
     async def dispatch(self, message: DispatchMessage) -> DispatchResult:
