@@ -136,7 +136,7 @@ def _instrument(
         setattr(obj, attr, timer.wrap(name, getattr(obj, attr)))
     for workflow in dispatcher.workflows.values():
         engine: Any = workflow.engine
-        engine.execute_step = timer.wrap_async("engine.execute_step", engine.execute_step)
+        engine.advance = timer.wrap_async("engine.advance", engine.advance)
 
 
 async def _throughput(path: Path, sz: Sizes, runs: int, timer: _Timer | None = None) -> Throughput:

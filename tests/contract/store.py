@@ -34,11 +34,13 @@ import pytest
 from refluxo.core import (
     DefinitionRef,
     NodeResult,
+    NotStrictJson,
     PayloadTooLarge,
     RunNotFound,
     Snapshot,
     VersionConflict,
 )
+from refluxo.core.model import FINISH_HEADROOM_BYTES
 from refluxo.core.ports import StateStore
 
 STORE_CAPABILITIES: dict[str, str] = {
@@ -87,12 +89,16 @@ def wire(snap: Snapshot) -> Any:
     return json.loads(snap.to_json())
 
 
-def padded(run_id: str, size: int, *, version: int = 0) -> Snapshot:
-    """A snapshot whose JSON is exactly ``size`` bytes (ASCII padding in ``metadata``)."""
-    base = len(snapshot(run_id, version=version, metadata={"pad": ""}).to_json().encode())
+def padded(run_id: str, size: int, *, version: int = 0, status: str = "failed") -> Snapshot:
+    """A snapshot whose JSON is exactly ``size`` bytes (ASCII padding in ``metadata``).
+
+    Finished by default: a finished run may use the whole limit (see ``unfinished_limit``).
+    """
+    fields: dict[str, Any] = {"version": version, "status": status}
+    base = len(snapshot(run_id, metadata={"pad": ""}, **fields).to_json().encode())
     if size < base:
         raise ValueError(f"cannot pad a snapshot to {size} bytes; it needs {base}")
-    snap = snapshot(run_id, version=version, metadata={"pad": "x" * (size - base)})
+    snap = snapshot(run_id, metadata={"pad": "x" * (size - base)}, **fields)
     assert len(snap.to_json().encode()) == size
     return snap
 
@@ -332,6 +338,47 @@ class StateStoreContract:
         # Nobody else touches the run, so one must win: "at most" with no livelock.
         assert won.count(True) == 1
         assert wire(await store.load("run-1")) == wire(racers[won.index(True)])
+
+    async def test_a_snapshot_that_would_not_read_back_is_refused_and_nothing_is_written(
+        self, store: StateStore
+    ) -> None:
+        before = snapshot(input=[1])
+        assert await store.create(before) is True
+        nested: Any = "bottom"
+        for _ in range(250):
+            nested = [nested]
+        for bad in (nested, {1: "one", "1": "uno"}, "\ud800", float("nan"), float("inf")):
+            with pytest.raises(NotStrictJson):
+                await store.save(
+                    before.model_copy(update={"input": bad, "version": 1}), expected_version=0
+                )
+            with pytest.raises(NotStrictJson):
+                await store.create(snapshot("run-2", input=bad))
+        assert wire(await store.load("run-1")) == wire(before)
+        with pytest.raises(RunNotFound):
+            await store.load("run-2")
+
+    async def test_a_run_not_finished_leaves_room_to_fail_or_cancel_it(
+        self, store: StateStore, store_capabilities: frozenset[str], request: pytest.FixtureRequest
+    ) -> None:
+        require(store_capabilities, "size_limit")
+        limit: int = request.getfixturevalue("store_max_bytes")
+        room = min(FINISH_HEADROOM_BYTES, limit // 4)
+        with pytest.raises(PayloadTooLarge) as raised:
+            await store.create(padded("run-1", limit - room + 1, status="active"))
+        assert raised.value.limit == limit - room
+        active = padded("run-1", limit - room, status="active")
+        assert await store.create(active) is True
+        # The run that fit can always be failed with a reason of any length it may get.
+        failed = active.model_copy(
+            update={
+                "status": "failed",
+                "version": 1,
+                "metadata": {**active.metadata, "failedReason": "é" * 1000, "cancelled": True},
+            }
+        )
+        await store.save(failed, expected_version=0)
+        assert wire(await store.load("run-1")) == wire(failed)
 
     async def test_save_over_the_size_limit_raises_payload_too_large_and_writes_nothing(
         self, store: StateStore, store_capabilities: frozenset[str], request: pytest.FixtureRequest

@@ -207,14 +207,14 @@ async def test_a_step_in_flight_when_the_run_is_cancelled_is_dropped(
     h = Harness(store, clock)
     await h.dispatcher.start("demo", run_id="r1")
     (message,) = h.scheduler.pop_due()
-    original = h.demo.engine.execute_step
+    original = h.demo.engine.advance
 
     async def cancel_meanwhile(*args: Any, **kwargs: Any) -> Any:
         result = await original(*args, **kwargs)
         await h.dispatcher.cancel("r1")
         return result
 
-    h.demo.engine.execute_step = cancel_meanwhile  # type: ignore[method-assign]
+    h.demo.engine.advance = cancel_meanwhile  # type: ignore[method-assign]
     assert (await h.dispatcher.dispatch(message)).outcome == "conflict"
     snap = await store.load("r1")
     assert snap.status == "failed" and snap.context == {}
@@ -244,7 +244,39 @@ async def test_a_run_of_a_changed_definition_is_refused(
     result = await other.dispatch(message)
     assert result.outcome == "refused"
     assert "redeploy a compatible definition" in (result.detail or "")
-    assert (await store.load("r1")).version == 0
+    refused = await store.load("r1")
+    assert refused.context == {} and refused.status == "active"
+    assert "redeploy a compatible definition" in refused.metadata["refused"]["reason"]
+
+
+async def test_a_refused_run_resumes_when_its_definition_is_redeployed(
+    store: StateStore, clock: FakeClock
+) -> None:
+    h = Harness(store, clock)
+    await h.dispatcher.start("demo", run_id="r1", input={"customer": "Grace", "order": "A-7"})
+    rewired = DEFINITION.model_copy(deep=True)
+    rewired.edges[0].target = "approval"
+    original = h.dispatcher
+    h.dispatcher = Dispatcher(
+        [Workflow("demo", rewired, NODES, clock=clock)], store, h.scheduler, clock=clock
+    )
+    outcomes = []
+    for _ in range(3):  # each delivery is refused and comes back later
+        due = h.scheduler.next_due()
+        assert due is not None
+        clock.now = max(clock.now, due)
+        for message in h.scheduler.pop_due():
+            outcomes.append((await h.dispatcher.dispatch(message)).outcome)
+    assert outcomes == ["refused", "refused", "refused"]
+    assert "refused" in (await store.load("r1")).metadata
+    h.dispatcher = original  # the original definition is deployed again
+    await h.crank(until_waiting="r1")
+    await h.dispatcher.send_event("r1", {"approved": True}, "approval")
+    await h.crank()
+    done = await store.load("r1")
+    assert done.status == "completed", done.metadata
+    assert "refused" not in done.metadata
+    assert recorded(done) == await clean_run(clock)
 
 
 async def test_data_changes_are_compatible_and_picked_up(
@@ -344,8 +376,23 @@ async def test_a_consumed_event_id_is_remembered_in_the_run(
     await h.crank(until_waiting="r1")
     consumed = await store.load("r1")
     assert consumed.status == "completed" and consumed.consumed_events == ["ev-1"]
-    with pytest.raises(RunFinished):  # a finished run refuses every event
-        await h.dispatcher.send_event("r1", {"approved": False}, "approval", event_id="ev-1")
+    with pytest.raises(RunFinished):  # a finished run refuses every new event
+        await h.dispatcher.send_event("r1", {"approved": False}, "approval", event_id="ev-2")
+
+
+async def test_a_retried_event_the_finished_run_consumed_answers_as_the_first_time(
+    store: StateStore, clock: FakeClock
+) -> None:
+    h = Harness(store, clock)
+    await h.dispatcher.start("demo", run_id="r1")
+    await h.crank(until_waiting="r1")
+    await h.dispatcher.send_event("r1", {"approved": True}, "approval", event_id="ev-1")
+    await h.crank()
+    finished = await store.load("r1")
+    assert finished.status == "completed"
+    again = await h.dispatcher.send_event("r1", {"approved": True}, "approval", event_id="ev-1")
+    assert again.version == finished.version and again.status == "completed"
+    assert await store.load("r1") == finished
 
 
 async def test_a_retried_event_for_a_run_still_running_is_ignored(

@@ -352,8 +352,9 @@ async def test_document_size_is_computed_exactly_as_firestore_counts_it(
 
     def sized(run_id: str, target: int) -> Snapshot:
         def make(pad: int) -> Snapshot:
-            return snapshot(
+            return snapshot(  # finished: an unfinished run leaves headroom free
                 run_id,
+                status="failed",
                 definition={"name": "wörkflow", "hash": "0123456789abcdef"},
                 metadata={"note": "héllo 你好 🎉", "pad": "x" * pad},
             )

@@ -350,3 +350,25 @@ async def test_a_file_with_the_old_indexes_is_migrated_and_lists_runs_by_status(
         }
     raw.close()
     assert indexes == {"runs_workflow", "runs_settled", "runs_due"}
+
+
+async def test_an_unreadable_stored_run_is_reported_without_echoing_its_content(
+    path: Path,
+) -> None:
+    from refluxo.core.dispatcher import Dispatcher
+    from refluxo.core.http import HttpApi, HttpRequest
+    from refluxo.core.memory import MemoryScheduler
+
+    store = SQLiteStateStore(path)
+    await store.create(snapshot("r1"))
+    raw = '{"workflowId": "r1", "status": "card 4111 1111 1111 1111", "currentNodeId": "a"}'
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET snapshot = ? WHERE id = 'r1'", (raw,))
+    with pytest.raises(StoreError) as raised:
+        await store.load("r1")
+    assert raised.value.transient is False and "4111" not in str(raised.value)
+    assert "status" in str(raised.value)
+    api = HttpApi(Dispatcher([], store, MemoryScheduler()))
+    response = await api.handle(HttpRequest("GET", "/runs/r1"))
+    assert response.status == 500 and b"4111" not in response.body
+    store.close()

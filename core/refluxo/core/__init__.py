@@ -4,13 +4,16 @@ The core imports the standard library and pydantic only, does no I/O at import t
 unchanged under CPython and Pyodide.
 """
 
+from .codec import Limits
 from .dispatcher import Dispatcher, DispatchResult, Workflow
 from .engine import TIMEOUT_HANDLE, WorkflowEngine
 from .errors import (
     BackendError,
     DefinitionError,
     ExpressionError,
+    InboxFull,
     NonRetryableError,
+    NotStrictJson,
     PayloadTooLarge,
     RefluxoError,
     RunFinished,
@@ -54,6 +57,8 @@ __all__ = [
     "ExpressionError",
     "ExpressionLimits",
     "ExpressionTransform",
+    "InboxFull",
+    "Limits",
     "MemoryScheduler",
     "MemoryStateStore",
     "Node",
@@ -61,6 +66,7 @@ __all__ = [
     "NodeDefinition",
     "NodeResult",
     "NonRetryableError",
+    "NotStrictJson",
     "PayloadTooLarge",
     "Plugin",
     "RefluxoError",

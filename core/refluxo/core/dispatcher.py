@@ -13,6 +13,12 @@ die between saving and scheduling. The rules that make that safe:
   dropped and nothing is scheduled.
 * A paused run moves only through an event or its own deadline, never a duplicate message.
   Events are kept in the run's inbox until a node waits for them, so an early event is not lost.
+* An event moves the run's ``version`` but not its ``step_version``: a delivery for the step
+  version still runs the step, and a step whose save finds only new events in its way keeps
+  them and saves again. Events nobody waits for never throw away work in flight.
+* A run whose definition is not deployed (changed incompatibly, or gone) is refused: the
+  refusal is recorded in its ``metadata.refused`` and the delivery comes back every
+  ``refused_retry_ms``, so redeploying the definition resumes it.
 * Executors run at least once per step: side effects should be idempotent.
 """
 
@@ -28,9 +34,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from .engine import DEFAULT_STEP_TIMEOUT_S, WorkflowEngine
+from .codec import Limits, check_text, strict_json
+from .engine import _REMEMBERED_EVENT_IDS, DEFAULT_STEP_TIMEOUT_S, WorkflowEngine
 from .errors import (
     DefinitionError,
+    InboxFull,
+    NotStrictJson,
     PayloadTooLarge,
     RunFinished,
     RunNotFound,
@@ -69,8 +78,11 @@ RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 """What a run id may be: safe as a document id, a key and a task name on every platform."""
 
 _MAX_CONFLICT_RETRIES = 5
-_REMEMBERED_EVENT_IDS = 32
 _AGAIN_HOP = 1 << 42  # hops of deliveries sent again start here: never a step's own hop count
+_MAX_REASON_CHARS = 1000
+
+DEFAULT_REFUSED_RETRY_MS = 10 * 60 * 1000
+"""How often a refused run's delivery comes back to see whether its definition is deployed."""
 
 
 def check_run_id(run_id: str) -> str:
@@ -175,13 +187,14 @@ class DispatchResult:
     detail: str | None = None
 
 
-def _event_matches(snapshot: Snapshot, event: Event) -> bool:
-    wait = snapshot.wait
-    if wait is None:  # a plain pause takes any event
-        return True
-    if wait.kind != "event":
-        return False
-    return wait.event is None or event.name is None or event.name == wait.event
+def _trimmed(snapshot: Snapshot, *, keep_outputs: bool) -> Snapshot:
+    """``snapshot`` with only the newest result of each node (their outputs, or none)."""
+    context = {
+        node_id: [r if keep_outputs else r.model_copy(update={"output": None}) for r in rs[-1:]]
+        for node_id, rs in snapshot.context.items()
+    }
+    metadata = {**snapshot.metadata, "trimmedToCancel": True}
+    return snapshot.model_copy(update={"context": context, "metadata": metadata})
 
 
 class Dispatcher:
@@ -195,6 +208,8 @@ class Dispatcher:
             (only the names a workflow's ``secrets`` lists, when it has such a list), and
             masked in every output and error a step records (see :mod:`refluxo.core.secrets`).
         clock: epoch milliseconds.
+        limits: what a run accepts: JSON depth, inbox size, text lengths (see :class:`Limits`).
+        refused_retry_ms: how long a run refused for its definition waits before the next try.
     """
 
     def __init__(
@@ -205,6 +220,8 @@ class Dispatcher:
         *,
         globals: Any = None,
         clock: Callable[[], int] = now_ms,
+        limits: Limits | None = None,
+        refused_retry_ms: int = DEFAULT_REFUSED_RETRY_MS,
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
         archiving = [w.name for w in self.workflows.values() if w.archive]
@@ -218,6 +235,8 @@ class Dispatcher:
         self.scheduler = scheduler
         self.globals = globals
         self.clock = clock
+        self.limits = limits or Limits()
+        self.refused_retry_ms = refused_retry_ms
         for workflow in self.workflows.values():
             self._scope(workflow)  # a scope on globals that are not an object fails here
 
@@ -252,10 +271,12 @@ class Dispatcher:
 
         Raises:
             WorkflowNotFound, ValueError (bad run id), WorkflowMismatch
-            when the id belongs to a run of another workflow; store and scheduler errors.
+            when the id belongs to a run of another workflow; NotStrictJson when ``input``
+            breaks the JSON rule (see :mod:`refluxo.core.codec`); store and scheduler errors.
         """
         wf = self.workflow(workflow)
         run_id = check_run_id(run_id) if run_id is not None else os.urandom(16).hex()
+        input = strict_json(input, max_depth=self.limits.max_depth, what="input")
         snapshot = wf.engine.create_initial_snapshot(
             run_id, wf.start, input=input, definition=wf.ref
         )
@@ -267,7 +288,7 @@ class Dispatcher:
             raise WorkflowMismatch(
                 f"run {run_id!r} exists already as a run of workflow {existing.definition.name!r}"
             )
-        if existing.version == 0 and existing.status == "active":
+        if existing.last_step_version == 0 and existing.status == "active":
             await self._schedule_next(existing)
         return existing, False
 
@@ -281,41 +302,90 @@ class Dispatcher:
         """Deliver an external event to a run; a waiting node consumes it, else it is kept.
 
         ``event_id`` makes a retried call safe: an event whose id is in the run's inbox, or
-        among the last ids the run consumed, is not added twice; the delivery that resumes the
-        run is sent again (in case the first call died between saving the event and
-        scheduling that delivery).
+        among the last ids the run consumed (even once the run finished), is not added twice
+        and the call answers as the first one did; the delivery that resumes the run is sent
+        again (in case the first call died between saving the event and scheduling it).
+
+        An event moves the run's version but not the step in flight: a step running while
+        events arrive still saves, keeping them (see the module's docstring).
 
         Raises:
-            RunNotFound, RunFinished (the run is completed or failed), store errors.
+            RunNotFound, RunFinished (the run is completed or failed); NotStrictJson (the
+            payload breaks the JSON rule, or the name or id is too long); PayloadTooLarge (the
+            event alone is over ``max_inbox_bytes``, or the run would be over the store's
+            limit); InboxFull (the inbox holds ``max_inbox_events`` events, or
+            ``max_inbox_bytes``, and the run does not wait for this event now); store errors.
         """
+        limits = self.limits
+        payload = strict_json(payload, max_depth=limits.max_depth, what="payload")
+        if name is not None:
+            check_text(name, "the event name", limits.max_text_chars)
+        if event_id is not None:
+            check_text(event_id, "the event id", limits.max_text_chars)
         event = Event(payload=payload, name=name, received_at=self.clock(), id=event_id)
+        size = len(event.to_json().encode("utf-8"))
+        if size > limits.max_inbox_bytes:
+            raise PayloadTooLarge("the event (max_inbox_bytes)", size, limits.max_inbox_bytes)
         for _ in range(_MAX_CONFLICT_RETRIES):
             current = await self.store.load(run_id)
-            if current.is_terminal:
-                raise RunFinished(f"run {run_id!r} is {current.status}; it takes no events")
             if event_id is not None and (
                 any(e.id == event_id for e in current.inbox or [])
                 or event_id in (current.consumed_events or [])
             ):
                 await self._schedule_next(current)
                 return current
+            if current.is_terminal:
+                raise RunFinished(f"run {run_id!r} is {current.status}; it takes no events")
+            inbox = current.inbox or []
+            # An event the run waits for now is taken even when the inbox is full: the next
+            # step consumes it at once, and junk must not lock out the awaited event.
+            awaited = current.model_copy(update={"inbox": [event]}).next_event() is not None
+            if not awaited and len(inbox) >= limits.max_inbox_events:
+                raise InboxFull(
+                    f"run {run_id!r} holds {len(inbox)} unconsumed events, the limit "
+                    f"(max_inbox_events); it takes more once a node consumes some",
+                    "max_inbox_events",
+                )
+            held = sum(len(e.to_json().encode("utf-8")) for e in inbox)
+            if not awaited and held + size > limits.max_inbox_bytes:
+                raise InboxFull(
+                    f"run {run_id!r} holds {held} bytes of unconsumed events; this one "
+                    f"({size} bytes) would pass the limit of {limits.max_inbox_bytes} "
+                    "(max_inbox_bytes)",
+                    "max_inbox_bytes",
+                )
             updated = current.model_copy(
-                update={"inbox": [*(current.inbox or []), event], "version": current.version + 1}
+                update={
+                    "inbox": [*inbox, event],
+                    "version": current.version + 1,
+                    "step_version": current.last_step_version,
+                }
             )
             try:
                 await self.store.save(updated, expected_version=current.version)
             except VersionConflict:
                 continue
-            await self._schedule_next(updated)
+            if updated.next_event() is not None:
+                await self._schedule_next(updated)
             return updated
         raise VersionConflict(run_id, -1, None)
 
     async def cancel(self, run_id: str, reason: str | None = None) -> Snapshot:
         """Cancel a run: it ends ``failed`` with the reason in its metadata; no step runs after.
 
+        The reason is cut to its first 1000 characters. The run's unconsumed events are
+        dropped (their ids are remembered, so a retried event call still answers 202), which
+        with the room every store keeps free means a run of any size can be cancelled. A run
+        stored before stores kept that room may still be too large: then only the newest
+        result of each node is kept (and, if need be, without its output), and
+        ``metadata.trimmedToCancel`` says so.
+
         Raises:
-            RunNotFound, RunFinished (already completed or failed), store errors.
+            RunNotFound, RunFinished (already completed or failed), NotStrictJson (the reason
+            holds a lone surrogate), store errors.
         """
+        if reason is not None:
+            reason = check_text(reason[:_MAX_REASON_CHARS], "the reason", _MAX_REASON_CHARS)
         for _ in range(_MAX_CONFLICT_RETRIES):
             current = await self.store.load(run_id)
             if current.is_terminal:
@@ -323,11 +393,17 @@ class Dispatcher:
             why = reason or "cancelled"
             cancelled = self._failed(current, f"cancelled: {why}")
             cancelled.metadata.update(cancelled=True, cancelledAt=self.clock())
-            try:
-                await self.store.save(cancelled, expected_version=current.version)
-            except VersionConflict:
-                continue
-            return cancelled
+            for keep_outputs in (None, True, False):
+                if keep_outputs is not None:
+                    cancelled = _trimmed(cancelled, keep_outputs=keep_outputs)
+                try:
+                    await self.store.save(cancelled, expected_version=current.version)
+                    return cancelled
+                except PayloadTooLarge:
+                    if keep_outputs is False:
+                        raise
+                except VersionConflict:
+                    break
         raise VersionConflict(run_id, -1, None)
 
     async def dispatch(self, message: DispatchMessage) -> DispatchResult:
@@ -340,71 +416,51 @@ class Dispatcher:
             snapshot = await self.store.load(message.run_id)
         except RunNotFound:
             return self._result("unknown_run", message.run_id)
-        if snapshot.version != message.version:
-            if snapshot.version == message.version + 1 and self._needs_delivery(snapshot):
+        if message.version not in snapshot.accepted_versions:
+            if snapshot.last_step_version == message.version + 1 and self._needs_delivery(snapshot):
                 await self._schedule_next(snapshot)
                 return self._result("recovered", message.run_id, snapshot)
             return self._result("stale", message.run_id, snapshot)
         if snapshot.is_terminal:
             return self._result("finished", message.run_id, snapshot)
-        try:
-            workflow = self._workflow_of(snapshot)
-        except (WorkflowMismatch, WorkflowNotFound) as exc:
-            logger.error("%s", exc, extra={"refluxo": {"run": snapshot.run_id}})
-            return self._result("refused", message.run_id, snapshot, str(exc))
 
         now = self.clock()
-        base = snapshot
-        payload: Any = None
-        if snapshot.status == "paused":
-            index = self._matching_event(snapshot)
-            if index is not None:
-                inbox = list(snapshot.inbox or [])
-                event = inbox.pop(index)
-                payload = event.payload
-                update: dict[str, Any] = {"inbox": inbox or None}
-                if event.id is not None:
-                    seen = [*(snapshot.consumed_events or []), event.id]
-                    update["consumed_events"] = seen[-_REMEMBERED_EVENT_IDS:]
-                base = snapshot.model_copy(update=update)
-            else:
-                due = snapshot.due_at()
-                if due is None:
-                    return self._result("waiting", message.run_id, snapshot)
-                if due > now:
-                    await self._schedule_next(snapshot, hop=message.hop + 1)
-                    return self._result("early", message.run_id, snapshot)
+        if snapshot.status == "paused" and snapshot.next_event() is None:
+            due = snapshot.due_at()
+            if due is None:
+                return self._result("waiting", message.run_id, snapshot)
+            if due > now:
+                await self._schedule_next(snapshot, hop=message.hop + 1)
+                return self._result("early", message.run_id, snapshot)
         elif snapshot.status == "error":
             due = snapshot.due_at() or 0
             if due > now:
                 await self._schedule_next(snapshot, hop=message.hop + 1)
                 return self._result("early", message.run_id, snapshot)
-        if snapshot.status != "paused" and not any(
-            r.error is None for results in snapshot.context.values() for r in results
-        ):
-            payload = snapshot.input  # the run's input goes to its first step, retries included
+        try:
+            workflow = self._workflow_of(snapshot)
+        except (WorkflowMismatch, WorkflowNotFound) as exc:
+            return await self._refuse(snapshot, message, str(exc))
 
+        base = snapshot
+        if "refused" in base.metadata:
+            metadata = {k: v for k, v in base.metadata.items() if k != "refused"}
+            base = base.model_copy(update={"metadata": metadata})
         node_id = base.current_node_id
         started = time.perf_counter()
-        new = await workflow.engine.execute_step(base, payload, self._scope(workflow))
+        new = await workflow.engine.advance(
+            base, self._scope(workflow), max_depth=self.limits.max_depth
+        )
         duration_ms = (time.perf_counter() - started) * 1000
         if workflow.archive and node_id is not None:
             await self._archive_trimmed(base, new, node_id)
-        try:
-            try:
-                await self.store.save(new, expected_version=snapshot.version)
-            except PayloadTooLarge as exc:
-                # Retrying cannot shrink the step's result: fail the run, keep what it had.
-                new = self._failed(
-                    snapshot, f"the snapshot after node {node_id!r} is too large: {exc}"
-                )
-                await self.store.save(new, expected_version=snapshot.version)
-        except VersionConflict:
+        saved = await self._save_step(snapshot, new, node_id)
+        if saved is None:
             self._log_step(new, node_id, "conflict", duration_ms)
             return self._result("conflict", message.run_id, snapshot)
-        self._log_step(new, node_id, "stepped", duration_ms)
-        await self._schedule_next(new)
-        return self._result("stepped", message.run_id, new)
+        self._log_step(saved, node_id, "stepped", duration_ms)
+        await self._schedule_next(saved)
+        return self._result("stepped", message.run_id, saved)
 
     async def reconcile(
         self, *, now: int | None = None, grace_ms: int = 300_000, limit: int = 100
@@ -480,13 +536,84 @@ class Dispatcher:
 
     # --- internals ---------------------------------------------------------------------------
 
+    async def _save_step(
+        self, loaded: Snapshot, new: Snapshot, node_id: str | None
+    ) -> Snapshot | None:
+        """Save a step's snapshot; the saved snapshot, or None when another step won.
+
+        A conflict caused only by events added meanwhile (the stored step version is still
+        the loaded one) is merged: the new events join the step's inbox and the save is tried
+        again. A snapshot the store refuses (too large, or not readable back) fails the run
+        instead, keeping the state it had; retrying could not change the step's result.
+        """
+        current, failure = loaded, None
+        for _ in range(_MAX_CONFLICT_RETRIES + 1):
+            try:
+                await self.store.save(new, expected_version=current.version)
+                return new
+            except (PayloadTooLarge, NotStrictJson) as exc:
+                if failure is not None:
+                    raise
+                why = "is too large" if isinstance(exc, PayloadTooLarge) else "would not read back"
+                failure = f"the snapshot after node {node_id!r} {why}: {exc}"
+                new = self._failed(current, failure)
+            except VersionConflict:
+                stored = await self.store.load(loaded.run_id)
+                if stored.is_terminal or stored.last_step_version != loaded.last_step_version:
+                    return None
+                if failure is not None:
+                    new = self._failed(stored, failure)
+                else:
+                    added = (stored.inbox or [])[len(current.inbox or []) :]
+                    inbox = [*(new.inbox or []), *added] or None
+                    new = new.model_copy(update={"inbox": inbox, "version": stored.version + 1})
+                current = stored
+        return None
+
+    async def _refuse(
+        self, snapshot: Snapshot, message: DispatchMessage, reason: str
+    ) -> DispatchResult:
+        """Record why the run cannot step here, and come back later: a redeploy resumes it."""
+        logger.error("%s", reason, extra={"refluxo": {"run": snapshot.run_id}})
+        now = self.clock()
+        target, hop = snapshot, message.hop + 1
+        recorded = snapshot.metadata.get("refused")
+        if not isinstance(recorded, dict) or recorded.get("reason") != reason:
+            marked = snapshot.model_copy(
+                update={
+                    "metadata": {**snapshot.metadata, "refused": {"reason": reason, "at": now}},
+                    "version": snapshot.version + 1,
+                    "step_version": None,
+                }
+            )
+            try:
+                await self.store.save(marked, expected_version=snapshot.version)
+                target, hop = marked, 0
+            except VersionConflict:
+                return self._result("stale", message.run_id, snapshot)
+            except (PayloadTooLarge, NotStrictJson):
+                pass  # not recorded, but still retried
+        delay = min(self.refused_retry_ms, self.scheduler.max_delay_ms)
+        retry = DispatchMessage(run_id=target.run_id, version=target.version, hop=hop)
+        await self.scheduler.schedule(retry, at=now + delay)
+        return self._result("refused", message.run_id, target, reason)
+
     def _failed(self, snapshot: Snapshot, reason: str) -> Snapshot:
+        """``snapshot`` failed for ``reason``: no wait, no retry, no inbox (ids remembered)."""
+        inbox = snapshot.inbox or []
+        seen = [*(snapshot.consumed_events or []), *(e.id for e in inbox if e.id is not None)]
+        if len(reason) > _MAX_REASON_CHARS:
+            reason = reason[: _MAX_REASON_CHARS - 1] + "…"
         return snapshot.model_copy(
             update={
                 "status": "failed",
                 "version": snapshot.version + 1,
+                "step_version": None,
+                "input_pending": None,
                 "wait": None,
                 "retry_state": None,
+                "inbox": None,
+                "consumed_events": seen[-_REMEMBERED_EVENT_IDS:] or None,
                 "metadata": {**snapshot.metadata, "failedReason": reason},
             }
         )
@@ -518,19 +645,10 @@ class Dispatcher:
             )
         return workflow
 
-    @staticmethod
-    def _matching_event(snapshot: Snapshot) -> int | None:
-        if snapshot.status != "paused":
-            return None
-        for i, event in enumerate(snapshot.inbox or []):
-            if _event_matches(snapshot, event):
-                return i
-        return None
-
     def _needs_delivery(self, snapshot: Snapshot) -> bool:
         if snapshot.is_terminal:
             return False
-        if snapshot.status == "paused" and self._matching_event(snapshot) is not None:
+        if snapshot.status == "paused" and snapshot.next_event() is not None:
             return True
         return snapshot.due_at() is not None
 
@@ -538,7 +656,7 @@ class Dispatcher:
         if not self._needs_delivery(snapshot):
             return
         now = self.clock()
-        due = 0 if self._matching_event(snapshot) is not None else (snapshot.due_at() or 0)
+        due = 0 if snapshot.next_event() is not None else (snapshot.due_at() or 0)
         at: int | None = None
         if due > now:
             limit = self.scheduler.max_delay_ms

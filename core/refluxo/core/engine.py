@@ -16,9 +16,9 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from .errors import DefinitionError, ExpressionError, NonRetryableError, RunFinished
+from .codec import DEFAULT_MAX_DEPTH, strict_json
+from .errors import DefinitionError, ExpressionError, NonRetryableError, NotStrictJson, RunFinished
 from .expressions import ExpressionTransform, TransformEngine
 from .model import (
     DefinitionRef,
@@ -50,6 +50,11 @@ MAX_EXECUTOR_THREADS = 64
 
 # Pyodide (Cloudflare Workers) has no threads: plain executors run inline there.
 _THREADS = sys.platform != "emscripten"
+
+MAX_ERROR_CHARS = 2000
+"""How much of an error's message a snapshot keeps (the rest is cut, marked with an ellipsis)."""
+
+_REMEMBERED_EVENT_IDS = 32
 
 
 class _Keep:
@@ -357,6 +362,7 @@ class WorkflowEngine:
             last_started_at=self.clock(),
             total_execution_time=0,
             input=input,
+            input_pending=True if input is not None else None,
             definition=definition,
         )
 
@@ -396,6 +402,34 @@ class WorkflowEngine:
             if current.status != "active":
                 return current
 
+    async def advance(
+        self, snapshot: Snapshot, globals: Any = None, *, max_depth: int = DEFAULT_MAX_DEPTH
+    ) -> Snapshot:
+        """Execute the snapshot's next step with the payload the run holds for it.
+
+        A paused run consumes the first matching event of its inbox (see
+        :meth:`Snapshot.next_event`): the node runs again with that event's payload, even a
+        null one, and its event id is remembered. Otherwise a run whose input is pending
+        (``Snapshot.input_pending``) gives the input to the step; else the step gets none.
+        The output must be strict JSON nested at most ``max_depth`` deep (see
+        :mod:`refluxo.core.codec`), or the node fails without retries.
+
+        Raises:
+            RunFinished, DefinitionError: as :meth:`execute_step`.
+        """
+        index = snapshot.next_event()
+        if index is not None:
+            inbox = list(snapshot.inbox or [])
+            event = inbox.pop(index)
+            update: dict[str, Any] = {"inbox": inbox or None}
+            if event.id is not None:
+                seen = [*(snapshot.consumed_events or []), event.id]
+                update["consumed_events"] = seen[-_REMEMBERED_EVENT_IDS:]
+            base = snapshot.model_copy(update=update)
+            return await self._step(base, event.payload, globals, True, max_depth)
+        payload = snapshot.input if snapshot.input_pending else None
+        return await self._step(snapshot, payload, globals, False, max_depth)
+
     async def execute_step(
         self, snapshot: Snapshot, external_payload: Any = None, globals: Any = None
     ) -> Snapshot:
@@ -410,10 +444,21 @@ class WorkflowEngine:
             RunFinished: the snapshot is completed or failed.
             DefinitionError: the snapshot's current node is not in this workflow.
         """
+        delivered = external_payload is not None
+        return await self._step(snapshot, external_payload, globals, delivered, DEFAULT_MAX_DEPTH)
+
+    async def _step(
+        self,
+        snapshot: Snapshot,
+        external_payload: Any,
+        globals: Any,
+        delivered: bool,
+        max_depth: int,
+    ) -> Snapshot:
         if snapshot.is_terminal:
             raise RunFinished(f"run {snapshot.workflow_id!r} is {snapshot.status}")
         start = self.clock()
-        if snapshot.version == 0:
+        if snapshot.last_step_version == 0:
             await self._hook("on_workflow_start", snapshot)
 
         base = snapshot
@@ -423,7 +468,7 @@ class WorkflowEngine:
             payload = None
         elif (
             wait is not None
-            and payload is None
+            and not delivered
             and wait.until is not None
             and start >= wait.until
             and snapshot.current_node_id is not None
@@ -473,7 +518,9 @@ class WorkflowEngine:
             )
             result = raw if isinstance(raw, StepResult) else StepResult(data=raw)
             # What an executor returns is recorded: it must not carry a secret there either.
-            output = redactor(globals).value(self._output(definition, result.data, node_id))
+            output = redactor(globals).value(
+                self._output(definition, result.data, node_id, max_depth)
+            )
         except _Fail as exc:
             cause = exc.__cause__ or exc
             return await self._error(snapshot, base, ctx, data, cause, str(exc), start, False)
@@ -499,6 +546,8 @@ class WorkflowEngine:
             new_wait = None
             if wait_request is not None:
                 until = wait_request.until
+                if until is None and wait is not None and wait.kind == "event":
+                    until = wait.until  # waiting again keeps the deadline it had
                 if until is None and wait_request.delay_ms is not None:
                     until = start + wait_request.delay_ms
                 new_wait = WaitState(kind="event", event=wait_request.event, until=until)
@@ -538,7 +587,7 @@ class WorkflowEngine:
             await self._hook("on_workflow_complete", done)
         return done
 
-    def _output(self, definition: NodeDefinition, data: Any, node_id: str) -> Any:
+    def _output(self, definition: NodeDefinition, data: Any, node_id: str, max_depth: int) -> Any:
         try:
             if definition.output_model is not None:
                 model = (
@@ -546,13 +595,13 @@ class WorkflowEngine:
                     if isinstance(data, definition.output_model)
                     else definition.output_model.model_validate(data)
                 )
-                return model.model_dump(mode="json")
-            if isinstance(data, BaseModel):
-                return data.model_dump(mode="json")
-            return to_jsonable_python(data)
+                data = model.model_dump(mode="json")
+            elif isinstance(data, BaseModel):
+                data = data.model_dump(mode="json")
+            return strict_json(data, max_depth=max_depth, what="output")
         except ValidationError as exc:
             raise _Fail(f"output of node {node_id!r} is invalid: {_describe(exc)}") from exc
-        except PydanticSerializationError as exc:
+        except NotStrictJson as exc:
             raise _Fail(f"output of node {node_id!r} is not JSON-compatible: {exc}") from exc
 
     async def _timeout(self, snapshot: Snapshot, node_id: str, start: int) -> Snapshot:
@@ -590,6 +639,8 @@ class WorkflowEngine:
         node_id = ctx.node.id
         attempt = ctx.attempt
         message = redact(message, ctx.globals)
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[: MAX_ERROR_CHARS - 1] + "…"
         entry = NodeResult(output=None, timestamp=self.clock(), error=message, attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
         await self._hook(
@@ -660,6 +711,9 @@ class WorkflowEngine:
             "total_execution_time": (base.total_execution_time or 0) + (self.clock() - start),
             "wait": wait,
             "retry_state": retry_state,
+            "step_version": None,
+            # The input goes to the first node until it gets past a retry.
+            "input_pending": base.input_pending if status == "error" else None,
         }
         if counts is not None:
             update["counts"] = counts

@@ -12,6 +12,8 @@ The tree::
     ├── WorkflowMismatch                    the run was started on an incompatible definition
     ├── RunFinished                         the run is completed or failed; nothing more can happen
     ├── PayloadTooLarge (ValueError)        a snapshot or request body is over a limit
+    ├── NotStrictJson (ValueError)          a value breaks the strict JSON rule (depth, NaN...)
+    ├── InboxFull                           a run's inbox holds as many events as it may
     └── BackendError                        a store or scheduler failed; ``transient`` says
         ├── StoreError                      whether trying again may succeed
         └── SchedulerError
@@ -79,6 +81,32 @@ class PayloadTooLarge(RefluxoError, ValueError):
     def __init__(self, what: str, size: int, limit: int) -> None:
         super().__init__(f"{what} is {size} bytes, over the limit of {limit} bytes")
         self.size = size
+        self.limit = limit
+
+
+class NotStrictJson(RefluxoError, ValueError):
+    """A value is not strict JSON, or is nested deeper than the limit (see ``refluxo.core.codec``).
+
+    Attributes:
+        rule: which rule it breaks: ``max_depth``, ``max_text_chars``, ``nan``, ``unicode``,
+            ``cycle``, ``type``, ``key_collision``, or ``round_trip`` (a snapshot that would not
+            read back as it is).
+    """
+
+    def __init__(self, message: str, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class InboxFull(RefluxoError):
+    """A run's inbox is at its limit of events or bytes; it takes more once a node consumes some.
+
+    Attributes:
+        limit: the name of the limit reached (``max_inbox_events`` or ``max_inbox_bytes``).
+    """
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
         self.limit = limit
 
 

@@ -11,9 +11,11 @@ Routes::
     GET  /healthz                                                200
 
 Errors are JSON, ``{"error": {"code": ..., "message": ...}}``: 400 malformed JSON or fields,
-401/403 credentials, 404 unknown route, workflow or run, 405 method, 409 finished run or id
-taken, 413 body over the limit, 501 a store that cannot find due runs (``/_reconcile``), 503
-transient backend failure (the platform delivers again).
+or JSON that breaks the strict rule (code ``json_limit``: NaN or Infinity, a lone surrogate,
+nesting deeper than ``max_depth``; the message names the limit), 401/403 credentials, 404
+unknown route, workflow or run, 405 method, 409 finished run or id taken, 413 body or event
+over a limit, 429 the run's inbox is full (``inbox_full``), 501 a store that cannot find due
+runs (``/_reconcile``), 503 transient backend failure (the platform delivers again).
 Bad input changes nothing. A runtime converts its request into :class:`HttpRequest`, awaits
 :meth:`HttpApi.handle`, and converts the :class:`HttpResponse` back.
 """
@@ -33,6 +35,8 @@ from pydantic import ValidationError
 from .dispatcher import Dispatcher, check_run_id
 from .errors import (
     BackendError,
+    InboxFull,
+    NotStrictJson,
     PayloadTooLarge,
     RunFinished,
     RunNotFound,
@@ -76,7 +80,7 @@ class HttpResponse:
 
     @classmethod
     def json(cls, status: int, payload: Any) -> HttpResponse:
-        return cls(status, json.dumps(payload, separators=(",", ":")).encode())
+        return cls(status, json.dumps(payload, separators=(",", ":"), allow_nan=False).encode())
 
     @classmethod
     def error(cls, status: int, code: str, message: str) -> HttpResponse:
@@ -153,6 +157,10 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
+def _refuse_constant(token: str) -> Any:
+    raise NotStrictJson(f"the body holds {token}, which is not a JSON number", "nan")
+
+
 def _summary(snapshot: Any) -> dict[str, Any]:
     return {
         "workflowId": snapshot.workflow_id,
@@ -193,6 +201,8 @@ class HttpApi:
             return HttpResponse.json(
                 exc.status, {"error": {"code": exc.code, "message": exc.message}}
             )
+        except NotStrictJson as exc:
+            return HttpResponse.error(400, "json_limit", str(exc))
         except BackendError as exc:
             level = logging.WARNING if exc.transient else logging.ERROR
             logger.log(level, "backend failure on %s %s: %s", request.method, request.path, exc)
@@ -240,7 +250,13 @@ class HttpApi:
                 raise HttpError(400, "invalid_json", "the body must be a JSON object")
             return {}
         try:
-            data = json.loads(request.body)
+            data = json.loads(request.body, parse_constant=_refuse_constant)
+        except NotStrictJson:
+            raise
+        except RecursionError:
+            raise HttpError(
+                400, "json_limit", "the body nests deeper than the JSON parser reads"
+            ) from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
@@ -290,6 +306,8 @@ class HttpApi:
             raise HttpError(409, "run_finished", str(exc)) from None
         except PayloadTooLarge as exc:
             raise HttpError(413, "payload_too_large", str(exc)) from None
+        except InboxFull as exc:
+            raise HttpError(429, "inbox_full", str(exc)) from None
         except VersionConflict as exc:
             raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
         return HttpResponse.json(202, _summary(snapshot))

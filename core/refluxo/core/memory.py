@@ -9,8 +9,8 @@ import heapq
 import itertools
 from collections.abc import Callable, Sequence
 
-from .errors import PayloadTooLarge, RunNotFound, VersionConflict
-from .model import DispatchMessage, NodeResult, Snapshot, now_ms
+from .errors import RunNotFound, VersionConflict
+from .model import DispatchMessage, NodeResult, Snapshot, encode_snapshot, now_ms
 from .ports import DueRuns, ResultArchive, Scheduler, StateStore, stored_due_time
 
 
@@ -41,10 +41,7 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns):
             self._due[snapshot.workflow_id] = due
 
     def _encode(self, snapshot: Snapshot) -> str:
-        raw = snapshot.to_json()
-        if self.max_bytes is not None and len(raw.encode()) > self.max_bytes:
-            raise PayloadTooLarge("snapshot", len(raw.encode()), self.max_bytes)
-        return raw
+        return encode_snapshot(snapshot, self.max_bytes)
 
     async def create(self, snapshot: Snapshot) -> bool:
         raw = self._encode(snapshot)

@@ -43,6 +43,7 @@ class WireModel(BaseModel):
         populate_by_name=True,
         serialize_by_alias=True,
         extra="allow",
+        # NaN and Infinity are written as tokens, so Snapshot.to_json sees and refuses them.
         ser_json_inf_nan="constants",
     )
 
@@ -162,6 +163,13 @@ class Snapshot(WireModel):
     inbox: list[Event] | None = _optional()
     consumed_events: list[str] | None = _optional()
     counts: dict[str, int] | None = _optional()
+    step_version: int | None = _optional()
+    """The version the last step saved, while events added since moved ``version`` on (None
+    when they are equal): a delivery for it still runs the step, and the step's save keeps the
+    events that arrived meanwhile."""
+    input_pending: bool | None = _optional()
+    """True while the run's input is still to be given to a step: its first node gets it, on
+    every attempt, until that node succeeds, pauses or is left by a timeout."""
 
     @property
     def run_id(self) -> str:
@@ -198,6 +206,72 @@ class Snapshot(WireModel):
             return self.counts[node_id]
         return len(self.context.get(node_id, []))
 
+    @property
+    def last_step_version(self) -> int:
+        """The version the last step (or the start) saved; events do not move it."""
+        return self.version if self.step_version is None else self.step_version
+
+    def next_event(self) -> int | None:
+        """The index in ``inbox`` of the event the next step consumes, or None.
+
+        Only a paused run consumes events: a plain pause takes any event; an event wait takes
+        one with its name, or any when either side has none; a sleep takes none.
+        """
+        if self.status != "paused":
+            return None
+        wait = self.wait
+        for i, event in enumerate(self.inbox or []):
+            if wait is None:
+                return i
+            if wait.kind == "event" and (
+                wait.event is None or event.name is None or event.name == wait.event
+            ):
+                return i
+        return None
+
+    @property
+    def accepted_versions(self) -> tuple[int, ...]:
+        """The versions a delivery may name to run this snapshot's next step."""
+        if self.step_version is None or self.step_version == self.version:
+            return (self.version,)
+        return (self.version, self.step_version)
+
+    def to_json(self) -> str:
+        """This snapshot's JSON, proven to read back as the same snapshot.
+
+        Every store writes this, so no run is ever saved in a form that cannot be loaded. The
+        proof parses the JSON again (the snapshot codec's parser, which stops at 200 levels)
+        and checks that writing what it read gives the same bytes: nothing was lost (two keys
+        that became one) and nothing non-standard was written (NaN, Infinity).
+
+        Raises:
+            NotStrictJson: the snapshot holds something its JSON would not give back (a lone
+                surrogate, NaN or Infinity, keys that collide, nesting past the parser's
+                limit); ``rule`` is ``round_trip``.
+        """
+        from pydantic_core import PydanticSerializationError, from_json
+        from pydantic_core import to_json as dump
+
+        from .errors import NotStrictJson
+
+        def refuse(why: str) -> NotStrictJson:
+            return NotStrictJson(
+                f"the snapshot of run {self.workflow_id!r} would not read back: {why}",
+                "round_trip",
+            )
+
+        try:
+            raw = self.model_dump_json(by_alias=True)
+        except PydanticSerializationError as exc:
+            raise refuse(str(exc)) from None
+        try:
+            back = from_json(raw, allow_inf_nan=False)
+        except ValueError as exc:
+            raise refuse(f"{exc} (NaN, Infinity, or nested too deep)") from None
+        if dump(back) != raw.encode("utf-8"):
+            raise refuse("two keys of one object become the same string")
+        return raw
+
     @classmethod
     def from_json(cls, raw: str | bytes) -> Snapshot:
         """Load a snapshot from its JSON text."""
@@ -205,7 +279,11 @@ class Snapshot(WireModel):
 
     @classmethod
     def from_stored(cls, run_id: str, raw: Any, where: str = "the store") -> Snapshot:
-        """Load a snapshot a store kept; what is not snapshot JSON becomes a (final) StoreError."""
+        """Load a snapshot a store kept; what is not snapshot JSON becomes a (final) StoreError.
+
+        The error names what is wrong and where, never the stored content: it reaches HTTP
+        answers and logs.
+        """
         from pydantic import ValidationError
 
         from .errors import StoreError
@@ -220,10 +298,45 @@ class Snapshot(WireModel):
         try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False, include_context=False)
+            )
             raise StoreError(
-                f"{where}: the stored snapshot of run {run_id!r} is not valid: {exc}",
+                f"{where}: the stored snapshot of run {run_id!r} is not valid ({problems})",
                 transient=False,
             ) from exc
+
+
+FINISH_HEADROOM_BYTES = 8192
+"""Room a store keeps free in every unfinished run, so that failing or cancelling it fits."""
+
+
+def encode_snapshot(snapshot: Snapshot, max_bytes: int | None, what: str | None = None) -> str:
+    """The JSON a store writes for ``snapshot``: proven to read back, and within ``max_bytes``.
+
+    A finished run may take all of ``max_bytes``; an unfinished one leaves
+    :data:`FINISH_HEADROOM_BYTES` of it free (a quarter of it when ``max_bytes`` is small), so
+    the snapshot that fails or cancels a run that was stored always fits.
+
+    Raises:
+        NotStrictJson: the snapshot would not read back (see :meth:`Snapshot.to_json`).
+        PayloadTooLarge: it is over the limit that applies to it.
+    """
+    from .errors import PayloadTooLarge
+
+    raw = snapshot.to_json()
+    if max_bytes is not None:
+        limit = max_bytes
+        if not snapshot.is_terminal:
+            limit -= min(FINISH_HEADROOM_BYTES, max_bytes // 4)
+        size = len(raw.encode("utf-8"))
+        if size > limit:
+            label = what or f"the snapshot of run {snapshot.workflow_id!r}"
+            if limit < max_bytes:
+                label += f" (a run not finished keeps {max_bytes - limit} of {max_bytes} free)"
+            raise PayloadTooLarge(label, size, limit)
+    return raw
 
 
 class DispatchMessage(WireModel):

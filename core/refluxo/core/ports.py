@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .model import DispatchMessage, Event, NodeResult, Snapshot
+from .model import DispatchMessage, NodeResult, Snapshot
 
 
 @runtime_checkable
 class StateStore(Protocol):
     """Stores snapshots by run id, with optimistic locking on ``Snapshot.version``.
+
+    A store writes what :func:`~refluxo.core.model.encode_snapshot` makes of a snapshot: JSON
+    proven to read back, within the store's size limit.
 
     Errors: every method raises :class:`~refluxo.core.errors.StoreError` when the backend
     fails; its ``transient`` flag says whether trying again may succeed.
@@ -30,6 +33,10 @@ class StateStore(Protocol):
 
         Raises:
             PayloadTooLarge: the snapshot is over the store's size limit; nothing was written.
+                A run that is not finished must leave ``FINISH_HEADROOM_BYTES`` of the limit
+                free (see :func:`~refluxo.core.model.encode_snapshot`), so it can always be
+                failed or cancelled.
+            NotStrictJson: the snapshot would not read back as it is; nothing was written.
             StoreError: the backend failed.
         """
         ...
@@ -53,6 +60,10 @@ class StateStore(Protocol):
             VersionConflict: the stored version is not ``expected_version``; nothing was written.
             RunNotFound: no run has that id; nothing was written.
             PayloadTooLarge: the snapshot is over the store's size limit; nothing was written.
+                A run that is not finished must leave ``FINISH_HEADROOM_BYTES`` of the limit
+                free (see :func:`~refluxo.core.model.encode_snapshot`), so it can always be
+                failed or cancelled.
+            NotStrictJson: the snapshot would not read back as it is; nothing was written.
             StoreError: the backend failed.
         """
         ...
@@ -145,16 +156,6 @@ def stored_due_time(snapshot: Snapshot, saved_at: int) -> int | None:
     """
     if snapshot.status == "active":
         return saved_at
-    if snapshot.status == "paused" and any(_resumes(snapshot, e) for e in snapshot.inbox or []):
+    if snapshot.status == "paused" and snapshot.next_event() is not None:
         return saved_at
     return snapshot.due_at()
-
-
-def _resumes(snapshot: Snapshot, event: Event) -> bool:
-    # The dispatcher's rule for an event that a paused run consumes at its next delivery.
-    wait = snapshot.wait
-    if wait is None:
-        return True
-    if wait.kind != "event":
-        return False
-    return wait.event is None or event.name is None or event.name == wait.event

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
-from refluxo.core.model import NodeResult, Snapshot, now_ms
+from refluxo.core.model import NodeResult, Snapshot, encode_snapshot, now_ms
 from refluxo.core.ports import ResultArchive, StateStore
 
 from ._bindings import D1Database, KVNamespace
@@ -61,11 +61,7 @@ def _parse(run_id: str, raw: Any, where: str) -> Snapshot:
 
 
 def _encoded(snapshot: Snapshot, limit: int) -> str:
-    raw = snapshot.to_json()
-    size = len(raw.encode("utf-8"))
-    if size > limit:
-        raise PayloadTooLarge(f"snapshot of run {snapshot.workflow_id!r}", size, limit)
-    return raw
+    return encode_snapshot(snapshot, limit)
 
 
 # --------------------------------------------------------------------------------------------

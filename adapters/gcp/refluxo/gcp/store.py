@@ -49,7 +49,7 @@ from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, VersionConflict
-from refluxo.core.model import NodeResult, Snapshot, Status, now_ms
+from refluxo.core.model import NodeResult, Snapshot, Status, encode_snapshot, now_ms
 from refluxo.core.ports import DueRuns, ResultArchive, StateStore, stored_due_time
 
 from ._errors import BACKEND_ERRORS, store_error
@@ -380,10 +380,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
 
     def _fields(self, snapshot: Snapshot, path: str) -> dict[str, Any]:
         """The document's fields; raises PayloadTooLarge before anything is written."""
-        raw = snapshot.to_json()
-        size = len(raw.encode("utf-8"))
-        if size > self.max_bytes:
-            raise PayloadTooLarge(f"snapshot of run {snapshot.workflow_id!r}", size, self.max_bytes)
+        raw = encode_snapshot(snapshot, self.max_bytes)
         fields = _layout(snapshot, raw, self.clock())
         doc_size = document_size(path, fields)
         if doc_size > FIRESTORE_MAX_DOCUMENT_BYTES:

@@ -8,10 +8,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
-from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
-from refluxo.core.model import NodeResult, Snapshot, now_ms
+from refluxo.core.errors import RunNotFound, StoreError, VersionConflict
+from refluxo.core.model import NodeResult, Snapshot, encode_snapshot, now_ms
 from refluxo.core.ports import DueRuns, ResultArchive, StateStore, stored_due_time
 
 from ._sqlite import Database
@@ -138,12 +136,7 @@ class SQLiteStateStore(StateStore, ResultArchive, DueRuns):
         return self._database.use(StoreError, what)
 
     def _encode(self, snapshot: Snapshot) -> str:
-        raw = snapshot.to_json()
-        if self.max_bytes is not None:
-            size = len(raw.encode())
-            if size > self.max_bytes:
-                raise PayloadTooLarge("snapshot", size, self.max_bytes)
-        return raw
+        return encode_snapshot(snapshot, self.max_bytes)
 
     def _columns(self, snapshot: Snapshot) -> tuple[str | None, str, int, int, str, int | None]:
         workflow = snapshot.definition.name if snapshot.definition is not None else None
@@ -182,12 +175,7 @@ class SQLiteStateStore(StateStore, ResultArchive, DueRuns):
             row = db.execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunNotFound(run_id)
-        try:
-            return Snapshot.from_json(row[0])
-        except ValidationError as exc:
-            raise StoreError(
-                f"run {run_id!r}: the stored snapshot is not valid: {exc}", transient=False
-            ) from exc
+        return Snapshot.from_stored(run_id, row[0], "the SQLite store")
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
         """Replace the stored run with ``snapshot`` if its stored version is ``expected_version``.
