@@ -8,11 +8,15 @@ Routes::
     POST /runs/{id}/cancel        {"reason"?: str}               200
     POST /_dispatch               a DispatchMessage              200 with the outcome
     GET  /healthz                                                200
+    GET  /openapi.json                                           200 the OpenAPI 3.1 document
 
 Errors are JSON, ``{"error": {"code": ..., "message": ...}}``: 400 malformed JSON or fields,
 401/403 credentials, 404 unknown route, workflow or run, 405 method, 409 finished run or id
 taken, 413 body over the limit, 503 transient backend failure (the platform delivers again).
-Bad input changes nothing. A runtime converts its request into :class:`HttpRequest`, awaits
+Bad input changes nothing, and no input makes a 500: JSON nested deeper than
+:data:`MAX_JSON_DEPTH`, lone surrogates, invalid UTF-8 and non-ASCII credentials are 4xx too.
+Bodies are validated by the models of :mod:`refluxo.core.schema`, which also give the OpenAPI
+document. A runtime converts its request into :class:`HttpRequest`, awaits
 :meth:`HttpApi.handle`, and converts the :class:`HttpResponse` back.
 """
 
@@ -24,9 +28,9 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .dispatcher import Dispatcher, check_run_id
 from .errors import (
@@ -39,10 +43,16 @@ from .errors import (
     WorkflowNotFound,
 )
 from .model import DispatchMessage
+from .schema import CancelRun, SendEvent, StartRun, body_problems, openapi_document
 
 logger = logging.getLogger("refluxo.http")
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+MAX_JSON_DEPTH = 64
+"""Bodies nested deeper (arrays and objects) are refused with 400."""
 
 
 @dataclass(frozen=True)
@@ -109,44 +119,54 @@ Authenticator = Callable[[HttpRequest], Awaitable[bool]]
 def bearer_token(token: str) -> Authenticator:
     """An authenticator that accepts ``Authorization: Bearer <token>`` (constant-time)."""
 
+    expected = token.encode("utf-8", "surrogatepass")
+
     async def check(request: HttpRequest) -> bool:
         value = request.header("authorization") or ""
         scheme, _, given = value.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+        # Bytes, not str: compare_digest refuses non-ASCII text, and a header may hold any.
+        candidate = given.strip().encode("utf-8", "surrogatepass")
+        return scheme.lower() == "bearer" and hmac.compare_digest(candidate, expected)
 
     return check
 
 
-def _fields(
-    data: dict[str, Any],
-    *,
-    optional_str: tuple[str, ...] = (),
-    any_: tuple[str, ...] = (),
-    required: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """Check a body's fields by hand (no model to build at import: cold starts pay for those)."""
-    problems = [
-        f"{name}: unknown field" for name in data if name not in (*optional_str, *any_, *required)
-    ]
-    problems += [f"{name}: missing" for name in required if name not in data]
-    problems += [
-        f"{name}: must be a string"
-        for name in optional_str
-        if data.get(name) is not None and not isinstance(data[name], str)
-    ]
-    if problems:
-        raise HttpError(400, "invalid_request", "; ".join(problems))
-    return data
+def _check_json_value(value: Any) -> None:
+    """Refuse what parses but cannot be stored: deep nesting, strings with lone surrogates."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HttpError(
+                    400, "invalid_json", "the body holds a lone surrogate (not valid Unicode)"
+                ) from None
+            continue
+        if isinstance(item, dict):
+            children: list[Any] = [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise HttpError(
+                400, "invalid_json", f"the body is nested deeper than {MAX_JSON_DEPTH} levels"
+            )
+        stack.extend((child, depth + 1) for child in children)
 
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
-    ("POST", re.compile(r"^/workflows/(?P<name>[^/]+)/runs$"), "start"),
-    ("GET", re.compile(r"^/runs/(?P<run_id>[^/]+)$"), "get"),
-    ("POST", re.compile(r"^/runs/(?P<run_id>[^/]+)/events$"), "event"),
-    ("POST", re.compile(r"^/runs/(?P<run_id>[^/]+)/cancel$"), "cancel"),
-    ("POST", re.compile(r"^/_dispatch$"), "dispatch"),
-    ("GET", re.compile(r"^/healthz$"), "health"),
+    ("POST", re.compile(r"/workflows/(?P<name>[^/]+)/runs"), "start"),
+    ("GET", re.compile(r"/runs/(?P<run_id>[^/]+)"), "get"),
+    ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/events"), "event"),
+    ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), "cancel"),
+    ("POST", re.compile(r"/_dispatch"), "dispatch"),
+    ("GET", re.compile(r"/healthz"), "health"),
+    ("GET", re.compile(r"/openapi\.json"), "openapi"),
 ]
+"""Matched whole (``fullmatch``): a trailing newline is not part of any route."""
 
 
 def _summary(snapshot: Any) -> dict[str, Any]:
@@ -204,7 +224,7 @@ class HttpApi:
             path = path[:-1]
         allowed: list[str] = []
         for method, pattern, action in _ROUTES:
-            match = pattern.match(path)
+            match = pattern.fullmatch(path)
             if match is None:
                 continue
             if method != request.method.upper():
@@ -214,6 +234,8 @@ class HttpApi:
                 return HttpResponse.too_large(len(request.body), self.max_body_bytes)
             if action == "health":
                 return HttpResponse.json(200, {"ok": True})
+            if action == "openapi":
+                return HttpResponse.json(200, openapi_document())
             if action == "dispatch":
                 return await self._dispatch(request)
             if self._api_auth is not None and not await self._api_auth(request):
@@ -237,9 +259,21 @@ class HttpApi:
             data = json.loads(request.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise HttpError(
+                400, "invalid_json", f"the body is nested deeper than {MAX_JSON_DEPTH} levels"
+            ) from None
         if not isinstance(data, dict):
             raise HttpError(400, "invalid_json", "the body must be a JSON object")
+        _check_json_value(data)
         return data
+
+    @staticmethod
+    def _body(model: type[_Model], data: Any) -> _Model:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise HttpError(400, "invalid_request", body_problems(exc)) from None
 
     @staticmethod
     def _run_id(run_id: str) -> str:
@@ -251,12 +285,10 @@ class HttpApi:
     # --- routes --------------------------------------------------------------------------
 
     async def _start(self, request: HttpRequest, name: str) -> HttpResponse:
-        body = _fields(self._json(request, required=False), optional_str=("id",), any_=("input",))
-        run_id = self._run_id(body["id"]) if body.get("id") is not None else None
+        body = self._body(StartRun, self._json(request, required=False))
+        run_id = self._run_id(body.id) if body.id is not None else None
         try:
-            snapshot, created = await self.dispatcher.start(
-                name, run_id=run_id, input=body.get("input")
-            )
+            snapshot, created = await self.dispatcher.start(name, run_id=run_id, input=body.input)
         except WorkflowNotFound as exc:
             raise HttpError(404, "unknown_workflow", str(exc)) from None
         except WorkflowMismatch as exc:
@@ -273,10 +305,10 @@ class HttpApi:
         return HttpResponse(200, snapshot.to_json().encode())
 
     async def _event(self, request: HttpRequest, run_id: str) -> HttpResponse:
-        body = _fields(self._json(request), optional_str=("name", "id"), required=("payload",))
+        body = self._body(SendEvent, self._json(request))
         try:
             snapshot = await self.dispatcher.send_event(
-                self._run_id(run_id), body["payload"], body.get("name"), event_id=body.get("id")
+                self._run_id(run_id), body.payload, body.name, event_id=body.id
             )
         except RunNotFound as exc:
             raise HttpError(404, "unknown_run", str(exc)) from None
@@ -289,9 +321,9 @@ class HttpApi:
         return HttpResponse.json(202, _summary(snapshot))
 
     async def _cancel(self, request: HttpRequest, run_id: str) -> HttpResponse:
-        body = _fields(self._json(request, required=False), optional_str=("reason",))
+        body = self._body(CancelRun, self._json(request, required=False))
         try:
-            snapshot = await self.dispatcher.cancel(self._run_id(run_id), body.get("reason"))
+            snapshot = await self.dispatcher.cancel(self._run_id(run_id), body.reason)
         except RunNotFound as exc:
             raise HttpError(404, "unknown_run", str(exc)) from None
         except RunFinished as exc:
@@ -310,6 +342,7 @@ class HttpApi:
             message = DispatchMessage.model_validate(data)
         except ValidationError as exc:
             raise HttpError(400, "invalid_message", f"not a dispatch message: {exc}") from None
+        self._run_id(message.run_id)
         result = await self.dispatcher.dispatch(message)
         return HttpResponse.json(
             200,
