@@ -1,6 +1,6 @@
 """``refluxo``: run the embedded runtime and talk to any refluxo deployment.
 
-    refluxo dev [--app refluxo.demo] [--db .refluxo/dev.db] [--port 8000]
+    refluxo dev [--app refluxo.demo] [--db .refluxo/dev.db] [--port 8000] [--allowed-host H]
     refluxo start WORKFLOW [--id ID] [--input JSON]
     refluxo event RUN_ID [--payload JSON] [--name NAME] [--id EVENT_ID]
     refluxo cancel RUN_ID [--reason TEXT]
@@ -56,7 +56,7 @@ async def _dev(args: argparse.Namespace) -> None:
     async with LocalRuntime(
         load_workflows(args.app), db_path=args.db, api_token=args.token, globals=globals_
     ) as runtime:
-        server = await runtime.serve(args.host, args.port)
+        server = await runtime.serve(args.host, args.port, allowed_hosts=args.allowed_host)
         names = ", ".join(runtime.dispatcher.workflows)
         print(f"refluxo dev: serving {names} on {server.url} (state in {args.db})", flush=True)
         stop = asyncio.Event()
@@ -78,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--db", default=".refluxo/dev.db")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument(
+        "--allowed-host",
+        action="append",
+        help="a Host name to answer (repeatable; default: the --host address, and the "
+        "loopback names when it is a loopback address)",
+    )
     dev.add_argument("--log", choices=["text", "json"], default="text")
 
     start = sub.add_parser("start", help="start a run")
