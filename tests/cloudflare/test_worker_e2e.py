@@ -264,7 +264,7 @@ def test_an_oversize_body_is_refused_before_it_is_read(api: Api) -> None:
 def test_a_message_delivered_twice_changes_nothing(
     bundle: Path, run_in_pyodide: Callable[..., Any]
 ) -> None:
-    config = harness_config(bundle, {}, "run")
+    config = harness_config(bundle, {"REFLUXO_PUBLIC_API": "1"}, "run")
     run = run_in_pyodide(
         IN_PYODIDE / "duplicates.py",
         [bundle / "src"],
