@@ -169,6 +169,12 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 """Matched whole (``fullmatch``): a trailing newline is not part of any route."""
 
 
+def _normal_path(target: str) -> str:
+    """The path of a request target: no query, no trailing slash."""
+    path = target.split("?", 1)[0]
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
+
+
 def _summary(snapshot: Any) -> dict[str, Any]:
     return {
         "workflowId": snapshot.workflow_id,
@@ -201,6 +207,19 @@ class HttpApi:
         self._dispatch_auth = dispatch_auth
         self.max_body_bytes = max_body_bytes
 
+    @staticmethod
+    def reads_json(method: str, path: str) -> bool:
+        """True when ``method path`` is a route that reads a JSON body (every POST route).
+
+        A front end that refuses bodies not declared as JSON (the local server) asks this,
+        so that an unknown route or method still gets its 404 or 405.
+        """
+        path = _normal_path(path)
+        return any(
+            m == method.upper() == "POST" and pattern.fullmatch(path) is not None
+            for m, pattern, _ in _ROUTES
+        )
+
     async def handle(self, request: HttpRequest) -> HttpResponse:
         """Answer one request; never raises."""
         try:
@@ -219,9 +238,7 @@ class HttpApi:
             return HttpResponse.error(500, "internal", "internal error")
 
     async def _route(self, request: HttpRequest) -> HttpResponse:
-        path = request.path.split("?", 1)[0]
-        if len(path) > 1 and path.endswith("/"):
-            path = path[:-1]
+        path = _normal_path(request.path)
         allowed: list[str] = []
         for method, pattern, action in _ROUTES:
             match = pattern.fullmatch(path)
@@ -244,7 +261,10 @@ class HttpApi:
             response: HttpResponse = await handler(request, **match.groupdict())
             return response
         if allowed:
-            raise HttpError(405, "method_not_allowed", f"{path} takes {', '.join(allowed)}")
+            refused = HttpResponse.error(
+                405, "method_not_allowed", f"{path} takes {', '.join(allowed)}"
+            )
+            return HttpResponse(405, refused.body, {**refused.headers, "allow": ", ".join(allowed)})
         raise HttpError(404, "not_found", f"no route for {request.method} {path}")
 
     # --- body parsing --------------------------------------------------------------------

@@ -14,9 +14,9 @@ On top of what :class:`HttpApi` checks, the app refuses, before reading a body:
 
 - a ``Host`` header outside ``allowed_hosts`` (when given): 400 ``host_not_allowed``; this
   stops DNS rebinding, where a web page's own domain is pointed at your machine;
-- a POST whose ``Content-Type`` is not JSON (``application/json`` or ``application/*+json``):
-  415 ``unsupported_media_type``; a web page can send ``text/plain`` or a form to any address
-  without asking first, but not ``application/json``;
+- a POST to a route of the API whose ``Content-Type`` is not JSON (``application/json`` or
+  ``application/*+json``): 415 ``unsupported_media_type``; a web page can send
+  ``text/plain`` or a form to any address without asking first, but not JSON;
 - a body without ``Content-Length`` (chunked): 411; a declared length over the limit: 413;
 - headers larger than ``max_header_bytes`` (when given): 431.
 
@@ -154,8 +154,12 @@ class AsgiApp:
                 return HttpResponse.error(
                     400, "host_not_allowed", f"this server does not answer to Host {host!r}"
                 )
+        path = str(scope.get("path", "/"))
+        root = str(scope.get("root_path", ""))
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
         limit = self.api.max_body_bytes
-        if method == "POST":
+        if self.api.reads_json(method, path):
             if self.require_json and not _is_json(headers.get("content-type")):
                 return HttpResponse.error(
                     415, "unsupported_media_type", "send the body as Content-Type: application/json"
@@ -177,10 +181,6 @@ class AsgiApp:
             if len(body) > limit:
                 return HttpResponse.too_large(len(body), limit)
             more = bool(message.get("more_body", False))
-        path = str(scope.get("path", "/"))
-        root = str(scope.get("root_path", ""))
-        if root and path.startswith(root):
-            path = path[len(root) :] or "/"
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         request = HttpRequest(
             method=method,
