@@ -1,14 +1,15 @@
 """The embedded runtime's front door: :class:`~refluxo.local.asgi.AsgiApp` served by uvicorn.
 
-uvicorn (the ``local`` extra: ``pip install 'refluxo[local]'``) parses HTTP/1.1 with h11, which
-refuses malformed lengths, conflicting ``Content-Length`` headers and bad header lines. The
-limits, each an argument of :class:`LocalServer`:
+uvicorn (the ``local`` extra: ``pip install 'refluxo[local]'``) parses HTTP/1.1 with httptools
+(llhttp, Node's parser; h11 when httptools is missing), which refuses malformed lengths,
+conflicting ``Content-Length`` headers and bad header lines. The limits, each an argument of
+:class:`LocalServer`:
 
 =========================  =======  ========================================================
 ``max_connections``        100      open connections and requests in flight; beyond it new
                                     requests are answered 503 at once
-``max_header_bytes``       16384    the headers; beyond it the answer is 431 (h11 also closes
-                                    a connection whose unfinished head grows past it)
+``max_header_bytes``       16384    the headers; beyond it the answer is 431, and a head
+                                    still unfinished past it (plus one read) is cut off
 body                       262144   ``HttpApi.max_body_bytes``, enforced while reading
 ``keep_alive_seconds``     5        an idle connection (also one that never sends a byte)
                                     is closed after this
@@ -96,22 +97,11 @@ class LocalServer:
 
     def _config(self) -> Any:
         uvicorn = _uvicorn()
-        from uvicorn.protocols.http.h11_impl import H11Protocol
-
-        class Protocol(H11Protocol):
-            """uvicorn's h11 protocol, closing a connection that never sends a request."""
-
-            def connection_made(self, transport: Any) -> None:
-                super().connection_made(transport)
-                self.timeout_keep_alive_task = self.loop.call_later(
-                    self.timeout_keep_alive, self.timeout_keep_alive_handler
-                )
-
         return uvicorn.Config(
             self.app,
             host=self.host,
             port=self.port,
-            http=Protocol,
+            http=_protocol(self.max_header_bytes),
             lifespan="off",
             log_level="warning",
             access_log=False,
@@ -173,3 +163,57 @@ class LocalServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+_HEAD_TOO_LARGE_BODY = (
+    b'{"error":{"code":"headers_too_large","message":"the headers are too large"}}'
+)
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+    % (len(_HEAD_TOO_LARGE_BODY), _HEAD_TOO_LARGE_BODY)
+)
+
+
+def _protocol(max_header_bytes: int) -> type[Any]:
+    """uvicorn's httptools protocol (llhttp), or its h11 one when httptools is missing, with
+    two additions: a connection that never sends a request is closed after the keep-alive
+    timeout, and a request head still unfinished past ``max_header_bytes`` (plus one read) is
+    answered 431 and closed, where llhttp alone would buffer it without end."""
+    base: type[Any]
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base = HttpToolsProtocol
+    except ImportError:  # pragma: no cover - httptools is in the 'local' extra
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
+
+    class Protocol(base):  # type: ignore[misc]
+        _in_head = True
+        _head_bytes = 0
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head, self._head_bytes = True, 0
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._in_head and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > max_header_bytes:
+                    self.transport.write(_HEAD_TOO_LARGE)
+                    self.transport.close()
+
+    return Protocol
