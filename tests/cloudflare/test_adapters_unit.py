@@ -32,7 +32,7 @@ from refluxo.cloudflare.worker import (
     to_http_request,
 )
 from refluxo.core import Dispatcher, MemoryStateStore, SchedulerError, StoreError
-from refluxo.core.http import HttpResponse
+from refluxo.core.http import HttpRequest, HttpResponse
 from refluxo.core.model import DispatchMessage
 from refluxo.demo import workflows as demo_workflows
 from tests.dispatcher.longrun import loop_workflow
@@ -254,7 +254,9 @@ class FakeRequest:
 
 
 async def test_requests_convert_with_path_query_headers_and_body() -> None:
-    req = FakeRequest("post", "https://w.example/runs/r1/events?x=1", {"X-A": "b"}, b"{}")
+    req = FakeRequest(
+        "post", "https://w.example/runs/r1/events?x=1", {"X-A": "b", "Content-Length": "2"}, b"{}"
+    )
     converted = await to_http_request(req, 100)
     assert not isinstance(converted, HttpResponse)
     assert (converted.method, converted.path, converted.body) == (
@@ -273,6 +275,44 @@ async def test_a_body_over_the_limit_is_refused_by_its_content_length_unread() -
     assert isinstance(answer, HttpResponse) and answer.status == 413
     assert answer.json_body()["error"]["code"] == "payload_too_large"
     assert req.read is False
+
+
+class FakeStream:
+    """A ReadableStream's reader protocol over chunks, counting what was read (a fake: the
+    Node harness's requests carry a Content-Length)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.read_chunks = 0
+        self.cancelled = False
+
+    def getReader(self) -> FakeStream:
+        return self
+
+    async def read(self) -> Any:
+        if not self.chunks:
+            return SimpleNamespace(done=True, value=None)
+        self.read_chunks += 1
+        return SimpleNamespace(done=False, value=self.chunks.pop(0))
+
+    async def cancel(self) -> None:
+        self.cancelled = True
+
+
+async def test_a_chunked_body_is_read_only_up_to_the_limit() -> None:
+    stream = FakeStream([b"x" * 64] * 1000)  # 64,000 bytes, no Content-Length
+    req = FakeRequest("POST", "https://w.example/workflows/demo/runs", {}, b"")
+    req.body = stream  # type: ignore[attr-defined]
+    answer = await to_http_request(req, 100)
+    assert isinstance(answer, HttpResponse) and answer.status == 413
+    assert stream.read_chunks == 2 and stream.cancelled and req.read is False
+
+
+async def test_a_chunked_body_under_the_limit_is_read_whole() -> None:
+    req = FakeRequest("POST", "https://w.example/workflows/demo/runs", {}, b"")
+    req.body = FakeStream([b'{"id"', b': "c-1"}'])  # type: ignore[attr-defined]
+    converted = await to_http_request(req, 100)
+    assert isinstance(converted, HttpRequest) and converted.body == b'{"id": "c-1"}'
 
 
 def test_importing_the_adapter_needs_no_runtime_module() -> None:

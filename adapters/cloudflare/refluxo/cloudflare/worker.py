@@ -227,19 +227,52 @@ def decode_message(body: Any) -> DispatchMessage:
 
 
 async def to_http_request(request: Any, max_body_bytes: int) -> HttpRequest | HttpResponse:
-    """Convert a ``workers.Request``; a 413 answer instead when Content-Length is over the limit.
+    """Convert a ``workers.Request``; a 413 answer instead when the body is over the limit.
 
-    The body is not read when its declared length is over the limit (or for GET and HEAD).
+    The body is not read when its declared length is over the limit (or for GET and HEAD);
+    without a Content-Length (a chunked body) it is read from its stream only until it passes
+    the limit, then the stream is cancelled.
     """
     method = str(getattr(request.method, "value", request.method)).upper()
     url = urlsplit(str(request.url))
     path = url.path + (f"?{url.query}" if url.query else "")
     headers = {str(k): str(v) for k, v in request.headers.items()}
     length = next((v for k, v in headers.items() if k.lower() == "content-length"), None)
-    if length is not None and length.strip().isdigit() and int(length) > max_body_bytes:
-        return HttpResponse.too_large(int(length), max_body_bytes)
-    body = b"" if method in ("GET", "HEAD") else bytes(await request.bytes())
+    declared = length is not None and length.strip().isdigit()
+    if declared and int(str(length)) > max_body_bytes:
+        return HttpResponse.too_large(int(str(length)), max_body_bytes)
+    if method in ("GET", "HEAD"):
+        body = b""
+    elif declared:
+        body = bytes(await request.bytes())
+    else:
+        read = await _read_at_most(getattr(request, "body", None), max_body_bytes)
+        if read is None:
+            return HttpResponse.error(
+                413, "payload_too_large", f"the body is over the limit of {max_body_bytes} bytes"
+            )
+        body = read
     return HttpRequest(method=method, path=path, body=body, headers=headers)
+
+
+async def _read_at_most(stream: Any, limit: int) -> bytes | None:
+    """The bytes of a ``ReadableStream`` (None: no body), or None once past ``limit``."""
+    if stream is None:
+        return b""
+    reader = stream.getReader()
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        result = await reader.read()
+        if result.done:
+            return b"".join(chunks)
+        value = result.value
+        chunk = value.to_bytes() if hasattr(value, "to_bytes") else bytes(value)
+        total += len(chunk)
+        if total > limit:
+            await reader.cancel()
+            return None
+        chunks.append(chunk)
 
 
 def to_workers_response(response: HttpResponse) -> Any:
