@@ -409,3 +409,13 @@ async def test_a_signed_queue_token_in_authorization_is_verified_next_to_the_pla
 
     assert await trusting(with_invoker(id_token(google_key)))
     assert not await trusting(with_invoker(id_token(impostor_key)))
+
+
+async def test_a_non_ascii_shared_secret_header_is_refused_not_raised() -> None:
+    from refluxo.gcp.auth import shared_secret
+
+    check = shared_secret("s3cret")
+    headers = {"X-Refluxo-Dispatch-Token": "s\u00e9cret"}
+    assert await check(HttpRequest("POST", "/_dispatch", b"{}", headers)) is False
+    ok = {"X-Refluxo-Dispatch-Token": "s3cret"}
+    assert await check(HttpRequest("POST", "/_dispatch", b"{}", ok)) is True

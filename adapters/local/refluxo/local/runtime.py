@@ -18,7 +18,7 @@ from .store import SQLiteStateStore
 
 
 class LocalRuntime:
-    """Runs workflows on this machine with nothing else installed.
+    """Runs workflows on this machine: SQLite for state, uvicorn (the ``local`` extra) to serve.
 
     Runs live in SQLite at ``db_path``; the scheduler keeps due messages in the same file and a
     worker loop delivers them to the dispatcher, so stopping and starting again loses nothing.
