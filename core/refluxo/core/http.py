@@ -214,11 +214,10 @@ class HttpApi:
         A front end that refuses bodies not declared as JSON (the local server) asks this,
         so that an unknown route or method still gets its 404 or 405.
         """
+        if method.upper() != "POST":
+            return False
         path = _normal_path(path)
-        return any(
-            m == method.upper() == "POST" and pattern.fullmatch(path) is not None
-            for m, pattern, _ in _ROUTES
-        )
+        return any(m == "POST" and pattern.fullmatch(path) for m, pattern, _ in _ROUTES)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         """Answer one request; never raises."""

@@ -172,7 +172,8 @@ class AsgiApp:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return HttpResponse.too_large(int(declared), limit)
         body = bytearray()
-        more = True
+        # A request without Content-Length or Transfer-Encoding has no body (RFC 9112 6.3).
+        more = declared is not None or "transfer-encoding" in headers
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
