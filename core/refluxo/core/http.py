@@ -43,7 +43,6 @@ from .errors import (
     WorkflowNotFound,
 )
 from .model import DispatchMessage
-from .schema import CancelRun, SendEvent, StartRun, body_problems, openapi_document
 
 logger = logging.getLogger("refluxo.http")
 
@@ -169,6 +168,13 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 """Matched whole (``fullmatch``): a trailing newline is not part of any route."""
 
 
+def _schema() -> Any:
+    """:mod:`refluxo.core.schema`, imported on the first request rather than at cold start."""
+    from . import schema
+
+    return schema
+
+
 def _normal_path(target: str) -> str:
     """The path of a request target: no query, no trailing slash."""
     path = target.split("?", 1)[0]
@@ -251,6 +257,8 @@ class HttpApi:
             if action == "health":
                 return HttpResponse.json(200, {"ok": True})
             if action == "openapi":
+                from .schema import openapi_document
+
                 return HttpResponse.json(200, openapi_document())
             if action == "dispatch":
                 return await self._dispatch(request)
@@ -289,6 +297,8 @@ class HttpApi:
 
     @staticmethod
     def _body(model: type[_Model], data: Any) -> _Model:
+        from .schema import body_problems
+
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -304,7 +314,7 @@ class HttpApi:
     # --- routes --------------------------------------------------------------------------
 
     async def _start(self, request: HttpRequest, name: str) -> HttpResponse:
-        body = self._body(StartRun, self._json(request, required=False))
+        body = self._body(_schema().StartRun, self._json(request, required=False))
         run_id = self._run_id(body.id) if body.id is not None else None
         try:
             snapshot, created = await self.dispatcher.start(name, run_id=run_id, input=body.input)
@@ -324,7 +334,7 @@ class HttpApi:
         return HttpResponse(200, snapshot.to_json().encode())
 
     async def _event(self, request: HttpRequest, run_id: str) -> HttpResponse:
-        body = self._body(SendEvent, self._json(request))
+        body = self._body(_schema().SendEvent, self._json(request))
         try:
             snapshot = await self.dispatcher.send_event(
                 self._run_id(run_id), body.payload, body.name, event_id=body.id
@@ -340,7 +350,7 @@ class HttpApi:
         return HttpResponse.json(202, _summary(snapshot))
 
     async def _cancel(self, request: HttpRequest, run_id: str) -> HttpResponse:
-        body = self._body(CancelRun, self._json(request, required=False))
+        body = self._body(_schema().CancelRun, self._json(request, required=False))
         try:
             snapshot = await self.dispatcher.cancel(self._run_id(run_id), body.reason)
         except RunNotFound as exc:
