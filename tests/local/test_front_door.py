@@ -234,6 +234,14 @@ async def test_json_media_types_with_parameters_are_accepted(port: int) -> None:
     assert status_of(await asyncio.to_thread(exchange, port, raw)) == 201
 
 
+async def test_allowed_hosts_replace_the_derived_ones(runtime: LocalRuntime) -> None:
+    async with LocalServer(runtime.api, port=0, allowed_hosts=["refluxo.test"]) as server:
+        named = b"GET /healthz HTTP/1.1\r\nHost: refluxo.test:8000\r\n\r\n"
+        loopback = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        assert status_of(await asyncio.to_thread(exchange, server.port, named)) == 200
+        assert status_of(await asyncio.to_thread(exchange, server.port, loopback)) == 400
+
+
 def test_hosts_for_the_listening_address() -> None:
     assert hosts_for("127.0.0.1") == {"127.0.0.1", "localhost", "::1", "[::1]"}
     assert hosts_for("192.168.1.5") == {"192.168.1.5"}
