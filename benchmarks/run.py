@@ -8,7 +8,8 @@
 Sections: ``engine`` (1, engine overhead), ``flatness`` (2, per-step time and bytes at step 100
 and 10,000), ``embedded`` (3, SQLite store + local scheduler throughput against raw SQLite),
 ``coldstart`` (4, import time of the Cloud Function and Worker entries against their SDKs),
-``platform`` (5, per-step latency through the Firestore and Cloud Tasks emulators).
+``platform`` (5, per-step latency through the Firestore and Cloud Tasks emulators),
+``frontdoor`` (6, requests/s and p99 of the local HTTP server against the former one).
 
 Figures are medians of several runs, and ratios are measured within one run, so that a busy
 machine shifts both sides alike. Each figure carries the command that reproduces it.
@@ -31,7 +32,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python benchmarks/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import coldstart, embedded, engine_overhead, flatness, platform_latency
+from benchmarks import (
+    coldstart,
+    embedded,
+    engine_overhead,
+    flatness,
+    front_door,
+    platform_latency,
+)
 from benchmarks.common import ROOT, Config, Mode, SectionResult, load_average
 
 SECTIONS: dict[str, tuple[str, Callable[[Config], SectionResult]]] = {
@@ -40,6 +48,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Config], SectionResult]]] = {
     embedded.SECTION: (embedded.TITLE, embedded.run),
     coldstart.SECTION: (coldstart.TITLE, coldstart.run),
     platform_latency.SECTION: (platform_latency.TITLE, platform_latency.run),
+    front_door.SECTION: (front_door.TITLE, front_door.run),
 }
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 

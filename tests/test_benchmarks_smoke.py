@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import run
 
-SECTIONS = ["engine", "flatness", "embedded", "coldstart"]
+SECTIONS = ["engine", "flatness", "embedded", "coldstart", "frontdoor"]
 
 
 def test_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> None:

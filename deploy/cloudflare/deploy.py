@@ -17,7 +17,10 @@ namespace create``), writes their ids into ``wrangler.toml`` and creates the run
 Without it, ids come from ``--d1-id``/``--kv-id`` or are left out, and wrangler (4.45 or later)
 provisions the resources itself on deploy. The deployment itself is ``uv run pywrangler
 deploy`` in the bundle (pywrangler vendors the packages, then runs ``wrangler deploy``). When
-``REFLUXO_API_TOKEN`` is set in this shell, it is stored as the Worker's secret of that name.
+``REFLUXO_API_TOKEN`` is set in this shell, it is stored as the Worker's secret of that name;
+without it the script refuses to deploy unless ``--public-api`` says the API is meant to be
+public (it then sets the var ``REFLUXO_PUBLIC_API = "1"``, without which the Worker answers
+403 on every public route when it has no token).
 ``--dry-run`` prints every command instead of running it. Needs Node (``npx wrangler``) and
 ``uv``, logged in to Cloudflare, for a real deployment. Standard library only.
 """
@@ -289,7 +292,16 @@ def d1_schema_sql(table: str = "refluxo_runs") -> str:
 
 
 def deploy(args: argparse.Namespace) -> None:
+    token = os.environ.get("REFLUXO_API_TOKEN")
+    if not args.build_only and not token and not args.public_api:
+        raise SystemExit(
+            "deploy: REFLUXO_API_TOKEN is not set, so anyone could start, read and cancel runs. "
+            "Set it (it becomes the Worker's secret), or pass --public-api if the API is meant "
+            "to be public."
+        )
     extra_vars = {**BUILTIN_APP_VARS.get(args.app, {}), **dict(_var(v) for v in args.var)}
+    if args.public_api:
+        extra_vars["REFLUXO_PUBLIC_API"] = "1"
     config = BundleConfig(
         name=args.name,
         app=args.app,
@@ -317,8 +329,7 @@ def deploy(args: argparse.Namespace) -> None:
         if config.store == "d1":
             cloud.w("d1", "execute", config.d1_database, "--remote", "--command", d1_schema_sql())
     cloud.run(*shlex.split(args.pywrangler), "deploy", cwd=bundle)
-    token = os.environ.get("REFLUXO_API_TOKEN")
-    if token or args.dry_run:
+    if token:
         cloud.run(
             *cloud.wrangler,
             "secret",
@@ -363,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--create", action="store_true", help="create missing resources first")
     parser.add_argument("--build-only", action="store_true", help="write the bundle and stop")
     parser.add_argument("--dry-run", action="store_true", help="print commands, run none")
+    parser.add_argument(
+        "--public-api",
+        action="store_true",
+        help="serve the API to anyone: needed to deploy without REFLUXO_API_TOKEN",
+    )
     deploy(parser.parse_args(argv))
     return 0
 

@@ -32,8 +32,9 @@ from refluxo.cloudflare.worker import (
     to_http_request,
 )
 from refluxo.core import Dispatcher, MemoryStateStore, SchedulerError, StoreError
-from refluxo.core.http import HttpResponse
+from refluxo.core.http import HttpRequest, HttpResponse
 from refluxo.core.model import DispatchMessage
+from refluxo.demo import workflows as demo_workflows
 from tests.dispatcher.longrun import loop_workflow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +100,27 @@ def test_stores_refuse_limits_over_the_platform_s() -> None:
         D1StateStore(object(), max_bytes=2_000_000)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="table name"):
         D1StateStore(object(), table="runs; DROP TABLE x")  # type: ignore[arg-type]
+
+
+class RecordingKV:
+    """A dict with KV's get/getWithMetadata/put: a fake for host tests of key layout only.
+
+    Real KV (Miniflare's) runs the store's contract suite inside Pyodide (contracts.py).
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[str, Any]] = {}
+
+    async def get(self, key: str, /, **options: Any) -> Any:
+        found = self.data.get(key)
+        return None if found is None else found[0]
+
+    async def getWithMetadata(self, key: str, /, **options: Any) -> Any:
+        value, metadata = self.data.get(key, (None, None))
+        return {"value": value, "metadata": metadata}
+
+    async def put(self, key: str, value: str, /, **options: Any) -> None:
+        self.data[key] = (value, options.get("metadata"))
 
 
 class RecordingQueue:
@@ -232,7 +254,9 @@ class FakeRequest:
 
 
 async def test_requests_convert_with_path_query_headers_and_body() -> None:
-    req = FakeRequest("post", "https://w.example/runs/r1/events?x=1", {"X-A": "b"}, b"{}")
+    req = FakeRequest(
+        "post", "https://w.example/runs/r1/events?x=1", {"X-A": "b", "Content-Length": "2"}, b"{}"
+    )
     converted = await to_http_request(req, 100)
     assert not isinstance(converted, HttpResponse)
     assert (converted.method, converted.path, converted.body) == (
@@ -251,6 +275,44 @@ async def test_a_body_over_the_limit_is_refused_by_its_content_length_unread() -
     assert isinstance(answer, HttpResponse) and answer.status == 413
     assert answer.json_body()["error"]["code"] == "payload_too_large"
     assert req.read is False
+
+
+class FakeStream:
+    """A ReadableStream's reader protocol over chunks, counting what was read (a fake: the
+    Node harness's requests carry a Content-Length)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.read_chunks = 0
+        self.cancelled = False
+
+    def getReader(self) -> FakeStream:
+        return self
+
+    async def read(self) -> Any:
+        if not self.chunks:
+            return SimpleNamespace(done=True, value=None)
+        self.read_chunks += 1
+        return SimpleNamespace(done=False, value=self.chunks.pop(0))
+
+    async def cancel(self) -> None:
+        self.cancelled = True
+
+
+async def test_a_chunked_body_is_read_only_up_to_the_limit() -> None:
+    stream = FakeStream([b"x" * 64] * 1000)  # 64,000 bytes, no Content-Length
+    req = FakeRequest("POST", "https://w.example/workflows/demo/runs", {}, b"")
+    req.body = stream  # type: ignore[attr-defined]
+    answer = await to_http_request(req, 100)
+    assert isinstance(answer, HttpResponse) and answer.status == 413
+    assert stream.read_chunks == 2 and stream.cancelled and req.read is False
+
+
+async def test_a_chunked_body_under_the_limit_is_read_whole() -> None:
+    req = FakeRequest("POST", "https://w.example/workflows/demo/runs", {}, b"")
+    req.body = FakeStream([b'{"id"', b': "c-1"}'])  # type: ignore[attr-defined]
+    converted = await to_http_request(req, 100)
+    assert isinstance(converted, HttpRequest) and converted.body == b'{"id": "c-1"}'
 
 
 def test_importing_the_adapter_needs_no_runtime_module() -> None:
@@ -297,8 +359,12 @@ def test_deploy_creates_the_same_schema_as_the_store(deploy: ModuleType) -> None
 
 
 def test_deploy_dry_run_prints_every_command_and_runs_none(
-    deploy: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    deploy: ModuleType,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("REFLUXO_API_TOKEN", "t0ken")
     deploy.main(["--create", "--dry-run", "--out", str(tmp_path / "b"), "--name", "wf"])
     commands = [line[2:] for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
     assert commands[:4] == [
@@ -355,3 +421,98 @@ def test_workflows_that_archive_results_cannot_run_on_kv() -> None:
     env.REFLUXO_STORE = "d1"
     env.DB = object()
     assert RefluxoWorker.from_env(env, workflows=[archiving]).settings.store == "d1"
+
+
+# --------------------------------------------------------------------------- open by default
+
+
+def test_deploy_refuses_without_a_token_unless_the_api_is_declared_public(
+    deploy: ModuleType,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REFLUXO_API_TOKEN", raising=False)
+    out = tmp_path / "b"
+    with pytest.raises(SystemExit, match="--public-api"):
+        deploy.main(["--dry-run", "--out", str(out)])
+    assert "pywrangler deploy" not in capsys.readouterr().out
+    deploy.main(["--dry-run", "--public-api", "--out", str(out)])
+    commands = capsys.readouterr().out
+    assert "pywrangler deploy" in commands and "secret put" not in commands
+    text = (out / "wrangler.toml").read_text()
+    assert 'REFLUXO_PUBLIC_API = "1"' in text
+
+
+def worker(**settings: Any) -> RefluxoWorker:
+    dispatcher = Dispatcher(demo_workflows(), MemoryStateStore(), QueuesScheduler(RecordingQueue()))
+    return RefluxoWorker(dispatcher, WorkerSettings(app="refluxo.demo", **settings))
+
+
+def public_request(method: str, path: str, body: bytes = b"", **headers: str) -> FakeRequest:
+    return FakeRequest(method, f"https://w.example{path}", headers, body)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/workflows/demo/runs"), ("GET", "/runs/r"), ("POST", "/runs/r/cancel")],
+)
+async def test_a_worker_without_a_token_refuses_the_public_routes(method: str, path: str) -> None:
+    answer = await worker().answer(public_request(method, path, b"{}"))
+    assert answer.status == 403
+    assert answer.json_body()["error"]["code"] == "api_not_configured"
+
+
+async def test_a_worker_without_a_token_still_answers_health() -> None:
+    assert (await worker().answer(public_request("GET", "/healthz"))).status == 200
+
+
+async def test_a_worker_serves_a_public_api_only_when_told_to() -> None:
+    env = SimpleNamespace(REFLUXO_APP="refluxo.demo", REFLUXO_PUBLIC_API="1")
+    assert WorkerSettings.from_env(env).public_api is True
+    answer = await worker(public_api=True).answer(
+        public_request("POST", "/workflows/demo/runs", b'{"id": "p-1"}')
+    )
+    assert answer.status == 201
+
+
+async def test_a_worker_with_a_token_requires_it() -> None:
+    guarded = worker(api_token="t0ken")
+    request = public_request("POST", "/workflows/demo/runs", b"{}")
+    assert (await guarded.answer(request)).status == 401
+    ok = public_request("POST", "/workflows/demo/runs", b"{}", Authorization="Bearer t0ken")
+    assert (await guarded.answer(ok)).status == 201
+
+
+# --------------------------------------------------------------------------- KV prefixes
+
+
+@pytest.mark.parametrize("prefix", ["run:staging:", "t1:", "", "run", "a\n/", "run:/x"])
+def test_kv_prefixes_that_could_overlap_are_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="KV prefix"):
+        KVStateStore(RecordingKV(), prefix=prefix)
+
+
+def test_kv_prefix_var_is_checked_when_the_worker_starts() -> None:
+    env = SimpleNamespace(
+        REFLUXO_APP="refluxo.demo",
+        REFLUXO_STORE="kv",
+        REFLUXO_KV_PREFIX="run:staging:",
+        STATE=RecordingKV(),
+        STEPS=RecordingQueue(),
+    )
+    with pytest.raises(ConfigurationError, match="KV prefix"):
+        RefluxoWorker.from_env(env)
+
+
+async def test_two_deployments_with_nested_prefixes_cannot_read_each_other() -> None:
+    kv = RecordingKV()
+    prod = KVStateStore(kv, prefix="run/")
+    staging = KVStateStore(kv, prefix="run/staging/")
+    from refluxo.core import RunNotFound, Snapshot
+
+    await staging.create(Snapshot(workflow_id="x", status="active", current_node_id=None))
+    assert (await staging.load("x")).workflow_id == "x"
+    with pytest.raises(RunNotFound):
+        await prod.load("staging/x")  # the key staging keeps run x under
+    assert KVStateStore(kv, prefix="run:").prefix == "run:"  # the former default still loads

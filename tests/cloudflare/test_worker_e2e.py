@@ -264,7 +264,7 @@ def test_an_oversize_body_is_refused_before_it_is_read(api: Api) -> None:
 def test_a_message_delivered_twice_changes_nothing(
     bundle: Path, run_in_pyodide: Callable[..., Any]
 ) -> None:
-    config = harness_config(bundle, {}, "run")
+    config = harness_config(bundle, {"REFLUXO_PUBLIC_API": "1"}, "run")
     run = run_in_pyodide(
         IN_PYODIDE / "duplicates.py",
         [bundle / "src"],
@@ -276,3 +276,20 @@ def test_a_message_delivered_twice_changes_nothing(
         check=False,
     )
     assert "1 passed, 0 failed" in run.stdout, f"{run.stdout}\n{run.stderr[-8000:]}"
+
+
+def test_a_worker_without_an_api_token_refuses_the_public_routes(
+    bundle: Path, store: str, worker_server: Callable[..., Any]
+) -> None:
+    if store != "d1":
+        pytest.skip("the refusal comes before any store is touched: one store is enough")
+    config = harness_config(bundle, {}, "open")
+    server = worker_server(
+        [bundle / "src"], "entry", kv=(), queues=(), d1=(), extra_args=["--config", str(config)]
+    )
+    json_type = {"content-type": "application/json"}
+    status, body = request(f"{server.url}/workflows/demo/runs", "POST", b"{}", json_type)
+    assert (status, body["error"]["code"]) == (403, "api_not_configured"), body
+    status, body = request(f"{server.url}/runs/anything")
+    assert status == 403
+    assert request(f"{server.url}/healthz")[0] == 200

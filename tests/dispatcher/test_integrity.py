@@ -20,6 +20,7 @@ from refluxo.core import (
     NotStrictJson,
     PayloadTooLarge,
     RetryPolicy,
+    RunFinished,
     Snapshot,
     StepResult,
 )
@@ -502,7 +503,10 @@ async def test_a_long_step_finishes_while_comments_keep_arriving(
 
     async def commenter() -> None:
         for i in range(200):
-            await rig.dispatcher.send_event("r1", i, "comment")
+            try:
+                await rig.dispatcher.send_event("r1", i, "comment")
+            except RunFinished:  # the run finished between the check below and this event
+                return
             await asyncio.sleep(0)
             run = await store.load("r1")
             if run.is_terminal:

@@ -8,6 +8,7 @@ verification code path is the production one, HTTP fetch of the certificates inc
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
 import http.server
@@ -278,7 +279,7 @@ async def test_a_token_whose_signature_google_removed_is_accepted_when_trusted(
     )
     token = strip_signature(id_token(google_key))
     assert await trusting(request(f"Bearer {token}"))
-    assert trusting.verify(token)["email"] == SERVICE_ACCOUNT
+    assert trusting.verify(token, platform_verified=True)["email"] == SERVICE_ACCOUNT
 
 
 @pytest.mark.parametrize(
@@ -302,7 +303,7 @@ async def test_claims_of_a_stripped_token_are_still_checked(
     token = strip_signature(id_token(google_key, **overrides))
     assert not await trusting(request(f"Bearer {token}"))
     with pytest.raises(ValueError, match=f"(?i){reason}"):
-        trusting.verify(token)
+        trusting.verify(token, platform_verified=True)
 
 
 async def test_a_stripped_token_is_refused_where_the_signature_is_checked(
@@ -312,3 +313,109 @@ async def test_a_stripped_token_is_refused_where_the_signature_is_checked(
     assert not await verifier(request(f"Bearer {token}"))
     with pytest.raises(ValueError, match="signature was removed"):
         verifier.verify(token)
+
+
+# --- the header the platform verified ---------------------------------------------------------
+
+
+@pytest.fixture
+def trusting(certs_server: CertsServer) -> OidcVerifier:
+    return OidcVerifier(
+        AUDIENCE, SERVICE_ACCOUNT, certs_url=certs_server.url, trust_platform_verification=True
+    )
+
+
+def forged_queue_token() -> str:
+    """A token naming the queue's account, never signed: what any invoker can type."""
+    header = base64.urlsafe_b64encode(b'{"alg":"RS256","kid":"x"}').rstrip(b"=").decode()
+    now = int(time.time())
+    claims = {
+        "iss": "https://accounts.google.com",
+        "aud": AUDIENCE,
+        "email": SERVICE_ACCOUNT,
+        "email_verified": True,
+        "iat": now,
+        "exp": now + 3600,
+    }
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{payload}.SIGNATURE_REMOVED_BY_GOOGLE"
+
+
+def invoker_token(google_key: Key) -> str:
+    """An invoker's own ID token, as the front end forwards it after verifying it."""
+    return strip_signature(id_token(google_key, email="someone@example.com"))
+
+
+async def test_a_forged_stripped_token_next_to_x_serverless_authorization_is_refused(
+    trusting: OidcVerifier, google_key: Key
+) -> None:
+    # Cloud Run verified X-Serverless-Authorization (the invoker's own token) and passed
+    # Authorization through unverified: its "removed" signature was never there.
+    forged = HttpRequest(
+        "POST",
+        "/_dispatch",
+        b"{}",
+        {
+            "X-Serverless-Authorization": f"Bearer {invoker_token(google_key)}",
+            "Authorization": f"Bearer {forged_queue_token()}",
+        },
+    )
+    assert not await trusting(forged)
+
+
+async def test_the_forged_dispatch_request_runs_no_step(
+    trusting: OidcVerifier, google_key: Key
+) -> None:
+    from refluxo.core import Dispatcher, MemoryScheduler, MemoryStateStore
+    from refluxo.core.http import HttpApi
+    from refluxo.demo import workflows
+
+    store = MemoryStateStore()
+    api = HttpApi(Dispatcher(workflows(), store, MemoryScheduler()), dispatch_auth=trusting)
+    await api.dispatcher.start("demo", run_id="victim")
+    body = json.dumps({"runId": "victim", "version": 0}).encode()
+    headers = {
+        "X-Serverless-Authorization": f"Bearer {invoker_token(google_key)}",
+        "Authorization": f"Bearer {forged_queue_token()}",
+    }
+    response = await api.handle(HttpRequest("POST", "/_dispatch", body, headers))
+    assert response.status == 401
+    assert (await store.load("victim")).version == 0
+
+
+async def test_the_queue_token_the_platform_verified_is_accepted(
+    trusting: OidcVerifier, google_key: Key
+) -> None:
+    stripped = strip_signature(id_token(google_key))
+    # Cloud Tasks' token alone, in Authorization: the header the front end verified.
+    assert await trusting(request(f"Bearer {stripped}"))
+    # A client that authenticates itself in X-Serverless-Authorization: the stripped queue
+    # token there is what the front end verified.
+    both = HttpRequest(
+        "POST", "/_dispatch", b"{}", {"X-Serverless-Authorization": f"Bearer {stripped}"}
+    )
+    assert await trusting(both)
+
+
+async def test_a_signed_queue_token_in_authorization_is_verified_next_to_the_platform_header(
+    trusting: OidcVerifier, google_key: Key, impostor_key: Key
+) -> None:
+    def with_invoker(token: str) -> HttpRequest:
+        headers = {
+            "X-Serverless-Authorization": f"Bearer {invoker_token(google_key)}",
+            "Authorization": f"Bearer {token}",
+        }
+        return HttpRequest("POST", "/_dispatch", b"{}", headers)
+
+    assert await trusting(with_invoker(id_token(google_key)))
+    assert not await trusting(with_invoker(id_token(impostor_key)))
+
+
+async def test_a_non_ascii_shared_secret_header_is_refused_not_raised() -> None:
+    from refluxo.gcp.auth import shared_secret
+
+    check = shared_secret("s3cret")
+    headers = {"X-Refluxo-Dispatch-Token": "s\u00e9cret"}
+    assert await check(HttpRequest("POST", "/_dispatch", b"{}", headers)) is False
+    ok = {"X-Refluxo-Dispatch-Token": "s3cret"}
+    assert await check(HttpRequest("POST", "/_dispatch", b"{}", ok)) is True

@@ -163,3 +163,26 @@ def test_graph_prints_mermaid() -> None:
     assert "-- approved -->" in out.stdout and "-- timeout -->" in out.stdout
     missing = cli("graph", "nope")
     assert missing.returncode == 2 and "no workflow 'nope'" in missing.stderr
+
+
+def test_inspect_prints_no_terminal_control_characters(dev: DevServer) -> None:
+    cli("start", "demo", "--id", "cli-esc", url=dev.url)
+    reason = "\x1b[2J\x1b]52;c;ZXZpbA==\x07\r\n  00:00:00.000  ship           attempt 1  ok  \u202e"
+    out = cli("cancel", "cli-esc", "--reason", reason, url=dev.url)
+    assert out.returncode == 0, out.stderr
+    for args in (("inspect", "cli-esc"), ("inspect", "cli-esc", "--json")):
+        shown = cli(*args, url=dev.url).stdout
+        assert not any(c in shown for c in "\x1b\x07\r\u202e"), repr(shown)
+        assert "\\x1b[2J" in shown or "\\u001b[2J" in shown  # shown, not acted on
+    timeline = cli("inspect", "cli-esc", url=dev.url).stdout.splitlines()
+    assert not any(line.lstrip().startswith("00:00:00.000") for line in timeline)
+
+
+def test_printable_escapes_controls_and_keeps_text() -> None:
+    from refluxo.local.cli import printable
+
+    assert printable("caf\u00e9 \u2713") == "caf\u00e9 \u2713"
+    assert printable("a\x1b[31mb\x9bc") == "a\\x1b[31mb\\x9bc"
+    assert printable("line\nnext") == "line\\nnext"
+    assert printable("line\nnext", keep_newlines=True) == "line\nnext"
+    assert printable("\u202eevil\u2028") == "\\u202eevil\\u2028"

@@ -49,7 +49,8 @@ class Http:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        return await asyncio.to_thread(self._request, method, path, data, headers or {})
+        sent = {"content-type": "application/json", **(headers or {})}
+        return await asyncio.to_thread(self._request, method, path, data, sent)
 
 
 @pytest.fixture
@@ -192,7 +193,8 @@ async def test_a_chunked_body_is_refused_with_411(api: Http) -> None:
     def send() -> bytes:
         with socket.create_connection(("127.0.0.1", api.port), timeout=5) as s:
             s.sendall(
-                b"POST /workflows/demo/runs HTTP/1.1\r\nHost: x\r\n"
+                b"POST /workflows/demo/runs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
             )
             return s.recv(4096)

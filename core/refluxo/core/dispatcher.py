@@ -75,7 +75,11 @@ Outcome = Literal[
 ]
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-"""What a run id may be: safe as a document id, a key and a task name on every platform."""
+"""What a run id may be, matched whole: safe as a document id, a key and a task name on every
+platform."""
+
+WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+"""What a workflow name may be, matched whole."""
 
 _MAX_CONFLICT_RETRIES = 5
 _AGAIN_HOP = 1 << 42  # hops of deliveries sent again start here: never a step's own hop count
@@ -87,7 +91,7 @@ DEFAULT_REFUSED_RETRY_MS = 10 * 60 * 1000
 
 def check_run_id(run_id: str) -> str:
     """Return ``run_id`` if it is valid, else raise ValueError saying what a run id may be."""
-    if not RUN_ID.match(run_id) or run_id in (".", ".."):
+    if not RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
         raise ValueError(
             "a run id is 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a "
             f"letter or digit; got {run_id!r}"
@@ -134,7 +138,7 @@ class Workflow:
             raise DefinitionError("secrets is a list of names, not one name")
         if archive and retention is None:
             raise DefinitionError("archive=True needs a retention limit: nothing is trimmed")
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", name):
+        if not WORKFLOW_NAME.fullmatch(name):
             raise DefinitionError(f"invalid workflow name {name!r}: letters, digits, '_', '-'")
         self.name = name
         self.engine = WorkflowEngine(

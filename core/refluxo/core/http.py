@@ -9,14 +9,18 @@ Routes::
     POST /_dispatch               a DispatchMessage              200 with the outcome
     POST /_reconcile              {"graceMs"?: int, "limit"?: int} 200 {"scheduled": [ids]}
     GET  /healthz                                                200
+    GET  /openapi.json                                           200 the OpenAPI 3.1 document
 
 Errors are JSON, ``{"error": {"code": ..., "message": ...}}``: 400 malformed JSON or fields,
 or JSON that breaks the strict rule (code ``json_limit``: NaN or Infinity, a lone surrogate,
-nesting deeper than ``max_depth``; the message names the limit), 401/403 credentials, 404
-unknown route, workflow or run, 405 method, 409 finished run or id taken, 413 body or event
-over a limit, 429 the run's inbox is full (``inbox_full``), 501 a store that cannot find due
-runs (``/_reconcile``), 503 transient backend failure (the platform delivers again).
-Bad input changes nothing. A runtime converts its request into :class:`HttpRequest`, awaits
+nesting deeper than the deployment's ``max_depth``; the message names the limit), 401/403
+credentials, 404 unknown route, workflow or run, 405 method, 409 finished run or id taken, 413
+body or event over a limit, 429 the run's inbox is full (``inbox_full``), 501 a store that
+cannot find due runs (``/_reconcile``), 503 transient backend failure (the platform delivers
+again). Bad input changes nothing, and no input makes a 500: invalid UTF-8 and non-ASCII
+credentials are 4xx too. Bodies are validated by the models of :mod:`refluxo.core.schema`,
+which also give the OpenAPI document. A runtime converts its request into
+:class:`HttpRequest`, awaits
 :meth:`HttpApi.handle`, and converts the :class:`HttpResponse` back.
 """
 
@@ -28,10 +32,11 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from .codec import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
 from .dispatcher import Dispatcher, check_run_id
 from .errors import (
     BackendError,
@@ -50,6 +55,14 @@ from .ports import DueRuns
 logger = logging.getLogger("refluxo.http")
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+MAX_JSON_DEPTH = DEFAULT_MAX_DEPTH
+"""How deep a run's input or an event's payload may nest by default (see :class:`Limits`)."""
+
+_MAX_BODY_DEPTH = MAX_DEPTH_CEILING + 1
+"""No body is read deeper than the deepest value any deployment accepts, plus the body itself."""
 
 
 @dataclass(frozen=True)
@@ -116,45 +129,74 @@ Authenticator = Callable[[HttpRequest], Awaitable[bool]]
 def bearer_token(token: str) -> Authenticator:
     """An authenticator that accepts ``Authorization: Bearer <token>`` (constant-time)."""
 
+    expected = token.encode("utf-8", "surrogatepass")
+
     async def check(request: HttpRequest) -> bool:
         value = request.header("authorization") or ""
         scheme, _, given = value.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+        # Bytes, not str: compare_digest refuses non-ASCII text, and a header may hold any.
+        candidate = given.strip().encode("utf-8", "surrogatepass")
+        return scheme.lower() == "bearer" and hmac.compare_digest(candidate, expected)
 
     return check
 
 
-def _fields(
-    data: dict[str, Any],
-    *,
-    optional_str: tuple[str, ...] = (),
-    any_: tuple[str, ...] = (),
-    required: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """Check a body's fields by hand (no model to build at import: cold starts pay for those)."""
-    problems = [
-        f"{name}: unknown field" for name in data if name not in (*optional_str, *any_, *required)
-    ]
-    problems += [f"{name}: missing" for name in required if name not in data]
-    problems += [
-        f"{name}: must be a string"
-        for name in optional_str
-        if data.get(name) is not None and not isinstance(data[name], str)
-    ]
-    if problems:
-        raise HttpError(400, "invalid_request", "; ".join(problems))
-    return data
+def _check_json_value(value: Any) -> None:
+    """Refuse what parses but can never be stored, before any model looks at it.
+
+    Lone surrogates anywhere, and nesting past what any deployment accepts. The deployment's
+    own, lower, depth limit is applied to the input or payload by the dispatcher.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HttpError(
+                    400, "json_limit", "the body holds a lone surrogate (not valid Unicode)"
+                ) from None
+            continue
+        if isinstance(item, dict):
+            children: list[Any] = [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > _MAX_BODY_DEPTH:
+            raise HttpError(
+                400,
+                "json_limit",
+                f"the body is nested deeper than {_MAX_BODY_DEPTH} levels (max_depth)",
+            )
+        stack.extend((child, depth + 1) for child in children)
 
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
-    ("POST", re.compile(r"^/workflows/(?P<name>[^/]+)/runs$"), "start"),
-    ("GET", re.compile(r"^/runs/(?P<run_id>[^/]+)$"), "get"),
-    ("POST", re.compile(r"^/runs/(?P<run_id>[^/]+)/events$"), "event"),
-    ("POST", re.compile(r"^/runs/(?P<run_id>[^/]+)/cancel$"), "cancel"),
-    ("POST", re.compile(r"^/_dispatch$"), "dispatch"),
-    ("POST", re.compile(r"^/_reconcile$"), "reconcile"),
-    ("GET", re.compile(r"^/healthz$"), "health"),
+    ("POST", re.compile(r"/workflows/(?P<name>[^/]+)/runs"), "start"),
+    ("GET", re.compile(r"/runs/(?P<run_id>[^/]+)"), "get"),
+    ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/events"), "event"),
+    ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), "cancel"),
+    ("POST", re.compile(r"/_dispatch"), "dispatch"),
+    ("POST", re.compile(r"/_reconcile"), "reconcile"),
+    ("GET", re.compile(r"/healthz"), "health"),
+    ("GET", re.compile(r"/openapi\.json"), "openapi"),
 ]
+"""Matched whole (``fullmatch``): a trailing newline is not part of any route."""
+
+
+def _schema() -> Any:
+    """:mod:`refluxo.core.schema`, imported on the first request rather than at cold start."""
+    from . import schema
+
+    return schema
+
+
+def _normal_path(target: str) -> str:
+    """The path of a request target: no query, no trailing slash."""
+    path = target.split("?", 1)[0]
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
 
 
 def _refuse_constant(token: str) -> Any:
@@ -193,6 +235,18 @@ class HttpApi:
         self._dispatch_auth = dispatch_auth
         self.max_body_bytes = max_body_bytes
 
+    @staticmethod
+    def reads_json(method: str, path: str) -> bool:
+        """True when ``method path`` is a route that reads a JSON body (every POST route).
+
+        A front end that refuses bodies not declared as JSON (the local server) asks this,
+        so that an unknown route or method still gets its 404 or 405.
+        """
+        if method.upper() != "POST":
+            return False
+        path = _normal_path(path)
+        return any(m == "POST" and pattern.fullmatch(path) for m, pattern, _ in _ROUTES)
+
     async def handle(self, request: HttpRequest) -> HttpResponse:
         """Answer one request; never raises."""
         try:
@@ -213,12 +267,10 @@ class HttpApi:
             return HttpResponse.error(500, "internal", "internal error")
 
     async def _route(self, request: HttpRequest) -> HttpResponse:
-        path = request.path.split("?", 1)[0]
-        if len(path) > 1 and path.endswith("/"):
-            path = path[:-1]
+        path = _normal_path(request.path)
         allowed: list[str] = []
         for method, pattern, action in _ROUTES:
-            match = pattern.match(path)
+            match = pattern.fullmatch(path)
             if match is None:
                 continue
             if method != request.method.upper():
@@ -228,6 +280,10 @@ class HttpApi:
                 return HttpResponse.too_large(len(request.body), self.max_body_bytes)
             if action == "health":
                 return HttpResponse.json(200, {"ok": True})
+            if action == "openapi":
+                from .schema import openapi_document
+
+                return HttpResponse.json(200, openapi_document())
             if action == "dispatch":
                 return await self._dispatch(request)
             if action == "reconcile":
@@ -238,7 +294,10 @@ class HttpApi:
             response: HttpResponse = await handler(request, **match.groupdict())
             return response
         if allowed:
-            raise HttpError(405, "method_not_allowed", f"{path} takes {', '.join(allowed)}")
+            refused = HttpResponse.error(
+                405, "method_not_allowed", f"{path} takes {', '.join(allowed)}"
+            )
+            return HttpResponse(405, refused.body, {**refused.headers, "allow": ", ".join(allowed)})
         raise HttpError(404, "not_found", f"no route for {request.method} {path}")
 
     # --- body parsing --------------------------------------------------------------------
@@ -261,7 +320,17 @@ class HttpApi:
             raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise HttpError(400, "invalid_json", "the body must be a JSON object")
+        _check_json_value(data)
         return data
+
+    @staticmethod
+    def _body(model: type[_Model], data: Any) -> _Model:
+        from .schema import body_problems
+
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise HttpError(400, "invalid_request", body_problems(exc)) from None
 
     @staticmethod
     def _run_id(run_id: str) -> str:
@@ -273,12 +342,10 @@ class HttpApi:
     # --- routes --------------------------------------------------------------------------
 
     async def _start(self, request: HttpRequest, name: str) -> HttpResponse:
-        body = _fields(self._json(request, required=False), optional_str=("id",), any_=("input",))
-        run_id = self._run_id(body["id"]) if body.get("id") is not None else None
+        body = self._body(_schema().StartRun, self._json(request, required=False))
+        run_id = self._run_id(body.id) if body.id is not None else None
         try:
-            snapshot, created = await self.dispatcher.start(
-                name, run_id=run_id, input=body.get("input")
-            )
+            snapshot, created = await self.dispatcher.start(name, run_id=run_id, input=body.input)
         except WorkflowNotFound as exc:
             raise HttpError(404, "unknown_workflow", str(exc)) from None
         except WorkflowMismatch as exc:
@@ -295,10 +362,10 @@ class HttpApi:
         return HttpResponse(200, snapshot.to_json().encode())
 
     async def _event(self, request: HttpRequest, run_id: str) -> HttpResponse:
-        body = _fields(self._json(request), optional_str=("name", "id"), required=("payload",))
+        body = self._body(_schema().SendEvent, self._json(request))
         try:
             snapshot = await self.dispatcher.send_event(
-                self._run_id(run_id), body["payload"], body.get("name"), event_id=body.get("id")
+                self._run_id(run_id), body.payload, body.name, event_id=body.id
             )
         except RunNotFound as exc:
             raise HttpError(404, "unknown_run", str(exc)) from None
@@ -313,9 +380,9 @@ class HttpApi:
         return HttpResponse.json(202, _summary(snapshot))
 
     async def _cancel(self, request: HttpRequest, run_id: str) -> HttpResponse:
-        body = _fields(self._json(request, required=False), optional_str=("reason",))
+        body = self._body(_schema().CancelRun, self._json(request, required=False))
         try:
-            snapshot = await self.dispatcher.cancel(self._run_id(run_id), body.get("reason"))
+            snapshot = await self.dispatcher.cancel(self._run_id(run_id), body.reason)
         except RunNotFound as exc:
             raise HttpError(404, "unknown_run", str(exc)) from None
         except RunFinished as exc:
@@ -336,22 +403,12 @@ class HttpApi:
         Called by the platform's timer (Cloud Scheduler) with the scheduler's credential.
         """
         await self._check_scheduler(request, "reconcile")
-        body = self._json(request, required=False)
-        limits = {"graceMs": (0, 30 * 24 * 3600 * 1000), "limit": (1, 1000)}
-        problems = [f"{name}: unknown field" for name in body if name not in limits]
-        for name, (low, high) in limits.items():
-            value = body.get(name)
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high
-            ):
-                problems.append(f"{name}: must be an integer from {low} to {high}")
-        if problems:
-            raise HttpError(400, "invalid_request", "; ".join(problems))
+        body = self._body(_schema().Reconcile, self._json(request, required=False))
         options: dict[str, int] = {}
-        if body.get("graceMs") is not None:
-            options["grace_ms"] = body["graceMs"]
-        if body.get("limit") is not None:
-            options["limit"] = body["limit"]
+        if body.graceMs is not None:
+            options["grace_ms"] = body.graceMs
+        if body.limit is not None:
+            options["limit"] = body.limit
         if not isinstance(self.dispatcher.store, DueRuns):
             store = type(self.dispatcher.store).__name__
             raise HttpError(501, "not_implemented", f"{store} cannot find due runs")
@@ -365,6 +422,7 @@ class HttpApi:
             message = DispatchMessage.model_validate(data)
         except ValidationError as exc:
             raise HttpError(400, "invalid_message", f"not a dispatch message: {exc}") from None
+        self._run_id(message.run_id)
         result = await self.dispatcher.dispatch(message)
         return HttpResponse.json(
             200,

@@ -80,7 +80,7 @@ class TestD1StateStore(StateStoreContract):
 class TestKVStateStore(StateStoreContract):
     @pytest.fixture
     def store(self):
-        return KVStateStore(env.STATE, prefix=f"t{next(_fresh)}:", max_bytes=CONTRACT_MAX_BYTES)
+        return KVStateStore(env.STATE, prefix=f"t{next(_fresh)}/", max_bytes=CONTRACT_MAX_BYTES)
 
     @pytest.fixture
     def store_capabilities(self):
@@ -147,10 +147,10 @@ class RivalAfterPut:
 
 
 async def test_kv_save_that_loses_a_race_after_writing_raises_version_conflict():
-    store = KVStateStore(env.STATE, prefix="race1:")
+    store = KVStateStore(env.STATE, prefix="race1/")
     await store.create(snapshot())
     rival = snapshot(version=1, metadata={"who": "rival"})
-    racing = KVStateStore(RivalAfterPut(env.STATE, rival), prefix="race1:")
+    racing = KVStateStore(RivalAfterPut(env.STATE, rival), prefix="race1/")
     with pytest.raises(VersionConflict) as raised:
         await racing.save(snapshot(version=1, metadata={"who": "me"}), expected_version=0)
     assert raised.value.actual == 1
@@ -159,14 +159,14 @@ async def test_kv_save_that_loses_a_race_after_writing_raises_version_conflict()
 
 async def test_kv_create_that_loses_a_race_after_writing_answers_false():
     rival = snapshot(metadata={"who": "rival"})
-    racing = KVStateStore(RivalAfterPut(env.STATE, rival), prefix="race2:")
+    racing = KVStateStore(RivalAfterPut(env.STATE, rival), prefix="race2/")
     assert await racing.create(snapshot(metadata={"who": "me"})) is False
     assert (await racing.load("run-1")).metadata == {"who": "rival"}
 
 
 async def test_kv_concurrent_saves_the_snapshot_that_stands_reported_success():
     # Not "exactly one winner" (KV cannot promise it), but never a silent loss of the last.
-    store = KVStateStore(env.STATE, prefix="race3:")
+    store = KVStateStore(env.STATE, prefix="race3/")
     await store.create(snapshot())
     racers = [snapshot(version=1, metadata={"racer": i}) for i in range(8)]
 
@@ -185,7 +185,7 @@ async def test_kv_concurrent_saves_the_snapshot_that_stands_reported_success():
 
 
 async def test_kv_run_ids_whose_key_is_over_512_bytes_are_refused():
-    store = KVStateStore(env.STATE, prefix="long:")
+    store = KVStateStore(env.STATE, prefix="long/")
     with pytest.raises(ValueError, match="512"):
         await store.create(snapshot("r" * 510))
     with pytest.raises(RunNotFound):
@@ -195,9 +195,9 @@ async def test_kv_run_ids_whose_key_is_over_512_bytes_are_refused():
 
 
 async def test_kv_stores_the_version_in_metadata():
-    store = KVStateStore(env.STATE, prefix="meta:")
+    store = KVStateStore(env.STATE, prefix="meta/")
     await store.create(snapshot(version=4))
-    found = await env.STATE.getWithMetadata("meta:run-1", type="text")
+    found = await env.STATE.getWithMetadata("meta/run-1", type="text")
     assert found["metadata"]["version"] == 4
     assert len(found["metadata"]["writer"]) == 32
 

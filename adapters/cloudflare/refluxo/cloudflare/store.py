@@ -69,6 +69,33 @@ def _encoded(snapshot: Snapshot, limit: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+KV_PREFIX_SEPARATOR = "/"
+"""What every KV prefix ends with; no run id contains it (see ``check_run_id``)."""
+
+LEGACY_KV_PREFIX = "run:"
+"""The default prefix of earlier versions, kept so their runs stay readable."""
+
+
+def check_kv_prefix(prefix: str) -> str:
+    """Return ``prefix`` if no other valid prefix's keys can fall in its range, else ValueError.
+
+    A valid prefix ends in ``/`` (or is the legacy ``run:``) and holds no control character.
+    Since run ids never contain ``/``, the key ``prefix + run_id`` of one deployment is never
+    the key of another deployment's run, whichever two valid prefixes they use.
+    """
+    if prefix != LEGACY_KV_PREFIX and not (
+        prefix.endswith(KV_PREFIX_SEPARATOR)
+        and prefix.isprintable()
+        and len(prefix.encode("utf-8", "surrogatepass")) <= 256
+    ):
+        raise ValueError(
+            f"invalid KV prefix {prefix!r}: it must end in {KV_PREFIX_SEPARATOR!r} (which no run "
+            "id contains, so no two deployments' keys overlap), be printable and at most 256 "
+            "bytes, e.g. 'run/' or 'run/staging/'"
+        )
+    return prefix
+
+
 class KVStateStore(StateStore):
     """Keeps each run as one Workers KV value; read, check, write, and check again.
 
@@ -105,7 +132,11 @@ class KVStateStore(StateStore):
     Args:
         namespace: the KV namespace binding (``env.STATE``).
         prefix: put before every run id to make the key; lets several deployments share a
-            namespace.
+            namespace. It must end in ``/``, which no run id contains, so no deployment's
+            keys fall in another's range (``run/`` and ``run/staging/`` are apart, where
+            ``run:`` and ``run:staging:`` were not: the run ``staging:x`` of the first was the
+            run ``x`` of the second). ``run:``, the default of earlier versions, is still
+            accepted, since every other prefix ends in ``/``.
         max_bytes: refuse snapshots whose JSON is larger (at most KV's 25 MiB value limit).
 
     ``create`` raises ValueError for a run id whose key would pass KV's 512-byte limit;
@@ -124,6 +155,7 @@ class KVStateStore(StateStore):
                 f"max_bytes must be between 1 and {KV_MAX_VALUE_BYTES} (KV's value limit), "
                 f"got {max_bytes}"
             )
+        check_kv_prefix(prefix)
         self._kv = namespace
         self.prefix = prefix
         self.max_bytes = max_bytes
@@ -179,6 +211,8 @@ class KVStateStore(StateStore):
     # --- internals -------------------------------------------------------------------------
 
     def _key(self, run_id: str) -> str | None:
+        if KV_PREFIX_SEPARATOR in run_id:  # would reach into another prefix's range
+            return None
         key = self.prefix + run_id
         try:
             size = len(key.encode("utf-8"))

@@ -18,10 +18,13 @@ Configuration comes from the Worker's vars and secrets (``REFLUXO_`` prefix):
 ``REFLUXO_D1_BINDING``         the D1 binding's name (default ``DB``)
 ``REFLUXO_D1_TABLE``           the runs table (default ``refluxo_runs``)
 ``REFLUXO_KV_BINDING``         the KV binding's name (default ``STATE``)
-``REFLUXO_KV_PREFIX``          the runs' key prefix (default ``run:``)
+``REFLUXO_KV_PREFIX``          the runs' key prefix, ending in ``/`` (default ``run:``; see
+                               :class:`~refluxo.cloudflare.store.KVStateStore`)
 ``REFLUXO_QUEUE_BINDING``      the Queues producer binding (default ``STEPS``); this Worker
                                must also be that queue's consumer
-``REFLUXO_API_TOKEN``          a secret: when set, the API requires ``Bearer`` it
+``REFLUXO_API_TOKEN``          a secret: the public routes require ``Bearer`` it; without
+                               it they answer 403, unless ``REFLUXO_PUBLIC_API`` is ``1``
+``REFLUXO_PUBLIC_API``         ``1``: serve the public routes to anyone, without a token
 ``REFLUXO_GLOBALS``            JSON object passed to executors as ``globals`` (a secret)
 ``REFLUXO_MAX_BODY_BYTES``     request body limit (default 262144)
 ``REFLUXO_RETRY_BASE_SECONDS`` first queue redelivery delay after a transient failure (1)
@@ -106,6 +109,7 @@ class WorkerSettings:
     kv_prefix: str = "run:"
     queue_binding: str = "STEPS"
     api_token: str | None = None
+    public_api: bool = False
     globals: Any = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry_base_seconds: int = 1
@@ -159,6 +163,7 @@ class WorkerSettings:
             kv_prefix=var("REFLUXO_KV_PREFIX") or "run:",
             queue_binding=var("REFLUXO_QUEUE_BINDING") or "STEPS",
             api_token=var("REFLUXO_API_TOKEN"),
+            public_api=(var("REFLUXO_PUBLIC_API") or "").lower() in ("1", "true"),
             globals=globals_,
             max_body_bytes=number(
                 "REFLUXO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1, 100 * 1024 * 1024
@@ -222,19 +227,52 @@ def decode_message(body: Any) -> DispatchMessage:
 
 
 async def to_http_request(request: Any, max_body_bytes: int) -> HttpRequest | HttpResponse:
-    """Convert a ``workers.Request``; a 413 answer instead when Content-Length is over the limit.
+    """Convert a ``workers.Request``; a 413 answer instead when the body is over the limit.
 
-    The body is not read when its declared length is over the limit (or for GET and HEAD).
+    The body is not read when its declared length is over the limit (or for GET and HEAD);
+    without a Content-Length (a chunked body) it is read from its stream only until it passes
+    the limit, then the stream is cancelled.
     """
     method = str(getattr(request.method, "value", request.method)).upper()
     url = urlsplit(str(request.url))
     path = url.path + (f"?{url.query}" if url.query else "")
     headers = {str(k): str(v) for k, v in request.headers.items()}
     length = next((v for k, v in headers.items() if k.lower() == "content-length"), None)
-    if length is not None and length.strip().isdigit() and int(length) > max_body_bytes:
-        return HttpResponse.too_large(int(length), max_body_bytes)
-    body = b"" if method in ("GET", "HEAD") else bytes(await request.bytes())
+    declared = length is not None and length.strip().isdigit()
+    if declared and int(str(length)) > max_body_bytes:
+        return HttpResponse.too_large(int(str(length)), max_body_bytes)
+    if method in ("GET", "HEAD"):
+        body = b""
+    elif declared:
+        body = bytes(await request.bytes())
+    else:
+        read = await _read_at_most(getattr(request, "body", None), max_body_bytes)
+        if read is None:
+            return HttpResponse.error(
+                413, "payload_too_large", f"the body is over the limit of {max_body_bytes} bytes"
+            )
+        body = read
     return HttpRequest(method=method, path=path, body=body, headers=headers)
+
+
+async def _read_at_most(stream: Any, limit: int) -> bytes | None:
+    """The bytes of a ``ReadableStream`` (None: no body), or None once past ``limit``."""
+    if stream is None:
+        return b""
+    reader = stream.getReader()
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        result = await reader.read()
+        if result.done:
+            return b"".join(chunks)
+        value = result.value
+        chunk = value.to_bytes() if hasattr(value, "to_bytes") else bytes(value)
+        total += len(chunk)
+        if total > limit:
+            await reader.cancel()
+            return None
+        chunks.append(chunk)
 
 
 def to_workers_response(response: HttpResponse) -> Any:
@@ -308,10 +346,28 @@ class RefluxoWorker:
 
     async def fetch(self, request: Any) -> Any:
         """Answer a ``workers.Request`` with a ``workers.Response``."""
+        return to_workers_response(await self.answer(request))
+
+    async def answer(self, request: Any) -> HttpResponse:
+        """The API's answer to a ``workers.Request``.
+
+        Without ``REFLUXO_API_TOKEN`` and without ``REFLUXO_PUBLIC_API=1``, every route but
+        ``/healthz`` and ``/openapi.json`` answers 403: a Worker is reachable by anyone, so an
+        API without a token is served only when its deployer said so.
+        """
+        if self.settings.api_token is None and not self.settings.public_api:
+            path = urlsplit(str(request.url)).path.rstrip("/")
+            if path not in _OPEN_PATHS:
+                return HttpResponse.error(
+                    403,
+                    "api_not_configured",
+                    "this Worker has no REFLUXO_API_TOKEN; set one, or set REFLUXO_PUBLIC_API=1 "
+                    "to serve the API to anyone",
+                )
         converted = await to_http_request(request, self.settings.max_body_bytes)
         if isinstance(converted, HttpResponse):
-            return to_workers_response(converted)
-        return to_workers_response(await self.api.handle(converted))
+            return converted
+        return await self.api.handle(converted)
 
     # --- queue -----------------------------------------------------------------------------
 
@@ -381,6 +437,10 @@ class RefluxoWorker:
             )
         message.ack()
         return "ack"
+
+
+_OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
+"""What a Worker without an API token still answers."""
 
 
 def _attempts(message: Any) -> int:

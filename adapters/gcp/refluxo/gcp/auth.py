@@ -6,11 +6,15 @@ once and cached), the audience, the expiry, and that the token was issued to the
 service account.
 
 A function deployed with ``--no-allow-unauthenticated`` sits behind Google's front end, which
-verifies the token (and the caller's invoker role) before the request arrives, and replaces
-the token's signature with ``SIGNATURE_REMOVED_BY_GOOGLE``. With
-``trust_platform_verification`` such a token is accepted on its claims alone (audience,
-issuer, expiry, service account): never enable it on a function that allows unauthenticated
-calls, where anyone could send an unsigned token.
+verifies one token (and the caller's invoker role) before the request arrives, and replaces
+its signature with ``SIGNATURE_REMOVED_BY_GOOGLE``. The token it verifies is the one in
+``X-Serverless-Authorization`` when that header is present, and then ``Authorization`` is
+passed through *unverified*; otherwise it is the one in ``Authorization``. So with
+``trust_platform_verification`` a stripped token is accepted on its claims alone (audience,
+issuer, expiry, service account) only when it arrived in the header the front end verified;
+a stripped token anywhere else is refused, and every other token has its signature checked.
+Never enable it on a function that allows unauthenticated calls, where the front end
+verifies nothing.
 """
 
 from __future__ import annotations
@@ -74,12 +78,24 @@ class OidcVerifier:
             self._fetched_at = now
         return self._certs
 
-    def verify(self, token: str) -> Mapping[str, Any]:
-        """Return the token's claims; raise ValueError when it is not acceptable."""
+    def verify(self, token: str, *, platform_verified: bool = False) -> Mapping[str, Any]:
+        """Return the token's claims; raise ValueError when it is not acceptable.
+
+        Args:
+            token: the ID token.
+            platform_verified: the token came in the header Google's front end verified (see
+                the module docstring); only then is a removed signature acceptable, and only
+                with ``trust_platform_verification``.
+        """
         parts = token.split(".")
         if len(parts) == 3 and parts[2] == SIGNATURE_REMOVED:
             if not self.trust_platform_verification:
                 raise ValueError("the token's signature was removed and this endpoint checks it")
+            if not platform_verified:
+                raise ValueError(
+                    "the token's signature was removed, but not by the platform: it is not in "
+                    "the header the platform verified"
+                )
             claims = self._platform_verified_claims(parts[1])
         else:
             from google.auth import jwt
@@ -110,15 +126,31 @@ class OidcVerifier:
         return claims
 
     async def __call__(self, request: HttpRequest) -> bool:
-        scheme, _, token = (request.header("authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        try:
-            await asyncio.to_thread(self.verify, token.strip())
-        except Exception as exc:  # any failure to verify means: not authenticated
-            logger.warning("dispatch token refused: %s", exc)
-            return False
-        return True
+        serverless = request.header(SERVERLESS_AUTHORIZATION)
+        # (header value, whether the front end verified it): with X-Serverless-Authorization
+        # present, Authorization reached us unverified.
+        candidates = (
+            [(serverless, True), (request.header("authorization"), False)]
+            if serverless is not None
+            else [(request.header("authorization"), True)]
+        )
+        for value, platform_verified in candidates:
+            scheme, _, token = (value or "").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                continue
+            try:
+                await asyncio.to_thread(
+                    self.verify, token.strip(), platform_verified=platform_verified
+                )
+            except Exception as exc:  # any failure to verify means: not authenticated
+                logger.warning("dispatch token refused: %s", exc)
+                continue
+            return True
+        return False
+
+
+SERVERLESS_AUTHORIZATION = "x-serverless-authorization"
+"""The header Google's front end verifies, when present, instead of ``Authorization``."""
 
 
 DISPATCH_TOKEN_HEADER = "x-refluxo-dispatch-token"
@@ -130,6 +162,9 @@ def shared_secret(secret: str) -> Any:
 
     async def check(request: HttpRequest) -> bool:
         given = request.header(DISPATCH_TOKEN_HEADER) or ""
-        return hmac.compare_digest(given, secret)
+        # Bytes: compare_digest refuses non-ASCII text, and a header may hold any.
+        return hmac.compare_digest(
+            given.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass")
+        )
 
     return check

@@ -1,6 +1,7 @@
 """``refluxo``: run the embedded runtime and talk to any refluxo deployment.
 
     refluxo dev [--app refluxo.demo] [--db .refluxo/dev.db] [--port 8000] [--lease 60]
+                [--allowed-host H]
     refluxo start WORKFLOW [--id ID] [--input JSON]
     refluxo event RUN_ID [--payload JSON] [--name NAME] [--id EVENT_ID]
     refluxo cancel RUN_ID [--reason TEXT]
@@ -20,8 +21,9 @@ import json
 import os
 import signal
 import sys
+import unicodedata
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from refluxo.core import Snapshot
 from refluxo.core.logs import configure_logging
@@ -44,8 +46,50 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, args.token)
 
 
+_BIDI = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F))
+
+
+def _unsafe(char: str) -> bool:
+    # Cc: C0 and C1 controls (ESC starts every terminal escape sequence); Zl/Zp: line breaks a
+    # terminal may honour; bidi overrides reorder what is shown.
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``), never acted on.
+
+    With ``keep_newlines`` the line breaks the CLI itself lays out are kept; strings that came
+    from a run are escaped without it, so a reason cannot forge a line of the timeline.
+    """
+    out = []
+    for char in text:
+        if keep_newlines and char == "\n":
+            out.append(char)
+        elif _unsafe(char):
+            out.append(char.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _neutralised(value: Any) -> Any:
+    """A JSON value with every string (keys too) passed through :func:`printable`."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [_neutralised(item) for item in value]
+    if isinstance(value, dict):
+        return {printable(str(k)): _neutralised(v) for k, v in value.items()}
+    return value
+
+
+def _say(text: str, *, file: TextIO | None = None) -> None:
+    """Print what the CLI laid out: its newlines kept, every other control character escaped."""
+    print(printable(text, keep_newlines=True), file=file or sys.stdout)
+
+
 def _print(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+    _say(json.dumps(value, indent=2))
 
 
 async def _dev(args: argparse.Namespace) -> None:
@@ -62,9 +106,10 @@ async def _dev(args: argparse.Namespace) -> None:
         globals=globals_,
         lease_ms=round(args.lease * 1000),
     ) as runtime:
-        server = await runtime.serve(args.host, args.port)
+        server = await runtime.serve(args.host, args.port, allowed_hosts=args.allowed_host)
         names = ", ".join(runtime.dispatcher.workflows)
-        print(f"refluxo dev: serving {names} on {server.url} (state in {args.db})", flush=True)
+        _say(f"refluxo dev: serving {names} on {server.url} (state in {args.db})")
+        sys.stdout.flush()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -94,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--db", default=".refluxo/dev.db")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument(
+        "--allowed-host",
+        action="append",
+        help="a Host name to answer (repeatable; default: the --host address, and the "
+        "loopback names when it is a loopback address)",
+    )
     dev.add_argument("--log", choices=["text", "json"], default="text")
     dev.add_argument(
         "--lease",
@@ -154,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 _print(raw)
             else:
-                print(render_timeline(Snapshot.model_validate(raw)))
+                _say(render_timeline(Snapshot.model_validate(_neutralised(raw))))
         elif args.command == "smoke":
             from .smoke import smoke as run_smoke
 
@@ -169,14 +220,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             found = {w.name: w for w in load_workflows(args.app)}
             if args.workflow not in found:
-                print(f"refluxo: no workflow {args.workflow!r} in {args.app}", file=sys.stderr)
+                _say(f"refluxo: no workflow {args.workflow!r} in {args.app}", file=sys.stderr)
                 return 2
-            print(to_mermaid(found[args.workflow].engine.workflow))
+            definition = found[args.workflow].engine.workflow.model_dump(mode="json")
+            neutral = type(found[args.workflow].engine.workflow).model_validate(
+                _neutralised(definition)
+            )
+            _say(to_mermaid(neutral))
     except ApiError as exc:
-        print(f"refluxo: {exc}", file=sys.stderr)
+        _say(f"refluxo: {printable(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"refluxo: cannot reach {args.url}: {exc}", file=sys.stderr)
+        _say(f"refluxo: cannot reach {args.url}: {printable(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

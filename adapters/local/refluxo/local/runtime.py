@@ -39,7 +39,7 @@ class _CancellingDispatcher(Dispatcher):
 
 
 class LocalRuntime:
-    """Runs workflows on this machine with nothing else installed.
+    """Runs workflows on this machine: SQLite for state, uvicorn (the ``local`` extra) to serve.
 
     Runs live in SQLite at ``db_path``; the scheduler keeps due messages in the same file and a
     worker loop delivers them to the dispatcher, so stopping and starting again loses nothing.
@@ -179,9 +179,19 @@ class LocalRuntime:
             if close is not None:
                 close()
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 8000) -> LocalServer:
-        """Start serving the HTTP API; returns the started server (``server.url``)."""
-        server = LocalServer(self.api, host, port)
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        allowed_hosts: Iterable[str] | None = None,
+    ) -> LocalServer:
+        """Start serving the HTTP API with uvicorn; returns the started server (``server.url``).
+
+        ``allowed_hosts`` are the ``Host`` names answered (default: derived from ``host``); see
+        :class:`~refluxo.local.server.LocalServer` for the limits.
+        """
+        server = LocalServer(self.api, host, port, allowed_hosts=allowed_hosts)
         await server.start()
         self._servers.append(server)
         return server

@@ -1,0 +1,336 @@
+"""The HTTP API's request bodies as pydantic models, and the OpenAPI 3.1 document built from them.
+
+:class:`~refluxo.core.http.HttpApi` validates every body with these models, and
+:func:`openapi_document` describes the API from the same models, so the published schema and
+the validation cannot drift apart. The models defer building their validators until first use
+(``defer_build``): importing the core stays cheap for a cold start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from .dispatcher import RUN_ID, WORKFLOW_NAME
+from .model import DispatchMessage, Snapshot
+
+RUN_ID_PATTERN = RUN_ID.pattern
+WORKFLOW_NAME_PATTERN = WORKFLOW_NAME.pattern
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+
+class StartRun(_Body):
+    """``POST /workflows/{name}/runs``: start a run.
+
+    The document marks every body required: a server that refuses what is not
+    ``application/json`` (the local one) needs a typed body, ``{}`` at least. The API itself
+    reads an empty body as ``{}`` here and for :class:`CancelRun`.
+    """
+
+    id: StrictStr | None = Field(
+        default=None,
+        description="the run's id; starting the same id again starts nothing (200)",
+        json_schema_extra={"pattern": RUN_ID_PATTERN},
+    )
+    input: Any = Field(default=None, description="the run's input, any JSON value")
+
+
+class SendEvent(_Body):
+    """``POST /runs/{id}/events``: deliver an event to a run."""
+
+    payload: Any = Field(description="the event's data, any JSON value (null too)")
+    name: StrictStr | None = Field(default=None, description="the event's name")
+    id: StrictStr | None = Field(
+        default=None, description="an id that makes retries of this event safe"
+    )
+
+
+class CancelRun(_Body):
+    """``POST /runs/{id}/cancel``: fail a run that has not finished."""
+
+    reason: StrictStr | None = Field(default=None, description="why, kept in the snapshot")
+
+
+class Reconcile(_Body):
+    """``POST /_reconcile``: schedule again the runs whose delivery was lost."""
+
+    graceMs: StrictInt | None = Field(  # the wire name
+        default=None,
+        ge=0,
+        le=30 * 24 * 3600 * 1000,
+        description="how long a run must have been due without a step (default five minutes)",
+    )
+    limit: StrictInt | None = Field(
+        default=None, ge=1, le=1000, description="the most runs to schedule in one call"
+    )
+
+
+class Reconciled(_Body):
+    """What ``/_reconcile`` scheduled."""
+
+    scheduled: list[str]
+
+
+class RunSummary(_Body):
+    """A run's id, status and version (the answer of start, event and cancel)."""
+
+    workflowId: str  # the wire name
+    status: str
+    version: int
+
+
+class DispatchOutcome(_Body):
+    """What ``/_dispatch`` did with a message."""
+
+    outcome: str
+    runId: str  # the wire name
+    version: int | None
+    status: str | None
+
+
+class ErrorDetail(_Body):
+    code: str = Field(description="a stable, machine-readable code")
+    message: str = Field(description="what went wrong, for people")
+
+
+class ErrorBody(_Body):
+    """Every error answer: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+class Health(_Body):
+    ok: bool
+
+
+def body_problems(exc: ValidationError) -> str:
+    """A ValidationError as ``field: problem; ...`` (what a client needs to fix its body)."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        kind = error["type"]
+        if kind == "missing":
+            problem = "missing"
+        elif kind == "extra_forbidden":
+            problem = "unknown field"
+        elif kind in ("string_type", "string_pattern_mismatch"):
+            problem = "must be a string"
+        else:
+            problem = str(error["msg"])
+        problems.append(f"{where}: {problem}")
+    return "; ".join(problems)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+_ERRORS = {
+    "400": "malformed JSON, fields or id, or a Host this server does not answer to",
+    "401": "a credential is missing or wrong",
+    "403": "the route is not enabled here",
+    "404": "unknown route, workflow or run",
+    "405": "another method is expected",
+    "409": "the run has finished, or the id is taken by another workflow",
+    "411": "a body without Content-Length",
+    "413": "the body is over the limit",
+    "415": "the body is not declared as application/json",
+    "501": "the store cannot find due runs",
+    "503": "a transient backend failure or a busy run: try again",
+}
+
+
+def _answers(ok: dict[str, Any], *errors: str) -> dict[str, Any]:
+    responses = dict(ok)
+    for status in errors:
+        responses[status] = {
+            "description": _ERRORS[status],
+            "content": _json_content(_ref("ErrorBody")),
+        }
+    return responses
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API as an OpenAPI 3.1 document (built once, then cached)."""
+    if "doc" in _CACHE:
+        return dict(_CACHE["doc"])
+    template = "#/components/schemas/{model}"
+    schemas: dict[str, Any] = {}
+    for model, mode in (
+        (StartRun, "validation"),
+        (SendEvent, "validation"),
+        (CancelRun, "validation"),
+        (DispatchMessage, "validation"),
+        (Reconcile, "validation"),
+        (Reconciled, "serialization"),
+        (RunSummary, "serialization"),
+        (DispatchOutcome, "serialization"),
+        (ErrorBody, "serialization"),
+        (Health, "serialization"),
+        (Snapshot, "serialization"),
+    ):
+        schema = model.model_json_schema(
+            by_alias=True,
+            ref_template=template,
+            mode=mode,  # type: ignore[arg-type]
+        )
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    run_id = {
+        "name": "run_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": RUN_ID_PATTERN},
+    }
+    workflow = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": WORKFLOW_NAME_PATTERN},
+    }
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}, {}]
+    common = ("400", "401", "405", "413", "415", "503")
+    summary_ok = {"content": _json_content(_ref("RunSummary"))}
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "refluxo",
+            "version": "1",
+            "description": "Start runs, send them events, cancel and read them.",
+        },
+        "paths": {
+            "/workflows/{name}/runs": {
+                "post": {
+                    "operationId": "startRun",
+                    "parameters": [workflow],
+                    "security": bearer,
+                    "requestBody": {"required": True, "content": _json_content(_ref("StartRun"))},
+                    "responses": _answers(
+                        {
+                            "201": {"description": "a new run", **summary_ok},
+                            "200": {"description": "the run with this id exists", **summary_ok},
+                        },
+                        *common,
+                        "404",
+                        "409",
+                    ),
+                }
+            },
+            "/runs/{run_id}": {
+                "get": {
+                    "operationId": "getRun",
+                    "parameters": [run_id],
+                    "security": bearer,
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the run's snapshot",
+                                "content": _json_content(_ref("Snapshot")),
+                            }
+                        },
+                        "400",
+                        "401",
+                        "404",
+                        "405",
+                        "503",
+                    ),
+                }
+            },
+            "/runs/{run_id}/events": {
+                "post": {
+                    "operationId": "sendEvent",
+                    "parameters": [run_id],
+                    "security": bearer,
+                    "requestBody": {"required": True, "content": _json_content(_ref("SendEvent"))},
+                    "responses": _answers(
+                        {"202": {"description": "the event is in the run's inbox", **summary_ok}},
+                        *common,
+                        "404",
+                        "409",
+                    ),
+                }
+            },
+            "/runs/{run_id}/cancel": {
+                "post": {
+                    "operationId": "cancelRun",
+                    "parameters": [run_id],
+                    "security": bearer,
+                    "requestBody": {"required": True, "content": _json_content(_ref("CancelRun"))},
+                    "responses": _answers(
+                        {"200": {"description": "the run is failed", **summary_ok}},
+                        *common,
+                        "404",
+                        "409",
+                    ),
+                }
+            },
+            "/_dispatch": {
+                "post": {
+                    "operationId": "dispatch",
+                    "description": "the scheduler's route: run the next step of a run",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": _json_content(_ref("DispatchMessage")),
+                    },
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "what the dispatcher did",
+                                "content": _json_content(_ref("DispatchOutcome")),
+                            }
+                        },
+                        *common,
+                        "403",
+                    ),
+                }
+            },
+            "/_reconcile": {
+                "post": {
+                    "operationId": "reconcile",
+                    "description": "the platform timer's route: schedule again the runs whose "
+                    "delivery was lost",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": True, "content": _json_content(_ref("Reconcile"))},
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the runs scheduled again",
+                                "content": _json_content(_ref("Reconciled")),
+                            }
+                        },
+                        *common,
+                        "403",
+                        "501",
+                    ),
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "responses": _answers(
+                        {"200": {"description": "up", "content": _json_content(_ref("Health"))}},
+                        "400",
+                        "405",
+                    ),
+                }
+            },
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+    _CACHE["doc"] = document
+    return dict(document)
