@@ -222,7 +222,7 @@ async def test_run_queries_transfer_document_names_not_snapshots(
     """The queries that list runs fetch no snapshot: each can be near a megabyte."""
     from google.cloud.firestore_v1.async_query import AsyncQuery
 
-    await store.create(padded("big", 32 * 1024))
+    await store.create(padded("big", 32 * 1024, status="active"))  # an active run is due
     received: list[dict[str, Any]] = []
     real_stream = AsyncQuery.stream
 
