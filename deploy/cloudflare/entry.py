@@ -15,5 +15,6 @@ class Default(WorkerEntrypoint):
     async def fetch(self, request):
         return await worker.fetch(request, self.env)
 
-    async def queue(self, batch):
+    # workerd calls queue(batch, env, ctx) strictly: all three parameters are needed.
+    async def queue(self, batch, env, ctx):
         await worker.queue(batch, self.env)

@@ -6,7 +6,7 @@ A Worker's main module only delegates (``deploy/cloudflare/entry.py``)::
         async def fetch(self, request):
             return await worker.fetch(request, self.env)
 
-        async def queue(self, batch):
+        async def queue(self, batch, env, ctx):  # workerd passes all three
             await worker.queue(batch, self.env)
 
 Configuration comes from the Worker's vars and secrets (``REFLUXO_`` prefix):

@@ -29,6 +29,16 @@ export default {
     return env.${PYTHON_SERVICE}.fetch(new Request(request, { headers }));
   },
 
+  async scheduled(controller, env) {
+    const res = await env.${PYTHON_SERVICE}.fetch("http://refluxo-harness.invalid/scheduled", {
+      method: "POST",
+      headers: { [EVENT_HEADER]: "scheduled", "content-type": "application/json" },
+      body: JSON.stringify({ cron: controller.cron, scheduledTime: controller.scheduledTime }),
+    });
+    const out = await res.json();
+    if (out.error !== null && out.error !== undefined) throw new Error(out.error);
+  },
+
   async queue(batch, env) {
     const payload = {
       queue: batch.queue,

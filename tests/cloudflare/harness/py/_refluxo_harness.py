@@ -4,9 +4,10 @@ It plays the part of workerd's Python entrypoint (``python-entrypoint-helper.ts`
 and ``introspection.py``): the Worker class is called as ``cls(ctx, env)`` once per
 invocation, so workers-runtime-sdk's ``WorkerEntrypoint`` wraps ``env`` in its
 ``_EnvWrapper``; a handler is called through the same conversion as production
-(``python_from_rpc`` on the arguments, ``relaxed_call`` for ``fetch``,
-``python_to_rpc`` on the result), and ``queue`` goes through the SDK's own
-``_BindingWrapper`` around the batch.
+(``python_from_rpc`` on the arguments, ``relaxed_call`` for ``fetch`` only,
+``python_to_rpc`` on the result): ``queue(batch, env, ctx)`` and
+``scheduled(controller, env, ctx)`` are called strictly with their three
+JavaScript arguments (the SDK wraps the batch in its ``_BindingWrapper``).
 
 It also builds the ``harness_env`` module that ``run`` mode programs import.
 """
@@ -17,6 +18,7 @@ import ast
 import builtins
 import importlib
 import inspect
+import json
 import linecache
 import sys
 import time
@@ -90,6 +92,13 @@ async def call_queue_handler(fn: Callable[..., Any], batch: Any) -> None:
     result = fn(_BindingWrapper(batch))
     if isawaitable(result):
         await result
+
+
+def _plain(value: Any) -> Any:
+    """A JS object of JSON values as Python values (``null`` as ``None``)."""
+    from js import JSON
+
+    return json.loads(JSON.stringify(value))
 
 
 def format_exception(exc: BaseException) -> str:
@@ -167,6 +176,23 @@ def install_harness_env(api: Any) -> types.ModuleType:
         res = await api.dispatchFetch(url, js_init)
         return Response(res)
 
+    async def deliver_batch(queue: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """Hand a batch straight to the ``--entry`` Worker's ``queue``, as workerd calls it.
+
+        ``messages`` are ``{"body": ..., "id"?, "attempts"?}``. Returns ``{"ops": [...],
+        "error": None | str}``: the ack/retry calls made, and the handler's exception text.
+        """
+        return _plain(await api.deliverBatch(queue, python_to_rpc(messages)))
+
+    async def trigger_scheduled(cron: str, scheduled_time: int | None = None) -> dict[str, Any]:
+        """Fire a cron trigger: the ``--entry`` Worker's ``scheduled(controller, env, ctx)``.
+
+        Returns ``{"error": None | str, "noRetry": bool}``.
+        """
+        return _plain(await api.triggerScheduled(cron, scheduled_time))
+
+    mod.deliver_batch = deliver_batch
+    mod.trigger_scheduled = trigger_scheduled
     mod.set_queue_handler = set_queue_handler
     mod.dispatch_fetch = dispatch_fetch
     mod.run_tests = run_tests

@@ -1,0 +1,97 @@
+"""The Worker bundle under production's rules: handlers called as workerd calls them.
+
+workerd calls a Python Worker's ``fetch`` in a relaxed way, and every other handler strictly
+with its JavaScript arguments: ``queue(batch, env, ctx)``, ``scheduled(controller, env, ctx)``.
+The harness does the same, so an entry that declares fewer parameters fails here as it
+would fail on every batch in production.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DEPLOY = REPO / "deploy" / "cloudflare" / "deploy.py"
+IN_PYODIDE = HERE / "in_pyodide"
+
+
+def build_bundle(out: Path, *args: str) -> Path:
+    subprocess.run(
+        [sys.executable, str(DEPLOY), "--build-only", "--out", str(out), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out
+
+
+def bundle_config(bundle: Path) -> Path:
+    """A harness config with the bindings and vars the bundle's wrangler.toml declares."""
+    wrangler = tomllib.loads((bundle / "wrangler.toml").read_text())
+    queues = {
+        p["binding"]: {"queue": p["queue"], "consumer": False}
+        for p in wrangler["queues"]["producers"]
+    }
+    config = {
+        "src": [str(bundle / "src")],
+        "entry": "entry",
+        "kv": [kv["binding"] for kv in wrangler.get("kv_namespaces", [])],
+        "d1": [db["binding"] for db in wrangler.get("d1_databases", [])],
+        "queues": queues,
+        "vars": wrangler["vars"],
+    }
+    path = bundle.parent / f"{bundle.name}-harness.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def d1_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bundle(tmp_path_factory.mktemp("bundle") / "worker", "--store", "d1")
+
+
+def run_against(run_in_pyodide: Any, bundle: Path, program: Path, **kwargs: Any) -> Any:
+    config = bundle_config(bundle)
+    return run_in_pyodide(
+        program, kv=(), queues=(), d1=(), extra_args=["--config", str(config)], **kwargs
+    )
+
+
+def test_the_bundles_queue_handler_accepts_workerds_batch_env_ctx_call(
+    run_in_pyodide: Any, d1_bundle: Path
+) -> None:
+    result = run_against(run_in_pyodide, d1_bundle, IN_PYODIDE / "entry_calls.py")
+    assert "1 passed, 0 failed" in result.stdout, result.stdout
+
+
+def test_a_queue_handler_without_env_and_ctx_fails_as_in_production(
+    run_in_pyodide: Any, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "entry.py").write_text(
+        "from workers import WorkerEntrypoint\n\n\n"
+        "class Default(WorkerEntrypoint):\n"
+        "    async def queue(self, batch):\n"
+        "        for message in batch.messages:\n"
+        "            message.ack()\n"
+    )
+    program = tmp_path / "deliver.py"
+    program.write_text(
+        "import json\n"
+        "import harness_env\n"
+        "result = await harness_env.deliver_batch('q', [{'id': 'm1', 'body': 'x'}])\n"
+        "print(json.dumps(result))\n"
+    )
+    result = run_in_pyodide(program, [src], entry_module="entry", kv=(), queues=(), d1=())
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["ops"] == []
+    assert "TypeError" in outcome["error"] and "positional argument" in outcome["error"]
