@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _bundle import copy_app, copy_packages  # the shared module sits above this folder
+from _bundle import copy_app, copy_packages, prepare_out  # the shared module sits above
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -169,13 +169,15 @@ def pyproject_toml(config: BundleConfig) -> str:
 
 
 def build(out: Path, config: BundleConfig, app_src: Path | None = None) -> Path:
-    """Write the Worker bundle to ``out`` (emptied first) and return it."""
+    """Write the Worker bundle to ``out`` and return it.
+
+    ``out`` must be missing, empty, or a bundle built before (see ``_bundle.prepare_out``).
+    """
     if config.store not in ("d1", "kv"):
         raise SystemExit(f"deploy: --store must be d1 or kv, got {config.store!r}")
-    if out.exists():
-        shutil.rmtree(out)
+    prepare_out(out)
     src = out / "src"
-    src.mkdir(parents=True)
+    src.mkdir()
     module = config.app.partition(":")[0]
     entry = (HERE / "entry.py").read_text()
     # The workflows are imported at the top level of the main module, so that Cloudflare's
@@ -359,7 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--wrangler", default="npx wrangler", help="how to run wrangler")
     parser.add_argument("--pywrangler", default="uv run pywrangler", help="how to run pywrangler")
-    parser.add_argument("--out", default=str(ROOT / "build" / "cloudflare"))
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "build" / "cloudflare"),
+        help="a new or empty folder, or a bundle built before (default: %(default)s)",
+    )
     parser.add_argument("--create", action="store_true", help="create missing resources first")
     parser.add_argument("--build-only", action="store_true", help="write the bundle and stop")
     parser.add_argument("--dry-run", action="store_true", help="print commands, run none")
