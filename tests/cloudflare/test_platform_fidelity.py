@@ -1,9 +1,10 @@
-"""The Worker bundle under production's rules: handlers called as workerd calls them.
+"""The Worker bundle under production's rules.
 
 workerd calls a Python Worker's ``fetch`` in a relaxed way, and every other handler strictly
 with its JavaScript arguments: ``queue(batch, env, ctx)``, ``scheduled(controller, env, ctx)``.
-The harness does the same, so an entry that declares fewer parameters fails here as it
-would fail on every batch in production.
+It imports the main module once, at deploy, to snapshot memory, and refuses entropy while
+that top level runs; the Workers SDK's patches come in through ``.pth`` files. The harness
+does the same, so an entry that breaks a rule fails here as it would fail in production.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ def build_bundle(out: Path, *args: str) -> Path:
     return out
 
 
-def bundle_config(bundle: Path) -> Path:
+def bundle_config(bundle: Path, *, consume: bool = False) -> Path:
     """A harness config with the bindings and vars the bundle's wrangler.toml declares."""
     wrangler = tomllib.loads((bundle / "wrangler.toml").read_text())
     queues = {
-        p["binding"]: {"queue": p["queue"], "consumer": False}
+        p["binding"]: {"queue": p["queue"], "consumer": consume, "maxBatchTimeout": 0}
         for p in wrangler["queues"]["producers"]
     }
     config = {
@@ -58,8 +59,10 @@ def d1_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bundle(tmp_path_factory.mktemp("bundle") / "worker", "--store", "d1")
 
 
-def run_against(run_in_pyodide: Any, bundle: Path, program: Path, **kwargs: Any) -> Any:
-    config = bundle_config(bundle)
+def run_against(
+    run_in_pyodide: Any, bundle: Path, program: Path, *, consume: bool = False, **kwargs: Any
+) -> Any:
+    config = bundle_config(bundle, consume=consume)
     return run_in_pyodide(
         program, kv=(), queues=(), d1=(), extra_args=["--config", str(config)], **kwargs
     )
@@ -95,3 +98,84 @@ def test_a_queue_handler_without_env_and_ctx_fails_as_in_production(
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["ops"] == []
     assert "TypeError" in outcome["error"] and "positional argument" in outcome["error"]
+
+
+ALLOWED_TOP_LEVEL = """\
+import random
+
+import pydantic  # noqa: F401  (pydantic_core's Rust hash seeds: allowed by the SDK's patch)
+from workers import WorkerEntrypoint
+
+SEEDED = random.Random(42).random()
+SYSTEM = random.SystemRandom()
+
+
+class Default(WorkerEntrypoint):
+    async def queue(self, batch, env, ctx):
+        for message in batch.messages:
+            message.ack()
+"""
+
+
+def test_the_entry_is_imported_under_productions_top_level_rules_with_the_sdk_patches(
+    run_in_pyodide: Any, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "entry.py").write_text(ALLOWED_TOP_LEVEL)
+    result = run_in_pyodide(
+        IN_PYODIDE / "top_level_rules.py", [src], entry_module="entry", kv=(), queues=(), d1=()
+    )
+    assert "5 passed, 0 failed" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["random.Random()", "os.urandom(8)", "random.random()", "secrets.token_hex(8)"],
+)
+def test_entropy_at_the_entrys_top_level_fails_the_start_as_the_deploy_would(
+    run_in_pyodide: Any, tmp_path: Path, statement: str
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "entry.py").write_text(
+        f"import os\nimport random\nimport secrets\n\nVALUE = {statement}\n\n" + ALLOWED_TOP_LEVEL
+    )
+    program = tmp_path / "nothing.py"
+    program.write_text("print('started')\n")
+    result = run_in_pyodide(
+        program, [src], entry_module="entry", kv=(), queues=(), d1=(), check=False
+    )
+    assert result.returncode != 0
+    assert "started" not in result.stdout
+    assert "Randomness is not allowed while a Worker is starting" in result.stderr, result.stderr
+
+
+MODULE_LEVEL_APP = """\
+from refluxo.core import NodeDefinition, Workflow
+
+
+async def hello(data, context, external_payload, globals):
+    return {"hello": "world"}
+
+
+workflows = [
+    Workflow(
+        "hello",
+        {"nodes": [{"id": "a", "type": "hello", "data": {}}], "edges": []},
+        {"hello": NodeDefinition(executor=hello)},
+    )
+]
+"""
+
+
+def test_an_app_with_module_level_workflows_deploys_and_runs(
+    run_in_pyodide: Any, tmp_path: Path
+) -> None:
+    app = tmp_path / "hello_app.py"
+    app.write_text(MODULE_LEVEL_APP)
+    bundle = build_bundle(
+        tmp_path / "bundle", "--store", "d1", "--app", "hello_app", "--app-src", str(app)
+    )
+    result = run_against(run_in_pyodide, bundle, IN_PYODIDE / "module_level_app.py", consume=True)
+    assert "1 passed, 0 failed" in result.stdout, result.stdout

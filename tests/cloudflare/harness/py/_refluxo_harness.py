@@ -20,11 +20,13 @@ import importlib
 import inspect
 import json
 import linecache
+import os
 import sys
 import time
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from inspect import isawaitable
 from typing import Any
 
@@ -40,7 +42,8 @@ def load_entry(module_name: str, class_name: str) -> tuple[type, str | None]:
     here only when asked for explicitly, or when it is the module's single
     ``WorkerEntrypoint`` subclass, and then with a warning.
     """
-    module = importlib.import_module(module_name)
+    with worker_top_level():
+        module = importlib.import_module(module_name)
     cls = getattr(module, class_name, None)
     warning = None
     if cls is None:
@@ -66,6 +69,69 @@ def load_entry(module_name: str, class_name: str) -> tuple[type, str | None]:
     if not (inspect.isclass(cls) and issubclass(cls, WorkerEntrypoint)):
         raise TypeError(f"{module_name}.{class_name} is not a workers.WorkerEntrypoint subclass")
     return cls, warning
+
+
+def process_pth_files() -> list[str]:
+    """Run the ``.pth`` files of the installed wheels, as workerd does at start-up.
+
+    ``loadPackage`` installs wheels without processing them; the Workers SDK loads its
+    package and entropy patches through ``_workers_sdk_patch_loader.pth``. Returns the
+    files processed.
+    """
+    import site
+    import sysconfig
+
+    site_packages = sysconfig.get_path("purelib")
+    names = sorted(n for n in os.listdir(site_packages) if n.endswith(".pth"))
+    site.addsitedir(site_packages)
+    return names
+
+
+@contextmanager
+def worker_top_level() -> Iterator[None]:
+    """Run the Worker's top level (its main module's import) under workerd's rules.
+
+    Production snapshots memory after the top level, so entropy is refused there
+    (workerd's ``entropy_patches.py``): ``os.urandom`` and an unseeded ``random.Random()``
+    raise ``OSError(EIO)``, the ``random`` module's functions are blocked (``Random`` and
+    ``SystemRandom`` may be created), and ``getentropy`` from C or Rust fails unless a
+    registered import patch allows a counted call. Afterwards, as before the first
+    request, everything is restored.
+    """
+    import random
+
+    import _refluxo_entropy
+    from _cloudflare import import_patch_manager as patches
+    from _cloudflare.allow_entropy import raise_unless_entropy_allowed
+
+    urandom, seed = os.urandom, random.Random.seed
+
+    def guarded_urandom(size: int, /) -> bytes:
+        raise_unless_entropy_allowed()
+        return urandom(size)
+
+    def guarded_seed(self: random.Random, a: Any = None, version: int = 2) -> None:
+        if a is None:
+            raise_unless_entropy_allowed()
+        seed(self, a, version)
+
+    _refluxo_entropy.guard(True)
+    os.urandom = random._urandom = guarded_urandom  # type: ignore[attr-defined]
+    random.Random.seed = guarded_seed  # type: ignore[method-assign]
+    patches.block_calls(random, allowlist=("Random", "SystemRandom"))
+    patches.install_import_patch_manager()
+    try:
+        yield
+    finally:
+        patches.remove_import_patch_manager()
+        for handler in patches.after_snapshot_handlers:
+            handler()
+        _refluxo_entropy.guard(False)
+        os.urandom = random._urandom = urandom  # type: ignore[attr-defined]
+        random.Random.seed = seed  # type: ignore[method-assign]
+        for handler in patches.before_first_request_handlers:
+            handler()
+        patches.before_first_request_handlers.clear()
 
 
 def has_method(cls: type, name: str) -> bool:
