@@ -25,6 +25,7 @@ deploy`` in the bundle (pywrangler vendors the packages, then runs ``wrangler de
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -34,12 +35,27 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _bundle import copy_app, copy_packages, prepare_out  # the shared module sits above
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+
+
+def _load_limits() -> ModuleType:
+    # refluxo/cloudflare/limits.py is standard library only; importing it through its package
+    # would import pydantic, which this script does without.
+    path = ROOT / "adapters" / "cloudflare" / "refluxo" / "cloudflare" / "limits.py"
+    spec = importlib.util.spec_from_file_location("_refluxo_cloudflare_limits", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LIMITS = _load_limits()
 PACKAGES = {
     "refluxo/core": ROOT / "core" / "refluxo" / "core",
     "refluxo/cloudflare": ROOT / "adapters" / "cloudflare" / "refluxo" / "cloudflare",
@@ -72,9 +88,10 @@ class BundleConfig:
     d1_id: str | None = None
     kv_namespace: str = "refluxo-runs"
     kv_id: str | None = None
-    max_retries: int = 10
-    max_batch_size: int = 10
-    max_batch_timeout: int = 1
+    max_retries: int = LIMITS.CONSUMER_MAX_RETRIES
+    max_batch_size: int = LIMITS.CONSUMER_MAX_BATCH_SIZE
+    max_batch_timeout: int = LIMITS.CONSUMER_MAX_BATCH_TIMEOUT_SECONDS
+    retry_delay: int = LIMITS.CONSUMER_RETRY_DELAY_SECONDS
     compatibility_date: str = COMPATIBILITY_DATE
     vars: Mapping[str, str] = field(default_factory=dict)
 
@@ -133,13 +150,16 @@ def wrangler_toml(config: BundleConfig) -> str:
         f"binding = {_toml(config.queue_binding)}",
         f"queue = {_toml(config.queue)}",
         "",
-        "# This Worker consumes its own steps; failures are redelivered with backoff, and after",
-        "# max_retries a message is kept in the dead-letter queue.",
+        "# This Worker consumes its own steps: batches of up to max_batch_size, delivered",
+        "# after at most max_batch_timeout seconds (small: every step waits for it). A failed",
+        "# message is redelivered with the Worker's backoff (retry_delay when the handler",
+        "# raised first); after max_retries it goes to the dead-letter queue.",
         "[[queues.consumers]]",
         f"queue = {_toml(config.queue)}",
         f"max_batch_size = {config.max_batch_size}",
         f"max_batch_timeout = {config.max_batch_timeout}",
         f"max_retries = {config.max_retries}",
+        f"retry_delay = {config.retry_delay}",
         f"dead_letter_queue = {_toml(config.dead_letter_queue)}",
         "",
         "[observability]",
@@ -168,6 +188,23 @@ def pyproject_toml(config: BundleConfig) -> str:
     )
 
 
+def check_consumer(config: BundleConfig) -> None:
+    """Refuse consumer settings outside what Queues accepts (``limits.py``)."""
+    bounds = {
+        "max_batch_size": (config.max_batch_size, 1, LIMITS.QUEUES_MAX_BATCH_SIZE),
+        "max_batch_timeout": (
+            config.max_batch_timeout,
+            0,
+            LIMITS.QUEUES_MAX_BATCH_TIMEOUT_SECONDS,
+        ),
+        "max_retries": (config.max_retries, 0, LIMITS.QUEUES_MAX_RETRIES),
+        "retry_delay": (config.retry_delay, 0, LIMITS.QUEUES_MAX_DELAY_SECONDS),
+    }
+    for name, (value, low, high) in bounds.items():
+        if not low <= value <= high:
+            raise SystemExit(f"deploy: {name} must be between {low} and {high}, got {value}")
+
+
 def build(out: Path, config: BundleConfig, app_src: Path | None = None) -> Path:
     """Write the Worker bundle to ``out`` and return it.
 
@@ -175,6 +212,7 @@ def build(out: Path, config: BundleConfig, app_src: Path | None = None) -> Path:
     """
     if config.store not in ("d1", "kv"):
         raise SystemExit(f"deploy: --store must be d1 or kv, got {config.store!r}")
+    check_consumer(config)
     prepare_out(out)
     src = out / "src"
     src.mkdir()
@@ -303,6 +341,9 @@ def deploy(args: argparse.Namespace) -> None:
         kv_namespace=args.kv_namespace,
         kv_id=args.kv_id,
         max_retries=args.max_retries,
+        max_batch_size=args.max_batch_size,
+        max_batch_timeout=args.max_batch_timeout,
+        retry_delay=args.retry_delay,
         compatibility_date=args.compatibility_date,
         vars=extra_vars,
     )
@@ -350,7 +391,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", default="d1", choices=["d1", "kv"])
     parser.add_argument("--queue", default="refluxo-steps")
     parser.add_argument("--dead-letter-queue", help="default: QUEUE-dlq")
-    parser.add_argument("--max-retries", type=int, default=10)
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=LIMITS.CONSUMER_MAX_RETRIES,
+        help="redeliveries before the dead-letter queue (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=LIMITS.CONSUMER_MAX_BATCH_SIZE,
+        help="messages per consumer invocation (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-timeout",
+        type=int,
+        default=LIMITS.CONSUMER_MAX_BATCH_TIMEOUT_SECONDS,
+        help="seconds a partial batch waits; every step waits it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retry-delay",
+        type=int,
+        default=LIMITS.CONSUMER_RETRY_DELAY_SECONDS,
+        help="seconds before redelivering a batch whose handler raised (default: %(default)s)",
+    )
     parser.add_argument("--d1-database", default="refluxo")
     parser.add_argument("--d1-id", help="the D1 database's id (else --create finds it)")
     parser.add_argument("--kv-namespace", default="refluxo-runs")

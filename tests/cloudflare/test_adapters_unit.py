@@ -96,7 +96,7 @@ def test_stores_refuse_limits_over_the_platform_s() -> None:
     with pytest.raises(ValueError, match="KV's value limit"):
         KVStateStore(FailingKV(RuntimeError()), max_bytes=26 * 1024 * 1024)
     with pytest.raises(ValueError, match="row limit"):
-        D1StateStore(object(), max_bytes=2_000_000)  # type: ignore[arg-type]
+        D1StateStore(object(), max_bytes=2_000_001)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="table name"):
         D1StateStore(object(), table="runs; DROP TABLE x")  # type: ignore[arg-type]
 
@@ -121,7 +121,7 @@ class RecordingQueue:
         (1, {"delaySeconds": 1}),
         (1000, {"delaySeconds": 1}),
         (1001, {"delaySeconds": 2}),
-        (12 * 3600 * 1000, {"delaySeconds": 43200}),
+        (24 * 3600 * 1000, {"delaySeconds": 86400}),
     ],
 )
 async def test_queues_scheduler_rounds_delays_up_to_whole_seconds(
@@ -134,11 +134,11 @@ async def test_queues_scheduler_rounds_delays_up_to_whole_seconds(
     assert queue.sent == [({"runId": "r", "version": 2, "hop": 1}, options)]
 
 
-async def test_queues_scheduler_refuses_more_than_12_hours_and_translates_errors() -> None:
+async def test_queues_scheduler_refuses_more_than_24_hours_and_translates_errors() -> None:
     scheduler = QueuesScheduler(RecordingQueue(), clock=lambda: 0)
-    assert scheduler.max_delay_ms == 12 * 3600 * 1000
-    with pytest.raises(ValueError, match="43200"):
-        await scheduler.schedule(DispatchMessage(run_id="r", version=0), at=43_200_001)
+    assert scheduler.max_delay_ms == 24 * 3600 * 1000
+    with pytest.raises(ValueError, match="86400"):
+        await scheduler.schedule(DispatchMessage(run_id="r", version=0), at=86_400_001)
     failing = QueuesScheduler(RecordingQueue(JsError("Error", "Queue send failed: 500 Internal")))
     with pytest.raises(SchedulerError) as raised:
         await failing.schedule(DispatchMessage(run_id="r", version=0))
@@ -169,7 +169,7 @@ def test_worker_settings_come_from_vars_with_defaults() -> None:
         ({"REFLUXO_APP": "a", "REFLUXO_STORE": "redis"}, "REFLUXO_STORE"),
         ({"REFLUXO_APP": "a", "REFLUXO_GLOBALS": "{"}, "REFLUXO_GLOBALS"),
         ({"REFLUXO_APP": "a", "REFLUXO_MAX_BODY_BYTES": "lots"}, "REFLUXO_MAX_BODY_BYTES"),
-        ({"REFLUXO_APP": "a", "REFLUXO_RETRY_MAX_SECONDS": "99999"}, "between 0 and 43200"),
+        ({"REFLUXO_APP": "a", "REFLUXO_RETRY_MAX_SECONDS": "99999"}, "between 0 and 86400"),
     ],
 )
 def test_worker_settings_name_what_is_wrong(env: dict[str, str], message: str) -> None:

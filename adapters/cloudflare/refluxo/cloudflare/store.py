@@ -22,6 +22,7 @@ from refluxo.core.ports import ResultArchive, StateStore
 
 from ._bindings import D1Database, KVNamespace
 from ._errors import describe, store_error
+from .limits import D1_MAX_ROW_BYTES, KV_MAX_KEY_BYTES, KV_MAX_VALUE_BYTES
 
 __all__ = [
     "D1_MAX_ROW_BYTES",
@@ -32,15 +33,6 @@ __all__ = [
     "D1StateStore",
     "KVStateStore",
 ]
-
-KV_MAX_VALUE_BYTES = 25 * 1024 * 1024
-"""Workers KV's limit on a value (25 MiB)."""
-
-KV_MAX_KEY_BYTES = 512
-"""Workers KV's limit on a key, in bytes of UTF-8."""
-
-D1_MAX_ROW_BYTES = 1_000_000
-"""D1's limit on a string, a BLOB and a whole row (1,000,000 bytes, per D1's limits page)."""
 
 DEFAULT_D1_MAX_BYTES = D1_MAX_ROW_BYTES - 1024
 """The default limit on a snapshot's JSON in D1: a row's limit less room for the other columns
@@ -297,7 +289,8 @@ class D1StateStore(StateStore, ResultArchive):
         database: the D1 binding (``env.DB``).
         table: the table's name (letters, digits, ``_``).
         max_bytes: refuse snapshots whose JSON is larger; at most D1's row limit
-            (1,000,000 bytes), which is checked for the whole row as well.
+            (:data:`~refluxo.cloudflare.limits.D1_MAX_ROW_BYTES`), which is checked for the
+            whole row as well.
         clock: epoch milliseconds, for ``updated_at``.
     """
 
