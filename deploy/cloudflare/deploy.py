@@ -6,8 +6,9 @@
 
 The bundle is what ``pywrangler deploy`` uploads, and what the tests serve::
 
-    wrangler.toml     main = "src/entry.py", python_workers, bindings, vars
-    pyproject.toml    the Worker's packages (pydantic) for the Python Workers package system
+    wrangler.toml     main = "src/entry.py", python_workers + the Python 3.14 flag, bindings,
+                      vars, the queue consumer, the reconciler's cron trigger
+    pyproject.toml    the Worker's packages (pydantic, pydantic-core) and tools, all pinned
     src/entry.py      class Default(WorkerEntrypoint), delegating to refluxo.cloudflare.worker
     src/refluxo/core, src/refluxo/cloudflare, and the workflows' own code (src/refluxo/demo)
 
@@ -70,9 +71,22 @@ COMPATIBILITY_DATE = "2026-11-01"
 """Python Workers pick their Pyodide from the compatibility date: dates from 2026-09-08 run
 Pyodide 314 (Python 3.14), the runtime the tests use (npm pyodide 314)."""
 
-PYDANTIC = "pydantic==2.14.3"
-"""The newest pydantic whose pydantic-core has a wheel for Pyodide 314 (pyemscripten_2026_0);
-the same pin as tests/cloudflare/pyodide-requirements.txt."""
+PYTHON_FLAG = "python_workers_20260610"
+"""The flag that selects Pyodide 314 (Python 3.14) whatever the date and the tools' defaults:
+without it, older wrangler / workers-py pick the 3.13 lane, where pydantic-core has no wheel."""
+
+PYODIDE_PLATFORM = "pyemscripten_2026_0_wasm32"
+"""The wheel platform tag of that Pyodide (CPython 3.14, ``cp314``)."""
+
+PYODIDE_PYTHON = "3.14"
+
+PYODIDE_PACKAGES = ("pydantic==2.14.3", "pydantic-core==2.50.4")
+"""What the Worker imports beyond the standard library, pinned: pydantic 2.14.3 is the newest
+whose pydantic-core (2.50.4) has a wheel for Pyodide 314. The same pins as
+tests/cloudflare/pyodide-requirements.txt, which the tests install (a test keeps them equal)."""
+
+TOOLS = ("workers-py==1.17.9", "workers-runtime-sdk==1.9.5")
+"""The deploy tools (pywrangler) and the SDK the Worker's ``workers`` module comes from."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +138,7 @@ def wrangler_toml(config: BundleConfig) -> str:
         f"name = {_toml(config.name)}",
         'main = "src/entry.py"',
         f"compatibility_date = {_toml(config.compatibility_date)}",
-        'compatibility_flags = ["python_workers"]',
+        f"compatibility_flags = [{_toml('python_workers')}, {_toml(PYTHON_FLAG)}]",
         "",
         "[vars]",
         *(f"{key} = {_toml(value)}" for key, value in worker_vars.items()),
@@ -179,10 +193,10 @@ def pyproject_toml(config: BundleConfig) -> str:
             f"name = {_toml(config.name + '-worker')}",
             'version = "0.1.0"',
             'requires-python = ">=3.12"',
-            f"dependencies = [{_toml(PYDANTIC)}]",
+            f"dependencies = [{', '.join(_toml(p) for p in PYODIDE_PACKAGES)}]",
             "",
             "[dependency-groups]",
-            'dev = ["workers-py", "workers-runtime-sdk"]',
+            f"dev = [{', '.join(_toml(t) for t in TOOLS)}]",
             "",
         ]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -86,3 +87,63 @@ def test_the_readme_states_the_same_limits_and_settings() -> None:
     assert "12 hours" not in text and "1,000,000" not in text
     for setting in ("max_batch_size", "max_batch_timeout", "max_retries", "retry_delay"):
         assert setting in text, setting
+
+
+# ---------------------------------------------------------------- pins
+
+WHEELS = REPO / ".tools" / "pyodide-wheels"
+REQUIREMENTS = REPO / "tests" / "cloudflare" / "pyodide-requirements.txt"
+HARNESS_PACKAGE = REPO / "tests" / "cloudflare" / "harness" / "package.json"
+PYTHON_3_14_FLAG = "python_workers_20260610"
+"""workerd's flag for Pyodide 314 / Python 3.14 (its python releases table)."""
+
+
+def pins(requirements: list[str]) -> dict[str, str]:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found = {}
+    for line in requirements:
+        requirement = Requirement(line)
+        [specifier] = list(requirement.specifier)
+        assert specifier.operator == "==", f"{line} is not pinned exactly"
+        found[canonicalize_name(requirement.name)] = specifier.version
+    return found
+
+
+def test_the_python_flag_and_every_pin_resolve_for_the_pyodide_the_config_selects(
+    bundle: Path,
+) -> None:
+    from packaging.tags import Tag
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    wrangler = tomllib.loads((bundle / "wrangler.toml").read_text())
+    assert wrangler["compatibility_flags"] == ["python_workers", PYTHON_3_14_FLAG]
+    # The flag selects Pyodide 314: CPython 3.14, wheels tagged pyemscripten_2026_0_wasm32,
+    # the Pyodide the harness runs (npm pyodide 314.x).
+    accepted = {Tag("py3", "none", "any"), Tag("cp314", "cp314", "pyemscripten_2026_0_wasm32")}
+    npm_pyodide = json.loads(HARNESS_PACKAGE.read_text())["dependencies"]["pyodide"]
+    assert npm_pyodide.split(".")[0] == "314"
+
+    project = tomllib.loads((bundle / "pyproject.toml").read_text())
+    runtime = pins(project["project"]["dependencies"])
+    tools = pins(project["dependency-groups"]["dev"])
+    assert set(runtime) == {"pydantic", "pydantic-core"}
+    assert set(tools) == {"workers-py", "workers-runtime-sdk"}
+
+    lines = [
+        line.split("\\")[0].strip()
+        for line in REQUIREMENTS.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "--"))
+    ]
+    installed = pins([line for line in lines if line])
+    wheels = {}
+    for wheel in WHEELS.glob("*.whl"):
+        name, version, _, tags = parse_wheel_filename(wheel.name)
+        wheels[canonicalize_name(name)] = (str(version), tags)
+    for name, version in {**runtime, "workers-runtime-sdk": tools["workers-runtime-sdk"]}.items():
+        assert installed.get(name) == version, f"{name}=={version} differs from {REQUIREMENTS}"
+        assert name in wheels, f"no wheel of {name} in {WHEELS}: run `make setup-cloudflare`"
+        wheel_version, tags = wheels[name]
+        assert wheel_version == version
+        assert tags & accepted, f"{name} {version}: no wheel for Pyodide 314 ({sorted(tags)})"
