@@ -10,6 +10,7 @@ import pytest
 
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.model import DispatchMessage, now_ms
+from tests.contract.due_runs import DueRunsContract
 from tests.contract.scheduler import NextDelivery, SchedulerContract
 from tests.contract.store import StateStoreContract
 
@@ -32,6 +33,12 @@ class TestMemoryStateStore(StateStoreContract):
     @pytest.fixture
     def store_max_bytes(self) -> int:
         return MAX_BYTES
+
+
+class TestMemoryDueRuns(DueRunsContract):
+    @pytest.fixture
+    def store(self) -> MemoryStateStore:
+        return MemoryStateStore()
 
 
 class TestMemoryScheduler(SchedulerContract):

@@ -7,22 +7,23 @@ import pytest
 
 from refluxo.core.memory import MemoryStateStore
 from refluxo.core.ports import StateStore
+from tests.conftest import FakeClock
 
 
-def _sqlite(tmp_path: Path) -> StateStore | None:
+def _sqlite(tmp_path: Path, clock: FakeClock) -> StateStore | None:
     try:
         from refluxo.local import SQLiteStateStore
     except ImportError:  # pragma: no cover - the embedded adapter ships with the kit
         return None
-    return SQLiteStateStore(tmp_path / "runs.db")
+    return SQLiteStateStore(tmp_path / "runs.db", clock=clock)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[StateStore]:
     if request.param == "memory":
-        yield MemoryStateStore()
+        yield MemoryStateStore(clock=clock)
         return
-    store = _sqlite(tmp_path)
+    store = _sqlite(tmp_path, clock)
     if store is None:
         pytest.fail("refluxo.local is not importable")
     yield store

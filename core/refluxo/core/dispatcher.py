@@ -48,7 +48,7 @@ from .model import (
 )
 from .nodes import NodeDefinition
 from .plugins import Plugin
-from .ports import ResultArchive, Scheduler, StateStore
+from .ports import DueRuns, ResultArchive, Scheduler, StateStore
 
 logger = logging.getLogger("refluxo.steps")
 
@@ -69,6 +69,7 @@ RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 _MAX_CONFLICT_RETRIES = 5
 _REMEMBERED_EVENT_IDS = 32
+_AGAIN_HOP = 1 << 42  # hops of deliveries sent again start here: never a step's own hop count
 
 
 def check_run_id(run_id: str) -> str:
@@ -378,6 +379,78 @@ class Dispatcher:
         self._log_step(new, node_id, "stepped", duration_ms)
         await self._schedule_next(new)
         return self._result("stepped", message.run_id, new)
+
+    async def reconcile(
+        self, *, now: int | None = None, grace_ms: int = 300_000, limit: int = 100
+    ) -> list[str]:
+        """Schedule again the runs whose delivery was lost: due for longer than ``grace_ms``.
+
+        A queue can drop a run's only delivery (a message dead-lettered after its retries, a
+        task deleted after its attempts); the run then waits forever. This asks the store
+        (which must be a :class:`~refluxo.core.ports.DueRuns`) for runs due before
+        ``now - grace_ms`` and schedules each one's next delivery as a step would. A run that
+        still has a delivery in flight gets a duplicate, which is harmless: one of the two
+        finds the run moved on and does nothing. Call it periodically (a cron trigger, Cloud
+        Scheduler, the embedded runtime's timer).
+
+        Returns:
+            The ids of the runs it scheduled.
+
+        Raises:
+            TypeError: the store cannot find due runs.
+            BackendError: a store or scheduler failure (the runs scheduled so far stay so).
+        """
+        if not isinstance(self.store, DueRuns):
+            raise TypeError(f"{type(self.store).__name__} cannot find due runs (no due_runs)")
+        now = self.clock() if now is None else now
+        found = await self.store.due_runs(due_before=now - grace_ms, limit=limit)
+        scheduled: list[str] = []
+        for run_id in found:
+            if await self._deliver_again(run_id):
+                scheduled.append(run_id)
+        if scheduled:
+            logger.warning(
+                "reconcile: %d run(s) had lost their delivery and were scheduled again",
+                len(scheduled),
+                extra={"refluxo": {"reconciled": scheduled}},
+            )
+        return scheduled
+
+    async def dead_lettered(self, message: DispatchMessage, reason: str) -> bool:
+        """Handle a delivery that the platform gave up on (a dead-letter queue's message).
+
+        Schedules the run's next delivery again if the run still needs one (the decision
+        :meth:`reconcile` makes for one run), else does nothing; the run is never dropped.
+
+        Returns:
+            True when a delivery was scheduled.
+
+        Raises:
+            BackendError: a store or scheduler failure (deliver the dead letter again).
+        """
+        scheduled = await self._deliver_again(message.run_id)
+        logger.warning(
+            "dead-lettered delivery %s (%s): %s",
+            message.key,
+            reason,
+            "scheduled again" if scheduled else "nothing to schedule",
+            extra={"refluxo": {"run": message.run_id, "deadLetter": reason}},
+        )
+        return scheduled
+
+    async def _deliver_again(self, run_id: str) -> bool:
+        try:
+            snapshot = await self.store.load(run_id)
+        except RunNotFound:
+            return False
+        if not self._needs_delivery(snapshot):
+            return False
+        # A fresh key: the lost delivery's key may still be remembered by a deduplicating
+        # scheduler (Cloud Tasks keeps a task's name for a while after deleting it), which
+        # would collapse the new delivery into the lost one. Copies made within one second
+        # still collapse.
+        await self._schedule_next(snapshot, hop=_AGAIN_HOP + self.clock() // 1000)
+        return True
 
     # --- internals ---------------------------------------------------------------------------
 

@@ -11,23 +11,34 @@ from collections.abc import Callable, Sequence
 
 from .errors import PayloadTooLarge, RunNotFound, VersionConflict
 from .model import DispatchMessage, NodeResult, Snapshot, now_ms
-from .ports import ResultArchive, Scheduler, StateStore
+from .ports import DueRuns, ResultArchive, Scheduler, StateStore, stored_due_time
 
 
-class MemoryStateStore(StateStore, ResultArchive):
+class MemoryStateStore(StateStore, ResultArchive, DueRuns):
     """Keeps snapshots as JSON text in a dict; copies in and out so callers share nothing.
 
-    It also keeps the results a retention limit trims (:class:`ResultArchive`).
+    It also keeps the results a retention limit trims (:class:`ResultArchive`) and finds due
+    runs (:class:`DueRuns`).
 
     Args:
         max_bytes: refuse snapshots whose JSON is larger (None: no limit).
+        clock: epoch milliseconds, for the due time of active runs.
     """
 
-    def __init__(self, *, max_bytes: int | None = None) -> None:
+    def __init__(self, *, max_bytes: int | None = None, clock: Callable[[], int] = now_ms) -> None:
         self._runs: dict[str, str] = {}
         self._versions: dict[str, int] = {}
+        self._due: dict[str, int] = {}
         self._archive: dict[tuple[str, str], dict[int, str]] = {}
         self.max_bytes = max_bytes
+        self.clock = clock
+
+    def _set_due(self, snapshot: Snapshot) -> None:
+        due = stored_due_time(snapshot, self.clock())
+        if due is None:
+            self._due.pop(snapshot.workflow_id, None)
+        else:
+            self._due[snapshot.workflow_id] = due
 
     def _encode(self, snapshot: Snapshot) -> str:
         raw = snapshot.to_json()
@@ -41,6 +52,7 @@ class MemoryStateStore(StateStore, ResultArchive):
             return False
         self._runs[snapshot.workflow_id] = raw
         self._versions[snapshot.workflow_id] = snapshot.version
+        self._set_due(snapshot)
         return True
 
     async def load(self, run_id: str) -> Snapshot:
@@ -58,6 +70,11 @@ class MemoryStateStore(StateStore, ResultArchive):
             raise VersionConflict(run_id, expected_version, current)
         self._runs[run_id] = self._encode(snapshot)
         self._versions[run_id] = snapshot.version
+        self._set_due(snapshot)
+
+    async def due_runs(self, *, due_before: int, limit: int) -> list[str]:
+        due = sorted((at, run_id) for run_id, at in self._due.items() if at <= due_before)
+        return [run_id for _, run_id in due[:limit]]
 
     async def archive_results(
         self, run_id: str, node_id: str, first_index: int, results: Sequence[NodeResult]

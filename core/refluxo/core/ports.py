@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .model import DispatchMessage, NodeResult, Snapshot
+from .model import DispatchMessage, Event, NodeResult, Snapshot
 
 
 @runtime_checkable
@@ -114,3 +114,47 @@ class ResultArchive(Protocol):
             StoreError: the backend failed.
         """
         ...
+
+
+@runtime_checkable
+class DueRuns(Protocol):
+    """Optional: a store that can find runs waiting for a delivery (used by the reconciler).
+
+    Such a store keeps each run's due time (:func:`stored_due_time`) in an indexed column or
+    field, written on every ``create`` and ``save``.
+    """
+
+    async def due_runs(self, *, due_before: int, limit: int) -> list[str]:
+        """Ids of runs that are not finished and whose due time (``Snapshot.due_at()``,
+        where ``active`` counts as due at its last save time) is at or before
+        ``due_before`` (epoch ms), earliest first, at most ``limit``.
+
+        Raises:
+            StoreError: the backend failed.
+        """
+        ...
+
+
+def stored_due_time(snapshot: Snapshot, saved_at: int) -> int | None:
+    """The due time a :class:`DueRuns` store keeps for ``snapshot`` saved at ``saved_at``.
+
+    ``Snapshot.due_at()``, except that an ``active`` run, and a paused run with an event in
+    its inbox (whose delivery is due at once), count as due at ``saved_at``: a run that has
+    been due for longer than a grace period without being saved again has lost its delivery.
+    None (never due) for paused runs without a deadline or an event, and finished runs.
+    """
+    if snapshot.status == "active":
+        return saved_at
+    if snapshot.status == "paused" and any(_resumes(snapshot, e) for e in snapshot.inbox or []):
+        return saved_at
+    return snapshot.due_at()
+
+
+def _resumes(snapshot: Snapshot, event: Event) -> bool:
+    # The dispatcher's rule for an event that a paused run consumes at its next delivery.
+    wait = snapshot.wait
+    if wait is None:
+        return True
+    if wait.kind != "event":
+        return False
+    return wait.event is None or event.name is None or event.name == wait.event
