@@ -17,6 +17,7 @@ from refluxo.core import DefinitionRef, StoreError, VersionConflict
 from refluxo.local import SQLiteStateStore
 from refluxo.local.store import DEFAULT_MAX_BYTES, RunSummary
 from tests.conftest import FakeClock
+from tests.contract.due_runs import DueRunsContract
 from tests.contract.store import StateStoreContract, snapshot
 
 
@@ -34,6 +35,58 @@ class TestSQLiteStateStore(StateStoreContract):
     @pytest.fixture
     def store_max_bytes(self) -> int:
         return DEFAULT_MAX_BYTES
+
+
+class TestSQLiteDueRuns(DueRunsContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SQLiteStateStore]:
+        store = SQLiteStateStore(tmp_path / "runs.db")
+        yield store
+        store.close()
+
+
+async def test_a_file_made_before_due_times_gets_them_from_its_snapshots(tmp_path: Path) -> None:
+    """A file written by a version without the due_at column: the column is added, filled
+    from the stored snapshots, and the reconciler finds the runs that were due."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE runs (id TEXT PRIMARY KEY, workflow TEXT, status TEXT NOT NULL,"
+        " version INTEGER NOT NULL, updated_at INTEGER NOT NULL, snapshot TEXT NOT NULL);"
+    )
+    old = [
+        (snapshot("active"), 1000),
+        (snapshot("sleeping", status="paused", wait={"kind": "sleep", "until": 2000}), 10),
+        (
+            snapshot(
+                "retrying",
+                status="error",
+                retryState={"nodeId": "start", "attempts": 1, "nextRetryAt": 3000},
+            ),
+            10,
+        ),
+        (snapshot("waiting", status="paused", wait={"kind": "event"}), 10),
+        (snapshot("done", status="completed"), 10),
+    ]
+    db.executemany(
+        "INSERT INTO runs VALUES (?, NULL, ?, 0, ?, ?)",
+        [(s.run_id, s.status, at, s.to_json()) for s, at in old],
+    )
+    db.commit()
+    db.close()
+
+    store = SQLiteStateStore(path)
+    try:
+        assert await store.due_runs(due_before=10_000, limit=10) == [
+            "active",
+            "sleeping",
+            "retrying",
+        ]
+        assert (await store.load("waiting")).status == "paused"
+        indexes = [row[1] for row in sqlite3.connect(path).execute("PRAGMA index_list(runs)")]
+        assert "runs_due" in indexes
+    finally:
+        store.close()
 
 
 @pytest.fixture
@@ -296,4 +349,4 @@ async def test_a_file_with_the_old_indexes_is_migrated_and_lists_runs_by_status(
             )
         }
     raw.close()
-    assert indexes == {"runs_workflow", "runs_settled"}
+    assert indexes == {"runs_workflow", "runs_settled", "runs_due"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -85,12 +85,22 @@ class Database:
         path: the database file; created when missing (``:memory:`` is never shared).
         busy_timeout_ms: how long a write waits for another connection's lock.
         schema: a script run once per connection before first use (``IF NOT EXISTS``).
+        migrate: run after ``schema``, once per connection: brings files made by earlier
+            versions up to date (what a script cannot say, such as adding a missing column).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int, schema: str) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_ms: int,
+        schema: str,
+        migrate: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self.schema = schema
+        self.migrate = migrate
         self._shared: _Shared | None = None
         self._key: tuple[str, int] | None = None
         self._guard = threading.Lock()  # Opening and closing this object's handle.
@@ -114,6 +124,8 @@ class Database:
                 with shared.lock:
                     if self.schema not in shared.schemas:
                         shared.conn.executescript(self.schema)
+                        if self.migrate is not None:
+                            self.migrate(shared.conn)
                         shared.schemas.add(self.schema)
             except BaseException:
                 _release(key, shared)

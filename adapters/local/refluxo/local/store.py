@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
 from refluxo.core.model import NodeResult, Snapshot, now_ms
-from refluxo.core.ports import ResultArchive, StateStore
+from refluxo.core.ports import DueRuns, ResultArchive, StateStore, stored_due_time
 
 from ._sqlite import Database
 
@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL,
     version INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
-    snapshot TEXT NOT NULL
+    snapshot TEXT NOT NULL,
+    due_at INTEGER
 );
 -- Every save rewrites the entries of each index whose columns its UPDATE sets, so the indexes
 -- leave out updated_at (set by every save) and workflow is never updated (it is fixed at
@@ -36,6 +37,8 @@ DROP INDEX IF EXISTS runs_by_status;
 DROP INDEX IF EXISTS runs_by_workflow;
 CREATE INDEX IF NOT EXISTS runs_workflow ON runs (workflow);
 CREATE INDEX IF NOT EXISTS runs_settled ON runs (status) WHERE status <> 'active';
+-- runs_due (on due_at, for the reconciler) is created by _migrate: files made by earlier
+-- versions get the column first.
 CREATE TABLE IF NOT EXISTS archived_results (
     run_id TEXT NOT NULL,
     node_id TEXT NOT NULL,
@@ -44,6 +47,29 @@ CREATE TABLE IF NOT EXISTS archived_results (
     PRIMARY KEY (run_id, node_id, idx)
 ) WITHOUT ROWID;
 """
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add ``due_at`` to files made before it existed, filled in from the stored snapshots."""
+    db.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        if "due_at" not in columns:
+            db.execute("ALTER TABLE runs ADD COLUMN due_at INTEGER")
+            # What stored_due_time says, read from the JSON (active: its last write).
+            db.execute(
+                "UPDATE runs SET due_at = CASE status"
+                " WHEN 'active' THEN updated_at"
+                " WHEN 'error' THEN COALESCE(json_extract(snapshot, '$.retryState.nextRetryAt'),"
+                " CASE WHEN json_extract(snapshot, '$.retryState') IS NULL THEN NULL ELSE 0 END)"
+                " WHEN 'paused' THEN json_extract(snapshot, '$.wait.until')"
+                " END"
+            )
+        db.execute("CREATE INDEX IF NOT EXISTS runs_due ON runs (due_at) WHERE due_at IS NOT NULL")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 @dataclass(frozen=True)
@@ -65,7 +91,7 @@ class RunSummary:
     updated_at: int
 
 
-class SQLiteStateStore(StateStore, ResultArchive):
+class SQLiteStateStore(StateStore, ResultArchive, DueRuns):
     """Stores each run as one row of a ``runs`` table: the snapshot's JSON plus a few columns.
 
     Several processes may share one file: creates are ``INSERT OR IGNORE`` and saves are
@@ -97,7 +123,9 @@ class SQLiteStateStore(StateStore, ResultArchive):
         self.max_bytes = max_bytes
         self.busy_timeout_ms = busy_timeout_ms
         self.clock = clock
-        self._database = Database(path, busy_timeout_ms=busy_timeout_ms, schema=_SCHEMA)
+        self._database = Database(
+            path, busy_timeout_ms=busy_timeout_ms, schema=_SCHEMA, migrate=_migrate
+        )
 
     def close(self) -> None:
         """Close the connection (unless another object of this process on the file uses it);
@@ -117,10 +145,11 @@ class SQLiteStateStore(StateStore, ResultArchive):
                 raise PayloadTooLarge("snapshot", size, self.max_bytes)
         return raw
 
-    def _columns(self, snapshot: Snapshot) -> tuple[str | None, str, int, int, str]:
+    def _columns(self, snapshot: Snapshot) -> tuple[str | None, str, int, int, str, int | None]:
         workflow = snapshot.definition.name if snapshot.definition is not None else None
         raw = self._encode(snapshot)
-        return workflow, snapshot.status, snapshot.version, self.clock(), raw
+        now = self.clock()
+        return workflow, snapshot.status, snapshot.version, now, raw, stored_due_time(snapshot, now)
 
     async def create(self, snapshot: Snapshot) -> bool:
         """Store ``snapshot`` as a new run, only if no run with its id exists.
@@ -135,8 +164,9 @@ class SQLiteStateStore(StateStore, ResultArchive):
         columns = self._columns(snapshot)
         with self._use(f"create {snapshot.workflow_id!r}") as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO runs (id, workflow, status, version, updated_at, snapshot)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO runs"
+                " (id, workflow, status, version, updated_at, snapshot, due_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (snapshot.workflow_id, *columns),
             )
             return cur.rowcount == 1
@@ -171,20 +201,21 @@ class SQLiteStateStore(StateStore, ResultArchive):
         run_id = snapshot.workflow_id
         workflow = snapshot.definition.name if snapshot.definition is not None else None
         raw = self._encode(snapshot)
-        values = (snapshot.status, snapshot.version, self.clock(), raw)
+        now = self.clock()
+        values = (snapshot.status, snapshot.version, now, raw, stored_due_time(snapshot, now))
         match = (run_id, expected_version)
         with self._use(f"save {run_id!r}") as db:
             # Setting workflow, even to its stored value, would rewrite its index entry; a run
             # keeps its definition's name, so the column is set only when it does change.
             cur = db.execute(
-                "UPDATE runs SET status = ?, version = ?, updated_at = ?, snapshot = ?"
-                " WHERE id = ? AND version = ? AND workflow IS ?",
+                "UPDATE runs SET status = ?, version = ?, updated_at = ?, snapshot = ?,"
+                " due_at = ? WHERE id = ? AND version = ? AND workflow IS ?",
                 (*values, *match, workflow),
             )
             if cur.rowcount == 0:
                 cur = db.execute(
                     "UPDATE runs SET status = ?, version = ?, updated_at = ?, snapshot = ?,"
-                    " workflow = ? WHERE id = ? AND version = ?",
+                    " due_at = ?, workflow = ? WHERE id = ? AND version = ?",
                     (*values, workflow, *match),
                 )
             if cur.rowcount == 1:
@@ -217,6 +248,21 @@ class SQLiteStateStore(StateStore, ResultArchive):
                 (run_id, node_id),
             ).fetchall()
         return [NodeResult.model_validate_json(row[0]) for row in rows]
+
+    async def due_runs(self, *, due_before: int, limit: int) -> list[str]:
+        """Ids of unfinished runs due at or before ``due_before``, earliest first (see
+        :class:`~refluxo.core.ports.DueRuns`); served by the ``runs_due`` index.
+
+        Raises:
+            StoreError: SQLite failed.
+        """
+        with self._use("find due runs") as db:
+            rows = db.execute(
+                "SELECT id FROM runs WHERE due_at IS NOT NULL AND due_at <= ?"
+                " ORDER BY due_at, id LIMIT ?",
+                (due_before, limit),
+            ).fetchall()
+        return [row[0] for row in rows]
 
     async def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
