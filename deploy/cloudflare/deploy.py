@@ -106,6 +106,7 @@ class BundleConfig:
     max_batch_size: int = LIMITS.CONSUMER_MAX_BATCH_SIZE
     max_batch_timeout: int = LIMITS.CONSUMER_MAX_BATCH_TIMEOUT_SECONDS
     retry_delay: int = LIMITS.CONSUMER_RETRY_DELAY_SECONDS
+    reconcile_cron: str = "*/5 * * * *"
     compatibility_date: str = COMPATIBILITY_DATE
     vars: Mapping[str, str] = field(default_factory=dict)
 
@@ -126,6 +127,7 @@ def wrangler_toml(config: BundleConfig) -> str:
         "REFLUXO_APP": config.app,
         "REFLUXO_STORE": config.store,
         "REFLUXO_QUEUE_BINDING": config.queue_binding,
+        "REFLUXO_DEAD_LETTER_QUEUE": config.dead_letter_queue,
         **(
             {"REFLUXO_D1_BINDING": config.d1_binding}
             if config.store == "d1"
@@ -175,6 +177,20 @@ def wrangler_toml(config: BundleConfig) -> str:
         f"max_retries = {config.max_retries}",
         f"retry_delay = {config.retry_delay}",
         f"dead_letter_queue = {_toml(config.dead_letter_queue)}",
+        "",
+        "# ... and its dead letters: each run whose delivery was given up on is scheduled again",
+        "# (a dead-letter queue without a consumer drops its messages after 4 days).",
+        "[[queues.consumers]]",
+        f"queue = {_toml(config.dead_letter_queue)}",
+        f"max_batch_size = {config.max_batch_size}",
+        f"max_batch_timeout = {config.max_batch_timeout}",
+        f"max_retries = {config.max_retries}",
+        f"retry_delay = {config.retry_delay}",
+        "",
+        "# The reconciler: schedules again the runs due for longer than",
+        "# REFLUXO_RECONCILE_GRACE_SECONDS (a delivery lost however it was lost).",
+        "[triggers]",
+        f"crons = [{_toml(config.reconcile_cron)}]",
         "",
         "[observability]",
         "enabled = true",
@@ -335,8 +351,9 @@ def d1_schema_sql(table: str = "refluxo_runs") -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY NOT NULL, "
         "version INTEGER NOT NULL, status TEXT NOT NULL, workflow TEXT, snapshot TEXT NOT NULL, "
-        f"updated_at INTEGER NOT NULL); CREATE INDEX IF NOT EXISTS {table}_status "
-        f"ON {table} (status, updated_at); CREATE TABLE IF NOT EXISTS {table}_results "
+        f"updated_at INTEGER NOT NULL, due_at INTEGER); CREATE INDEX IF NOT EXISTS {table}_status "
+        f"ON {table} (status, updated_at); CREATE INDEX IF NOT EXISTS {table}_due ON {table} "
+        f"(due_at) WHERE due_at IS NOT NULL; CREATE TABLE IF NOT EXISTS {table}_results "
         "(run_id TEXT NOT NULL, node_id TEXT NOT NULL, idx INTEGER NOT NULL, "
         "result TEXT NOT NULL, PRIMARY KEY (run_id, node_id, idx)) WITHOUT ROWID"
     )
@@ -358,6 +375,7 @@ def deploy(args: argparse.Namespace) -> None:
         max_batch_size=args.max_batch_size,
         max_batch_timeout=args.max_batch_timeout,
         retry_delay=args.retry_delay,
+        reconcile_cron=args.reconcile_cron,
         compatibility_date=args.compatibility_date,
         vars=extra_vars,
     )
@@ -428,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=LIMITS.CONSUMER_RETRY_DELAY_SECONDS,
         help="seconds before redelivering a batch whose handler raised (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reconcile-cron",
+        default="*/5 * * * *",
+        help="when the reconciler runs, a cron expression (default: %(default)s)",
     )
     parser.add_argument("--d1-database", default="refluxo")
     parser.add_argument("--d1-id", help="the D1 database's id (else --create finds it)")

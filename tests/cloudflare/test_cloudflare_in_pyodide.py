@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.contract.due_runs import DueRunsContract
 from tests.contract.scheduler import SchedulerContract
 from tests.contract.store import StateStoreContract
 
@@ -32,6 +33,7 @@ IN_PYODIDE = HERE / "in_pyodide"
 CORE_TEST_MODULES = ("test_engine.py", "test_expressions.py", "test_snapshot.py")
 
 STORE_TESTS = sorted(n for n in dir(StateStoreContract) if n.startswith("test_"))
+DUE_RUNS_TESTS = sorted(n for n in dir(DueRunsContract) if n.startswith("test_"))
 SCHEDULER_TESTS = sorted(n for n in dir(SchedulerContract) if n.startswith("test_"))
 # What KVStateStore declares missing (no atomic compare-and-set), and Queues (no dedup).
 KV_SKIPPED = {
@@ -150,6 +152,14 @@ def test_kv_state_store_passes_the_contract_declaring_no_atomic_cas(
         _expect(contracts, f"TestKVStateStore::{name}", "SKIPPED", "atomic_compare_and_set")
     else:
         _expect(contracts, f"TestKVStateStore::{name}", "PASSED")
+
+
+@pytest.mark.parametrize("name", DUE_RUNS_TESTS)
+@pytest.mark.parametrize("store", ["TestD1StateStore", "TestKVStateStore"])
+def test_d1_and_kv_stores_find_due_runs_for_the_reconciler(
+    contracts: Results, store: str, name: str
+) -> None:
+    _expect(contracts, f"{store}::{name}", "PASSED")
 
 
 @pytest.mark.parametrize("name", SCHEDULER_TESTS)

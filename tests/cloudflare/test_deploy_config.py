@@ -38,7 +38,10 @@ def test_the_consumer_batches_briefly_retries_with_a_delay_and_dead_letters(
     bundle: Path,
 ) -> None:
     wrangler = tomllib.loads((bundle / "wrangler.toml").read_text())
-    [consumer] = wrangler["queues"]["consumers"]
+    consumer, dead_letters = wrangler["queues"]["consumers"]
+    assert dead_letters["queue"] == "refluxo-steps-dlq"
+    assert wrangler["vars"]["REFLUXO_DEAD_LETTER_QUEUE"] == "refluxo-steps-dlq"
+    assert wrangler["triggers"]["crons"] == ["*/5 * * * *"]
     assert consumer == {
         "queue": "refluxo-steps",
         "max_batch_size": limits.CONSUMER_MAX_BATCH_SIZE,

@@ -34,7 +34,9 @@ def build_bundle(out: Path, *args: str) -> Path:
     return out
 
 
-def bundle_config(bundle: Path, *, consume: bool = False) -> Path:
+def bundle_config(
+    bundle: Path, *, consume: bool = False, extra_vars: dict[str, str] | None = None
+) -> Path:
     """A harness config with the bindings and vars the bundle's wrangler.toml declares."""
     wrangler = tomllib.loads((bundle / "wrangler.toml").read_text())
     queues = {
@@ -47,7 +49,7 @@ def bundle_config(bundle: Path, *, consume: bool = False) -> Path:
         "kv": [kv["binding"] for kv in wrangler.get("kv_namespaces", [])],
         "d1": [db["binding"] for db in wrangler.get("d1_databases", [])],
         "queues": queues,
-        "vars": wrangler["vars"],
+        "vars": {**wrangler["vars"], **(extra_vars or {})},
     }
     path = bundle.parent / f"{bundle.name}-harness.json"
     path.write_text(json.dumps(config))
@@ -60,9 +62,15 @@ def d1_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_against(
-    run_in_pyodide: Any, bundle: Path, program: Path, *, consume: bool = False, **kwargs: Any
+    run_in_pyodide: Any,
+    bundle: Path,
+    program: Path,
+    *,
+    consume: bool = False,
+    extra_vars: dict[str, str] | None = None,
+    **kwargs: Any,
 ) -> Any:
-    config = bundle_config(bundle, consume=consume)
+    config = bundle_config(bundle, consume=consume, extra_vars=extra_vars)
     return run_in_pyodide(
         program, kv=(), queues=(), d1=(), extra_args=["--config", str(config)], **kwargs
     )
@@ -179,3 +187,23 @@ def test_an_app_with_module_level_workflows_deploys_and_runs(
     )
     result = run_against(run_in_pyodide, bundle, IN_PYODIDE / "module_level_app.py", consume=True)
     assert "1 passed, 0 failed" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("store", ["d1", "kv"])
+def test_runs_whose_delivery_was_lost_are_recovered_by_the_cron_trigger_and_the_dlq_consumer(
+    run_in_pyodide: Any, tmp_path: Path, store: str
+) -> None:
+    app = tmp_path / "hello_app.py"
+    app.write_text(MODULE_LEVEL_APP)
+    bundle = build_bundle(
+        tmp_path / "bundle", "--store", store, "--app", "hello_app", "--app-src", str(app)
+    )
+    result = run_against(
+        run_in_pyodide,
+        bundle,
+        IN_PYODIDE / "reconciler.py",
+        consume=True,
+        # Production waits 5 minutes before a due run counts as lost; here, at once.
+        extra_vars={"REFLUXO_RECONCILE_GRACE_SECONDS": "0"},
+    )
+    assert "3 passed, 0 failed" in result.stdout, result.stdout
