@@ -156,10 +156,15 @@ def test_worker_settings_come_from_vars_with_defaults() -> None:
         REFLUXO_GLOBALS='{"k": 1}',
         REFLUXO_MAX_BODY_BYTES="1000",
         REFLUXO_RETRY_MAX_SECONDS="60",
+        REFLUXO_DEAD_LETTER_QUEUE="steps-dlq",
+        REFLUXO_RECONCILE_GRACE_SECONDS="600",
+        REFLUXO_RECONCILE_LIMIT="50",
     )
     settings = WorkerSettings.from_env(env)
     assert (settings.store, settings.api_token, settings.globals) == ("kv", "t", {"k": 1})
     assert (settings.max_body_bytes, settings.retry_max_seconds) == (1000, 60)
+    assert settings.dead_letter_queue == "steps-dlq"
+    assert (settings.reconcile_grace_seconds, settings.reconcile_limit) == (600, 50)
 
 
 @pytest.mark.parametrize(
@@ -170,6 +175,8 @@ def test_worker_settings_come_from_vars_with_defaults() -> None:
         ({"REFLUXO_APP": "a", "REFLUXO_GLOBALS": "{"}, "REFLUXO_GLOBALS"),
         ({"REFLUXO_APP": "a", "REFLUXO_MAX_BODY_BYTES": "lots"}, "REFLUXO_MAX_BODY_BYTES"),
         ({"REFLUXO_APP": "a", "REFLUXO_RETRY_MAX_SECONDS": "99999"}, "between 0 and 86400"),
+        ({"REFLUXO_APP": "a", "REFLUXO_RECONCILE_LIMIT": "0"}, "REFLUXO_RECONCILE_LIMIT"),
+        ({"REFLUXO_APP": "a", "REFLUXO_RECONCILE_GRACE_SECONDS": "-1"}, "RECONCILE_GRACE"),
     ],
 )
 def test_worker_settings_name_what_is_wrong(env: dict[str, str], message: str) -> None:
