@@ -83,7 +83,7 @@ def test_the_bundles_queue_handler_accepts_workerds_batch_env_ctx_call(
     assert "1 passed, 0 failed" in result.stdout, result.stdout
 
 
-def test_a_queue_handler_without_env_and_ctx_fails_as_in_production(
+def test_queue_and_scheduled_handlers_without_env_and_ctx_fail_as_in_production(
     run_in_pyodide: Any, tmp_path: Path
 ) -> None:
     src = tmp_path / "src"
@@ -93,19 +93,23 @@ def test_a_queue_handler_without_env_and_ctx_fails_as_in_production(
         "class Default(WorkerEntrypoint):\n"
         "    async def queue(self, batch):\n"
         "        for message in batch.messages:\n"
-        "            message.ack()\n"
+        "            message.ack()\n\n"
+        "    async def scheduled(self, controller):\n"
+        "        pass\n"
     )
     program = tmp_path / "deliver.py"
     program.write_text(
         "import json\n"
         "import harness_env\n"
-        "result = await harness_env.deliver_batch('q', [{'id': 'm1', 'body': 'x'}])\n"
-        "print(json.dumps(result))\n"
+        "batch = await harness_env.deliver_batch('q', [{'id': 'm1', 'body': 'x'}])\n"
+        "cron = await harness_env.trigger_scheduled('* * * * *')\n"
+        "print(json.dumps([batch, cron]))\n"
     )
     result = run_in_pyodide(program, [src], entry_module="entry", kv=(), queues=(), d1=())
-    outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    assert outcome["ops"] == []
-    assert "TypeError" in outcome["error"] and "positional argument" in outcome["error"]
+    batch, cron = json.loads(result.stdout.strip().splitlines()[-1])
+    assert batch["ops"] == []
+    assert "TypeError" in batch["error"] and "positional argument" in batch["error"]
+    assert "TypeError" in cron["error"] and "positional argument" in cron["error"]
 
 
 ALLOWED_TOP_LEVEL = """\

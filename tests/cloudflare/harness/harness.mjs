@@ -203,6 +203,7 @@ async function handleQueue(mfRequest) {
 }
 
 // A cron trigger: `scheduled(controller, env, ctx)` on a fresh instance.
+let lastScheduled = null;
 async function runScheduled({ cron, scheduledTime }) {
   const controller = new ScheduledController({ cron, scheduledTime });
   const ctx = new ExecutionContext();
@@ -221,7 +222,8 @@ async function runScheduled({ cron, scheduledTime }) {
   } finally {
     inst?.destroy?.();
   }
-  return { error, noRetry: controller.noRetryCalled };
+  lastScheduled = { error, noRetry: controller.noRetryCalled, cron, scheduledTime };
+  return lastScheduled;
 }
 
 async function handleScheduled(mfRequest) {
@@ -339,8 +341,20 @@ if (cfg.mode === "serve") {
       };
       return runQueueBatch(payload);
     },
+    // Through Miniflare's own trigger and the JS worker's scheduled(), as a cron would.
     async triggerScheduled(cron, scheduledTime) {
-      return runScheduled({ cron, scheduledTime: scheduledTime ?? Date.now() });
+      const url = new URL("/cdn-cgi/handler/scheduled", mfHandle.url);
+      url.searchParams.set("cron", cron);
+      if (scheduledTime !== undefined && scheduledTime !== null) {
+        url.searchParams.set("time", String(scheduledTime));
+      }
+      lastScheduled = null;
+      const r = await mfHandle.mf.dispatchFetch(url.href);
+      const text = await r.text();
+      if (lastScheduled === null) {
+        return { error: `the cron trigger did not reach the Worker: ${r.status} ${text}`, noRetry: false };
+      }
+      return lastScheduled;
     },
     async dispatchFetch(url, init) {
       const r = await mfHandle.mf.dispatchFetch(new URL(url, mfHandle.url).href, init ?? undefined);

@@ -40,8 +40,9 @@ async def test_the_cron_trigger_schedules_a_run_whose_delivery_was_lost():
     lost = stranded_dispatcher()
     await lost.start("hello", run_id="stranded-cron")
     assert (await lost.get("stranded-cron")).status == "active"
-    outcome = await harness_env.trigger_scheduled("*/5 * * * *")
+    outcome = await harness_env.trigger_scheduled("*/5 * * * *", 1_700_000_000_000)
     assert outcome["error"] is None, outcome["error"]
+    assert (outcome["cron"], outcome["scheduledTime"]) == ("*/5 * * * *", 1_700_000_000_000)
     await completed(lost, "stranded-cron")
 
 

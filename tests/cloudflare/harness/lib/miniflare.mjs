@@ -115,6 +115,8 @@ export async function startMiniflare(config, pythonService) {
     // The default fetches a Request.cf sample from the internet; use Miniflare's
     // built-in placeholder instead.
     cf: false,
+    // GET /cdn-cgi/handler/scheduled?cron=... fires the cron trigger, as workerd would.
+    unsafeTriggerHandlers: true,
     // workerd's own stdout would otherwise land on ours, which carries the
     // ready line (serve) or the Python program's output (run).
     handleRuntimeStdio(stdout, stderr) {

@@ -251,9 +251,10 @@ def install_harness_env(api: Any) -> types.ModuleType:
         return _plain(await api.deliverBatch(queue, python_to_rpc(messages)))
 
     async def trigger_scheduled(cron: str, scheduled_time: int | None = None) -> dict[str, Any]:
-        """Fire a cron trigger: the ``--entry`` Worker's ``scheduled(controller, env, ctx)``.
+        """Fire a cron trigger through Miniflare: the ``--entry`` Worker's
+        ``scheduled(controller, env, ctx)``.
 
-        Returns ``{"error": None | str, "noRetry": bool}``.
+        Returns ``{"error": None | str, "noRetry": bool, "cron": str, "scheduledTime": ms}``.
         """
         return _plain(await api.triggerScheduled(cron, scheduled_time))
 
