@@ -214,6 +214,40 @@ async def test_kv_stores_the_due_time_in_metadata_with_the_value():
     assert found["metadata"]["due"] is None
 
 
+class SmallPages:
+    """A KV binding whose listings come two keys a page, so ``due_runs`` follows the cursor."""
+
+    def __init__(self, kv):
+        self._kv = kv
+        self.lists = 0
+
+    def get(self, *args, **kwargs):
+        return self._kv.get(*args, **kwargs)
+
+    def getWithMetadata(self, *args, **kwargs):
+        return self._kv.getWithMetadata(*args, **kwargs)
+
+    def put(self, *args, **kwargs):
+        return self._kv.put(*args, **kwargs)
+
+    def list(self, **options):
+        self.lists += 1
+        return self._kv.list(**options, limit=2)
+
+
+async def test_kv_due_runs_follows_the_listing_cursor_across_pages():
+    pages = SmallPages(env.STATE)
+    store = KVStateStore(pages, prefix="paged:")
+    now = now_ms()
+    for i in range(5):
+        sleeping = snapshot(f"r{i}", status="paused", wait={"kind": "sleep", "until": now - i})
+        await store.create(sleeping)
+    await store.create(snapshot("done", status="completed"))
+    assert await store.due_runs(due_before=now, limit=10) == ["r4", "r3", "r2", "r1", "r0"]
+    assert pages.lists == 3  # six keys, two a page
+    assert await store.due_runs(due_before=now - 3, limit=10) == ["r4", "r3"]
+
+
 # ------------------------------------------------------------------ D1StateStore beyond it
 
 
