@@ -61,7 +61,7 @@ PACKAGES = {
     "refluxo/core": ROOT / "core" / "refluxo" / "core",
     "refluxo/cloudflare": ROOT / "adapters" / "cloudflare" / "refluxo" / "cloudflare",
 }
-BUILTIN_APP_VARS = {"refluxo.demo": {"REFLUXO_GLOBALS": '{"order_id": "A-1001"}'}}
+BUILTIN_APP_VARS = {"refluxo.demo": {"REFLUXO_GLOBALS": '{"supplier_token": "demo-secret"}'}}
 """Vars the built-in apps need. A real app's globals hold secrets: store them with
 ``wrangler secret put REFLUXO_GLOBALS`` rather than as a var, which anyone with access to
 the Worker's settings can read."""

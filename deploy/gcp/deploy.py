@@ -17,6 +17,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,17 +47,81 @@ def build(out: Path, app: str, app_src: Path | None = None) -> Path:
     return out
 
 
-class Cloud:
-    """Runs gcloud commands, or prints them with ``dry_run``."""
+# What gcloud answers while a grant, a service account or an API is a moment old and not yet
+# effective everywhere (IAM changes usually take effect within minutes; so do enabled APIs).
+PROPAGATION_ERRORS = (
+    "does not exist",  # a service account created a moment ago, named in a binding
+    "PERMISSION_DENIED",  # a role granted a moment ago
+    "does not have permission",
+    "SERVICE_DISABLED",  # an API enabled a moment ago
+    "has not been used in project",
+    "concurrent policy changes",  # two bindings written at once: read the policy again
+)
+BUILD_ROLES = (
+    # What the account that builds the function needs (Cloud Run's "build service account").
+    "roles/logging.logWriter",
+    "roles/artifactregistry.writer",
+    "roles/storage.objectAdmin",
+)
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
-    def __init__(self, dry_run: bool) -> None:
+
+def _subprocess_run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+class Cloud:
+    """Runs gcloud commands, or prints them with ``dry_run``.
+
+    A command that fails with one of :data:`PROPAGATION_ERRORS` is run again after a pause
+    that doubles each time (``first_delay_s``, at most a minute), ``attempts`` times in all:
+    on a new project, the first run of the script then succeeds.
+
+    Args:
+        runner: runs one command like ``subprocess.run`` (replaced in tests).
+        sleep: waits between attempts (replaced in tests).
+    """
+
+    def __init__(
+        self,
+        dry_run: bool,
+        *,
+        runner: Runner = _subprocess_run,
+        sleep: Callable[[float], None] = time.sleep,
+        attempts: int = 8,
+        first_delay_s: float = 5.0,
+    ) -> None:
         self.dry_run = dry_run
+        self.runner = runner
+        self.sleep = sleep
+        self.attempts = attempts
+        self.first_delay_s = first_delay_s
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str] | None:
         print("+ " + shlex.join(args), flush=True)
         if self.dry_run:
             return None
-        return subprocess.run(args, check=check, text=True, capture_output=not check)
+        delay = self.first_delay_s
+        for attempt in range(1, self.attempts + 1):
+            result = self.runner(list(args), check=False, text=True, capture_output=True)
+            if result.stdout and check:
+                print(result.stdout, end="", flush=True)
+            if result.returncode == 0 or not check:
+                return result
+            error = result.stderr or ""
+            if attempt < self.attempts and any(e in error for e in PROPAGATION_ERRORS):
+                last = error.strip().splitlines()[-1:] or [""]
+                print(
+                    f"  not effective yet ({last[0][:200]}); trying again in {delay:.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            print(error, end="", file=sys.stderr, flush=True)
+            raise subprocess.CalledProcessError(result.returncode, args, result.stdout, error)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def exists(self, *args: str) -> bool:
         """Whether a describe command succeeds (in a dry run: assume it does not)."""
@@ -63,16 +129,40 @@ class Cloud:
         return result is not None and result.returncode == 0
 
 
-def deploy(args: argparse.Namespace) -> None:
+def _grant_project_roles(cloud: Cloud, project: str, member: str, roles: tuple[str, ...]) -> None:
+    for role in roles:
+        cloud.run(
+            "gcloud",
+            "projects",
+            "add-iam-policy-binding",
+            project,
+            "--member",
+            member,
+            "--role",
+            role,
+            "--condition",
+            "None",
+        )
+
+
+def _ensure_account(cloud: Cloud, name: str, email: str, title: str, p: list[str]) -> None:
+    if not cloud.exists("gcloud", "iam", "service-accounts", "describe", email, *p):
+        cloud.run("gcloud", "iam", "service-accounts", "create", name, "--display-name", title, *p)
+
+
+def deploy(args: argparse.Namespace, cloud: Cloud | None = None) -> None:
     bundle = build(Path(args.out), args.app, Path(args.app_src) if args.app_src else None)
     print(f"bundle: {bundle}")
     if args.build_only:
         return
     if not args.project or not args.region:
         raise SystemExit("deploy: --project and --region are required to deploy")
-    cloud = Cloud(args.dry_run)
+    cloud = cloud or Cloud(args.dry_run)
     project, region = args.project, args.region
     sa_email = f"{args.service_account}@{project}.iam.gserviceaccount.com"
+    builder = args.build_service_account
+    if builder and "@" not in builder:
+        builder = f"{builder}@{project}.iam.gserviceaccount.com"
     url = f"https://{region}-{project}.cloudfunctions.net/{args.function}"
     p = ["--project", project]
 
@@ -86,32 +176,23 @@ def deploy(args: argparse.Namespace) -> None:
         "cloudtasks.googleapis.com",
         "firestore.googleapis.com",
         "artifactregistry.googleapis.com",
+        "cloudscheduler.googleapis.com",
+        "iam.googleapis.com",
         *p,
     )
-    if not cloud.exists("gcloud", "iam", "service-accounts", "describe", sa_email, *p):
-        cloud.run(
-            "gcloud",
-            "iam",
-            "service-accounts",
-            "create",
-            args.service_account,
-            "--display-name",
-            "refluxo function and task invoker",
-            *p,
-        )
-    for role in ("roles/datastore.user", "roles/cloudtasks.enqueuer"):
-        cloud.run(
-            "gcloud",
-            "projects",
-            "add-iam-policy-binding",
-            project,
-            "--member",
-            f"serviceAccount:{sa_email}",
-            "--role",
-            role,
-            "--condition",
-            "None",
-        )
+    _ensure_account(cloud, args.service_account, sa_email, "refluxo function and task invoker", p)
+    _grant_project_roles(
+        cloud,
+        project,
+        f"serviceAccount:{sa_email}",
+        ("roles/datastore.user", "roles/cloudtasks.enqueuer"),
+    )
+    if builder:
+        # Projects made since mid-2024 may give Cloud Build's default account too few rights
+        # to build a function: build with an account of our own that has what a build needs.
+        if builder.endswith(f"@{project}.iam.gserviceaccount.com"):
+            _ensure_account(cloud, builder.split("@")[0], builder, "refluxo function builder", p)
+        _grant_project_roles(cloud, project, f"serviceAccount:{builder}", BUILD_ROLES)
     # Creating a task that carries an OIDC token for the account means acting as it.
     cloud.run(
         "gcloud",
@@ -192,6 +273,11 @@ def deploy(args: argparse.Namespace) -> None:
         "300s",
         "--set-env-vars",
         ",".join(f"{k}={v}" for k, v in env.items()),
+        *(
+            ["--build-service-account", f"projects/{project}/serviceAccounts/{builder}"]
+            if builder
+            else []
+        ),
         *p,
     )
     # Cloud Tasks calls the function as the service account: let it invoke.
@@ -206,10 +292,41 @@ def deploy(args: argparse.Namespace) -> None:
         f"serviceAccount:{sa_email}",
         *p,
     )
+    # The reconciler: every few minutes, runs whose delivery Cloud Tasks dropped (a task is
+    # deleted after its attempts) are scheduled again. Called like the queue: OIDC, as the
+    # account.
+    job = [
+        "--location",
+        region,
+        "--schedule",
+        f"*/{args.reconcile_every} * * * *",
+        "--uri",
+        f"{url}/_reconcile",
+        "--http-method",
+        "POST",
+        "--oidc-service-account-email",
+        sa_email,
+        "--oidc-token-audience",
+        url,
+        *p,
+    ]
+    name = f"{args.function}-reconcile"
+    verb = (
+        "update"
+        if cloud.exists("gcloud", "scheduler", "jobs", "describe", name, "--location", region, *p)
+        else "create"
+    )
+    cloud.run("gcloud", "scheduler", "jobs", verb, "http", name, *job)
     print(f"deployed: {url}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    deploy(parse_args(argv))
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project")
     parser.add_argument("--region")
@@ -223,6 +340,20 @@ def main(argv: list[str] | None = None) -> int:
         help="where to create the Firestore database if the project has none (default: region)",
     )
     parser.add_argument("--service-account", default="refluxo-runner")
+    parser.add_argument(
+        "--build-service-account",
+        default="refluxo-builder",
+        help="account (name in the project, or e-mail) Cloud Build builds the function as; "
+        "created and granted the build roles; '' for Cloud Build's default account",
+    )
+    parser.add_argument(
+        "--reconcile-every",
+        type=int,
+        default=5,
+        choices=range(1, 60),
+        metavar="MINUTES",
+        help="how often Cloud Scheduler asks for runs whose delivery was lost (default 5)",
+    )
     parser.add_argument("--runtime", default="python312", choices=["python312", "python313"])
     parser.add_argument("--memory", default="512Mi")
     parser.add_argument(
@@ -232,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--build-only", action="store_true", help="write the bundle and stop")
     parser.add_argument("--dry-run", action="store_true", help="print cloud commands, run none")
-    deploy(parser.parse_args(argv))
-    return 0
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

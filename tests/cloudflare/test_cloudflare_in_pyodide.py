@@ -31,7 +31,7 @@ from tests.dispatcher import test_dispatcher
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 IN_PYODIDE = HERE / "in_pyodide"
-CORE_TEST_MODULES = ("test_engine.py", "test_expressions.py", "test_snapshot.py")
+CORE_TEST_MODULES = ("test_engine.py", "test_expressions.py", "test_secrets.py", "test_snapshot.py")
 
 STORE_TESTS = sorted(n for n in dir(StateStoreContract) if n.startswith("test_"))
 SCENARIOS = sorted(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from refluxo.core import Snapshot
 from refluxo.core.dispatcher import Dispatcher, DispatchResult, Workflow
 from refluxo.core.memory import MemoryScheduler
-from refluxo.core.model import DispatchMessage
-from refluxo.core.ports import StateStore
+from refluxo.core.model import DispatchMessage, NodeResult
+from refluxo.core.ports import DueRuns, ResultArchive, StateStore
 from refluxo.demo import DEFINITION, NODES
 from tests.conftest import FakeClock
 
@@ -18,6 +19,58 @@ Deliver = Callable[[Dispatcher, DispatchMessage], Awaitable[list[DispatchResult]
 
 async def deliver_once(dispatcher: Dispatcher, message: DispatchMessage) -> list[DispatchResult]:
     return [await dispatcher.dispatch(message)]
+
+
+class YieldingStore(StateStore, ResultArchive, DueRuns):
+    """A store that hands control to the event loop before and after every call to ``inner``.
+
+    Stores whose calls never really wait (memory; SQLite, which is synchronous) run a whole
+    dispatch without yielding, so "racing" coroutines would take turns instead of racing.
+    Through this wrapper two dispatches of one message interleave as two processes would:
+    both load, both execute, and one save loses. It counts the conflicts it passes on.
+    """
+
+    def __init__(self, inner: StateStore) -> None:
+        self.inner = inner
+        self.conflicts = 0
+
+    async def _call(self, call: Awaitable[Any]) -> Any:
+        await asyncio.sleep(0)
+        try:
+            return await call
+        except Exception as exc:
+            if type(exc).__name__ == "VersionConflict":
+                self.conflicts += 1
+            raise
+        finally:
+            await asyncio.sleep(0)
+
+    async def create(self, snapshot: Snapshot) -> bool:
+        created: bool = await self._call(self.inner.create(snapshot))
+        return created
+
+    async def load(self, run_id: str) -> Snapshot:
+        loaded: Snapshot = await self._call(self.inner.load(run_id))
+        return loaded
+
+    async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
+        await self._call(self.inner.save(snapshot, expected_version=expected_version))
+
+    async def archive_results(
+        self, run_id: str, node_id: str, first_index: int, results: Sequence[NodeResult]
+    ) -> None:
+        assert isinstance(self.inner, ResultArchive)
+        await self._call(self.inner.archive_results(run_id, node_id, first_index, results))
+
+    async def archived_results(self, run_id: str, node_id: str) -> list[NodeResult]:
+        assert isinstance(self.inner, ResultArchive)
+        found: list[NodeResult] = await self._call(self.inner.archived_results(run_id, node_id))
+        return found
+
+    async def due_runs(self, *, due_before: int, limit: int) -> list[str]:
+        assert isinstance(self.inner, DueRuns)
+        found: list[str] = await self._call(self.inner.due_runs(due_before=due_before, limit=limit))
+        return found
 
 
 class Harness:
@@ -29,7 +82,7 @@ class Harness:
         self.scheduler = MemoryScheduler(clock=clock, max_delay_ms=max_delay_ms)
         self.demo = Workflow("demo", DEFINITION, NODES, clock=clock)
         self.dispatcher = Dispatcher(
-            [self.demo], store, self.scheduler, clock=clock, globals={"order_id": "A-7"}
+            [self.demo], store, self.scheduler, clock=clock, globals={"supplier_token": "tok-7"}
         )
         self.outcomes: list[str] = []
 
@@ -65,7 +118,9 @@ class Harness:
     async def run_demo(
         self, run_id: str = "r1", deliver: Deliver = deliver_once, approve: bool = True
     ) -> Snapshot:
-        await self.dispatcher.start("demo", run_id=run_id, input={"customer": "Grace"})
+        await self.dispatcher.start(
+            "demo", run_id=run_id, input={"customer": "Grace", "order": "A-7"}
+        )
         await self.crank(deliver, until_waiting=run_id)
         snap = await self.store.load(run_id)
         assert snap.status == "paused" and snap.current_node_id == "approval", snap.status

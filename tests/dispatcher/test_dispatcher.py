@@ -1,4 +1,4 @@
-"""The dispatcher under the faults real queues produce, on the memory and SQLite stores.
+"""The dispatcher under the faults real queues produce, on the memory, SQLite and Firestore stores.
 
 Each scenario must end with the same recorded results as a clean run, and no step's result
 recorded twice.
@@ -18,7 +18,7 @@ from refluxo.core.ports import StateStore
 from refluxo.demo import DEFINITION, NODES
 from tests.conftest import FakeClock
 
-from .harness import Harness, recorded
+from .harness import Harness, YieldingStore, recorded
 
 EXPECTED_NODES = ["order", "cool_down", "approval", "decide", "ship"]
 
@@ -67,10 +67,14 @@ async def test_two_dispatchers_racing_on_one_run_record_each_step_once(
     async def racing(d: Dispatcher, m: DispatchMessage) -> list[DispatchResult]:
         return list(await asyncio.gather(d.dispatch(m), d.dispatch(m)))
 
-    h = Harness(store, clock)
+    interleaving = YieldingStore(store)
+    h = Harness(interleaving, clock)
     snap = await h.run_demo(deliver=racing)
     assert snap.status == "completed"
     assert recorded(snap) == await clean_run(clock)
+    # They really raced: both executed a step, and the save of one of them lost.
+    assert interleaving.conflicts > 0
+    assert h.outcomes.count("conflict") == interleaving.conflicts
 
 
 class CrashAfterSave(Exception):

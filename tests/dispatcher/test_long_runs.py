@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 
 from refluxo.core import DefinitionError, NodeResult, Snapshot
 from refluxo.core.dispatcher import Dispatcher
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.ports import ResultArchive, StateStore
+from tests.conftest import FakeClock
 
+from .conftest import open_store
 from .longrun import loop_workflow, run_loop
 
 ITERATIONS = 10_000
 MIB = 1024 * 1024
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[StateStore]:
+    """Memory and SQLite: the Firestore long runs are in tests/gcp (sampled, they take long)."""
+    async with open_store(request.param, request, tmp_path, clock) as opened:
+        yield opened
 
 
 async def test_a_10000_step_loop_completes_with_a_bounded_snapshot(store: StateStore) -> None:

@@ -124,8 +124,8 @@ def find(cmds: list[list[str]], *prefix: str) -> list[str]:
     return found[0]
 
 
-def option(cmd: list[str], name: str) -> str:
-    return cmd[cmd.index(name) + 1]
+def option(cmd: list[str], name: str) -> str | None:
+    return cmd[cmd.index(name) + 1] if name in cmd else None
 
 
 def test_dry_run_prints_the_deployment_and_runs_nothing(
@@ -150,9 +150,13 @@ def test_dry_run_prints_the_deployment_and_runs_nothing(
     for api in ("cloudfunctions", "run", "cloudbuild", "cloudtasks", "firestore"):
         assert f"{api}.googleapis.com" in enable
 
-    account = find(cmds, "gcloud", "iam", "service-accounts", "create")
-    assert account[4] == "refluxo-runner"
-    roles = {option(c, "--role") for c in cmds if "add-iam-policy-binding" in c}
+    account = find(cmds, "gcloud", "iam", "service-accounts", "create", "refluxo-runner")
+    assert option(account, "--display-name")
+    roles = {
+        option(c, "--role")
+        for c in cmds
+        if "add-iam-policy-binding" in c and option(c, "--member") == f"serviceAccount:{SA}"
+    }
     assert roles == {
         "roles/datastore.user",
         "roles/cloudtasks.enqueuer",
@@ -189,11 +193,14 @@ def test_dry_run_prints_the_deployment_and_runs_nothing(
     # Every command names the project (the project-level bindings as their argument).
     for cmd in cmds:
         named = option(cmd, "--project") if "--project" in cmd else cmd[3]
+        if cmd[1] == "scheduler":
+            named = option(cmd, "--project")
         assert named == PROJECT, cmd
-    # The function is deployed after what it needs, and made invokable last.
+    # The function is deployed after what it needs, then made invokable, then reconciled.
     order = [" ".join(c[1:4]) for c in cmds]
     assert order.index("functions deploy refluxo") > order.index("tasks queues create")
-    assert order[-1].startswith("functions add-invoker-policy-binding")
+    assert order[-3].startswith("functions add-invoker-policy-binding")
+    assert order[-1] == "scheduler jobs create"
     assert f"deployed: {URL}" in printed
     assert files(out) >= {"main.py", "requirements.txt", "refluxo/gcp/function.py"}
 
@@ -244,3 +251,155 @@ def test_a_real_run_creates_only_what_is_missing(
     done = {" ".join(c[1:4]) for c in ran}
     assert "iam service-accounts create" not in done
     assert {"firestore databases create", "tasks queues create", "functions deploy refluxo"} <= done
+
+
+BUILDER = f"refluxo-builder@{PROJECT}.iam.gserviceaccount.com"
+
+
+def dry_run(deploy_script: Any, tmp_path: Path, capsys: Any, *extra: str) -> list[list[str]]:
+    argv = ["--project", PROJECT, "--region", REGION, "--out", str(tmp_path / "b"), "--dry-run"]
+    assert deploy_script.main([*argv, *extra]) == 0
+    return commands(capsys.readouterr().out)
+
+
+def test_the_function_is_built_by_an_account_with_the_build_roles(
+    deploy_script: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cmds = dry_run(deploy_script, tmp_path, capsys)
+    created = [c[4] for c in cmds if c[1:4] == ["iam", "service-accounts", "create"]]
+    assert created == ["refluxo-runner", "refluxo-builder"]
+    granted = {
+        option(c, "--role")
+        for c in cmds
+        if c[1:3] == ["projects", "add-iam-policy-binding"]
+        and option(c, "--member") == f"serviceAccount:{BUILDER}"
+    }
+    assert granted == {
+        "roles/logging.logWriter",
+        "roles/artifactregistry.writer",
+        "roles/storage.objectAdmin",
+    }
+    deploy = find(cmds, "gcloud", "functions", "deploy")
+    assert option(deploy, "--build-service-account") == (
+        f"projects/{PROJECT}/serviceAccounts/{BUILDER}"
+    )
+    order = [" ".join(c[1:4]) for c in cmds]
+    assert order.index("functions deploy refluxo") > max(
+        i for i, c in enumerate(cmds) if option(c, "--member") == f"serviceAccount:{BUILDER}"
+    )
+
+
+def test_an_existing_build_account_is_used_or_the_default_one_kept(
+    deploy_script: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    theirs = "ci-builder@other-project.iam.gserviceaccount.com"
+    cmds = dry_run(deploy_script, tmp_path, capsys, "--build-service-account", theirs)
+    assert [c[4] for c in cmds if c[1:4] == ["iam", "service-accounts", "create"]] == [
+        "refluxo-runner"
+    ]
+    assert option(find(cmds, "gcloud", "functions", "deploy"), "--build-service-account") == (
+        f"projects/{PROJECT}/serviceAccounts/{theirs}"
+    )
+    cmds = dry_run(deploy_script, tmp_path, capsys, "--build-service-account", "")
+    assert "--build-service-account" not in find(cmds, "gcloud", "functions", "deploy")
+    assert not any("refluxo-builder" in " ".join(c) for c in cmds)
+
+
+def test_a_scheduler_job_calls_the_reconciler_with_the_accounts_token(
+    deploy_script: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cmds = dry_run(deploy_script, tmp_path, capsys, "--reconcile-every", "10")
+    assert "cloudscheduler.googleapis.com" in find(cmds, "gcloud", "services", "enable")
+    job = find(cmds, "gcloud", "scheduler", "jobs", "create", "http")
+    assert job[5] == "refluxo-reconcile"
+    assert option(job, "--schedule") == "*/10 * * * *"
+    assert option(job, "--uri") == f"{URL}/_reconcile"
+    assert option(job, "--http-method") == "POST"
+    assert option(job, "--oidc-service-account-email") == SA
+    assert option(job, "--oidc-token-audience") == URL  # what the function's verifier expects
+    assert option(job, "--location") == REGION
+
+
+class Flaky:
+    """Plays gcloud on a new project: listed commands fail ``failures`` times, then succeed."""
+
+    def __init__(self, failures: int, error: str, *words: str) -> None:
+        self.failures, self.error, self.words = failures, error, words
+        self.ran: list[list[str]] = []
+
+    def __call__(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.ran.append(args)
+        if "describe" in args:
+            return subprocess.CompletedProcess(args, 1, "", "NOT_FOUND")
+        if all(w in args for w in self.words) and self.failures > 0:
+            self.failures -= 1
+            return subprocess.CompletedProcess(args, 1, "", self.error)
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+
+PROPAGATION = [
+    (
+        "ERROR: (gcloud.projects.add-iam-policy-binding) INVALID_ARGUMENT: Service account "
+        f"{SA} does not exist.",
+        ("projects", "add-iam-policy-binding"),
+    ),
+    (
+        "ERROR: (gcloud.tasks.queues.create) PERMISSION_DENIED: Cloud Tasks API has not been "
+        "used in project demo-project before or it is disabled. reason: SERVICE_DISABLED",
+        ("tasks", "queues", "create"),
+    ),
+    (
+        "ERROR: (gcloud.functions.deploy) PERMISSION_DENIED: Build failed: the service account "
+        "does not have permission to write logs",
+        ("functions", "deploy"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("error", "words"), PROPAGATION, ids=["account", "api", "build"])
+def test_the_first_run_on_a_new_project_waits_for_grants_and_apis_to_take_effect(
+    deploy_script: Any, tmp_path: Path, error: str, words: tuple[str, ...]
+) -> None:
+    runner, slept = Flaky(3, error, *words), []
+    cloud = deploy_script.Cloud(False, runner=runner, sleep=slept.append)
+    args = deploy_script.parse_args(
+        ["--project", PROJECT, "--region", REGION, "--out", str(tmp_path / "b")]
+    )
+    deploy_script.deploy(args, cloud)
+    assert slept == [5.0, 10.0, 20.0]  # backs off, doubling
+    assert runner.failures == 0
+    assert runner.ran[-1][1:4] == ["scheduler", "jobs", "create"]  # and goes on to the end
+
+
+def test_other_errors_and_endless_propagation_fail_the_deployment(
+    deploy_script: Any, tmp_path: Path
+) -> None:
+    args = deploy_script.parse_args(
+        ["--project", PROJECT, "--region", REGION, "--out", str(tmp_path / "b")]
+    )
+    refused = Flaky(1, "ERROR: INVALID_ARGUMENT: bad region", "tasks", "queues", "create")
+    slept: list[float] = []
+    with pytest.raises(subprocess.CalledProcessError):
+        deploy_script.deploy(args, deploy_script.Cloud(False, runner=refused, sleep=slept.append))
+    assert slept == []
+    endless = Flaky(100, PROPAGATION[0][0], *PROPAGATION[0][1])
+    with pytest.raises(subprocess.CalledProcessError):
+        deploy_script.deploy(
+            args, deploy_script.Cloud(False, runner=endless, sleep=slept.append, attempts=4)
+        )
+    assert slept == [5.0, 10.0, 20.0]
+
+
+def test_the_readme_shows_the_commands_the_dry_run_prints(
+    deploy_script: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--project", "my-project", "--region", "europe-west1", "--out", "build/gcp"]
+    assert deploy_script.main([*argv, "--dry-run"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+    readme = (REPO / "deploy" / "gcp" / "README.md").read_text()
+    shown = [line for line in readme.splitlines() if line.startswith("+ gcloud ")]
+    assert shown == printed

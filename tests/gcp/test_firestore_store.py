@@ -24,6 +24,7 @@ from refluxo.gcp.store import (
     FirestoreStateStore,
     document_id,
 )
+from tests.contract.due_runs import DueRunsContract
 from tests.contract.store import StateStoreContract, padded, snapshot, wire
 
 # Small enough to keep the contract's padded snapshots quick; the real limit is tested below.
@@ -44,6 +45,12 @@ class TestFirestoreStateStore(StateStoreContract):
     @pytest.fixture
     def store_max_bytes(self) -> int:
         return CONTRACT_MAX_BYTES
+
+
+class TestFirestoreDueRuns(DueRunsContract):
+    @pytest.fixture
+    def store(self, firestore_client: Any) -> FirestoreStateStore:
+        return FirestoreStateStore(firestore_client, COLLECTION)
 
 
 @pytest.fixture
@@ -202,10 +209,34 @@ async def test_top_level_fields_are_queryable(
     docs = [doc async for doc in query.stream()]
     assert sorted(doc.id for doc in docs) == ["a", "c"]
     fields = {doc.id: doc.to_dict() for doc in docs}["c"]
-    assert set(fields) == {"status", "version", "workflow", "updatedAt", "snapshot"}
+    assert set(fields) == {"status", "version", "workflow", "updatedAt", "dueAt", "snapshot"}
     assert (fields["status"], fields["version"], fields["workflow"]) == ("paused", 1, "orders")
     assert fields["updatedAt"].tzinfo is not None  # a server timestamp
     assert wire(Snapshot.from_json(fields["snapshot"])) == wire(_run("c", "paused", "orders", 1))
+
+
+@pytest.mark.parametrize("method", ["list_runs", "due_runs"])
+async def test_run_queries_transfer_document_names_not_snapshots(
+    store: FirestoreStateStore, method: str
+) -> None:
+    """The queries that list runs fetch no snapshot: each can be near a megabyte."""
+    from google.cloud.firestore_v1.async_query import AsyncQuery
+
+    await store.create(padded("big", 32 * 1024))
+    received: list[dict[str, Any]] = []
+    real_stream = AsyncQuery.stream
+
+    async def recording_stream(self: Any, *args: Any, **kwargs: Any) -> Any:
+        async for doc in real_stream(self, *args, **kwargs):
+            received.append(doc.to_dict() or {})
+            yield doc
+
+    with mock.patch.object(AsyncQuery, "stream", recording_stream):
+        if method == "list_runs":
+            assert await store.list_runs() == ["big"]
+        else:
+            assert await store.due_runs(due_before=2**62, limit=5) == ["big"]
+    assert received == [{}]
 
 
 async def test_updated_at_is_the_server_time_of_the_last_write(
@@ -349,6 +380,7 @@ async def test_document_size_is_computed_exactly_as_firestore_counts_it(
         "version": over.version,
         "workflow": "wörkflow",
         "updatedAt": firestore.SERVER_TIMESTAMP,
+        "dueAt": 1_700_000_000_000,  # an active run's: an integer
         "snapshot": over.to_json(),
     }
     with pytest.raises(gexc.InvalidArgument, match="1048576"):

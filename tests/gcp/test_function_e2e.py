@@ -14,9 +14,9 @@ The emulator does not deduplicate task names either, so every duplicate reaches 
 it must answer them with a 2xx and change nothing (the emulator re-sends a non-2xx about every
 0.1 s).
 
-What these tests cannot show: OIDC tokens from Cloud Tasks, Cloud Tasks collapsing a task name
-it has seen, and 503 on a Firestore outage (the Firestore client retries UNAVAILABLE for up to
-300 s before the store gives up, far past a test's patience).
+What these tests cannot show: OIDC tokens from Cloud Tasks and Cloud Scheduler, Cloud Tasks
+collapsing a task name it has seen, and 503 on a Firestore outage (the Firestore client retries
+UNAVAILABLE for up to 300 s before the store gives up, far past a test's patience).
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def function(
             "REFLUXO_QUEUE": tasks_emulator.queue,
             "REFLUXO_COLLECTION": "e2e_runs",
             "REFLUXO_DISPATCH_TOKEN": DISPATCH_TOKEN,
-            "REFLUXO_GLOBALS": json.dumps({"order_id": ORDER_ID}),
+            "REFLUXO_GLOBALS": json.dumps({"supplier_token": "e2e-token"}),
             "REFLUXO_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         },
     )
@@ -255,7 +255,9 @@ class DemoRun:
 def run_demo(api: Api, run_id: str, **hooks: Any) -> DemoRun:
     """Start the demo, approve it when it waits, and return it waiting and finished."""
     status, body = api.request(
-        "POST", "/workflows/demo/runs", {"id": run_id, "input": {"customer": "Lin"}}
+        "POST",
+        "/workflows/demo/runs",
+        {"id": run_id, "input": {"customer": "Lin", "order": ORDER_ID}},
     )
     assert status == 201, (status, body)
     assert body == {"workflowId": run_id, "status": "active", "version": 0}
@@ -447,7 +449,9 @@ async def test_tasks_delivered_twice_change_nothing(
 
 def test_a_duplicate_while_waiting_for_the_event_is_put_off(api: Api, suffix: str) -> None:
     run_id = f"wait-{suffix}"
-    status, body = api.request("POST", "/workflows/demo/runs", {"id": run_id})
+    status, body = api.request(
+        "POST", "/workflows/demo/runs", {"id": run_id, "input": {"order": ORDER_ID}}
+    )
     assert status == 201, body
     waiting = api.wait(run_id, waiting_for_approval, "waiting for the approval")
     message = DispatchMessage(run_id=run_id, version=waiting.version)
@@ -609,3 +613,42 @@ def test_a_dispatch_for_an_unknown_run_is_a_harmless_200(api: Api) -> None:
     status, body = api.dispatch({"runId": "never-started", "version": 3})
     assert (status, body["outcome"]) == (200, "unknown_run")
     assert api.request("GET", "/runs/never-started")[0] == 404
+
+
+async def test_a_run_whose_only_task_was_lost_is_recovered_through_the_reconcile_route(
+    api: Api, firestore_emulator: FirestoreEmulator, suffix: str
+) -> None:
+    """What the Cloud Scheduler job does: a run stored ten minutes ago whose task never came
+    (deleted after its attempts) is found by its due time, and its steps go on."""
+    from unittest import mock
+
+    from google.cloud import firestore
+
+    from refluxo.core import Workflow
+    from refluxo.core.model import now_ms
+    from refluxo.demo import DEFINITION, NODES
+    from refluxo.gcp import FirestoreStateStore
+
+    run_id = f"stranded-{suffix}"
+    with mock.patch.dict(os.environ, firestore_emulator.env):
+        client = firestore.AsyncClient(project=firestore_emulator.project)
+    try:
+        store = FirestoreStateStore(client, "e2e_runs", clock=lambda: now_ms() - 600_000)
+        demo = Workflow("demo", DEFINITION, NODES)
+        snapshot = demo.engine.create_initial_snapshot(
+            run_id, demo.start, input={"customer": "Lin"}, definition=demo.ref
+        )
+        assert await store.create(snapshot)  # stored, and no task scheduled
+    finally:
+        await client._firestore_api.transport.close()
+
+    headers = {DISPATCH_TOKEN_HEADER: DISPATCH_TOKEN}
+    status, body = await asyncio.to_thread(api.request, "POST", "/_reconcile", {}, headers=headers)
+    assert status == 200, body
+    assert run_id in body["scheduled"]
+    waiting = await asyncio.to_thread(
+        api.wait, run_id, waiting_for_approval, "waiting for the approval"
+    )
+    assert waiting.current_node_id == "approval"
+    status, body = await asyncio.to_thread(api.request, "POST", "/_reconcile", {})
+    assert status == 401  # only the scheduler's credential may ask

@@ -61,7 +61,7 @@ class DevServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "REFLUXO_GLOBALS": json.dumps({"order_id": "CLI-1"})},
+            env={**os.environ, "REFLUXO_GLOBALS": json.dumps({"supplier_token": "cli-token"})},
         )
         assert self.proc.stdout is not None
         ready = threading.Event()

@@ -55,7 +55,10 @@ class Http:
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[LocalRuntime]:
     async with LocalRuntime(
-        workflows(), db_path=tmp_path / "api.db", globals={"order_id": "A-1"}, max_body_bytes=4096
+        workflows(),
+        db_path=tmp_path / "api.db",
+        globals={"supplier_token": "tok-1"},
+        max_body_bytes=4096,
     ) as rt:
         yield rt
 

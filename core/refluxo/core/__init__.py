@@ -21,7 +21,7 @@ from .errors import (
     WorkflowMismatch,
     WorkflowNotFound,
 )
-from .expressions import ExpressionTransform, TransformEngine
+from .expressions import ExpressionLimits, ExpressionTransform, TransformEngine
 from .memory import MemoryScheduler, MemoryStateStore
 from .model import (
     DefinitionRef,
@@ -52,6 +52,7 @@ __all__ = [
     "Edge",
     "Event",
     "ExpressionError",
+    "ExpressionLimits",
     "ExpressionTransform",
     "MemoryScheduler",
     "MemoryStateStore",

@@ -25,9 +25,10 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
-from .engine import WorkflowEngine
+from .engine import DEFAULT_STEP_TIMEOUT_S, WorkflowEngine
 from .errors import (
     DefinitionError,
     PayloadTooLarge,
@@ -89,12 +90,17 @@ class Workflow:
         name: the name runs are started under (``POST /workflows/{name}/runs``).
         definition: the graph, or its plain JSON form.
         nodes: node type -> :class:`NodeDefinition`.
-        plugins, transform_engines, retention: passed to :class:`WorkflowEngine`.
+        plugins, transform_engines, retention, step_timeout: passed to
+            :class:`WorkflowEngine`. ``step_timeout`` (seconds, default 240) bounds each
+            executor call whose node sets no ``timeout``; keep it below the platform's limit
+            on one delivery.
             ``retention=N`` keeps the newest N results per node in the snapshot, so a run's
             snapshot (and each step's write) stays the same size however long the run is.
         archive: with a retention, keep the trimmed results in the store (which must then
             be a :class:`~refluxo.core.ports.ResultArchive`) instead of dropping them.
         start: the start node; defaults to the one node without incoming edges.
+        secrets: the names of the deployment's globals this workflow may use: its
+            expressions and executors see only these. None (the default) gives it all.
     """
 
     def __init__(
@@ -109,7 +115,11 @@ class Workflow:
         archive: bool = False,
         start: str | None = None,
         clock: Callable[[], int] = now_ms,
+        step_timeout: float | timedelta | None = DEFAULT_STEP_TIMEOUT_S,
+        secrets: Iterable[str] | None = None,
     ) -> None:
+        if isinstance(secrets, str):
+            raise DefinitionError("secrets is a list of names, not one name")
         if archive and retention is None:
             raise DefinitionError("archive=True needs a retention limit: nothing is trimmed")
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", name):
@@ -122,8 +132,10 @@ class Workflow:
             transform_engines=transform_engines,
             retention=retention,
             clock=clock,
+            step_timeout=step_timeout,
         )
         self.archive = archive
+        self.secrets = None if secrets is None else frozenset(secrets)
         self.start = start or self.engine.start_node_id
         self.engine.node(self.start)  # raises KeyError early for a bad start node
         self.ref = DefinitionRef(name=name, hash=self.engine.workflow.shape_hash())
@@ -179,7 +191,9 @@ class Dispatcher:
         workflows: the workflows this deployment hosts.
         store: where runs live.
         scheduler: how the next step gets delivered.
-        globals: passed to every executor and transform (secrets: never stored or logged).
+        globals: the deployment's secrets, a JSON object: passed to every executor and transform
+            (only the names a workflow's ``secrets`` lists, when it has such a list), and
+            masked in every output and error a step records (see :mod:`refluxo.core.secrets`).
         clock: epoch milliseconds.
     """
 
@@ -204,6 +218,18 @@ class Dispatcher:
         self.scheduler = scheduler
         self.globals = globals
         self.clock = clock
+        for workflow in self.workflows.values():
+            self._scope(workflow)  # a scope on globals that are not an object fails here
+
+    def _scope(self, workflow: Workflow) -> Any:
+        if workflow.secrets is None or self.globals is None:
+            return self.globals
+        if not isinstance(self.globals, Mapping):
+            raise DefinitionError(
+                f"workflow {workflow.name!r} lists the secrets it may use, but globals is not "
+                "an object of named secrets"
+            )
+        return {k: v for k, v in self.globals.items() if k in workflow.secrets}
 
     # --- public operations (the HTTP API maps onto these) ----------------------------------
 
@@ -360,7 +386,7 @@ class Dispatcher:
 
         node_id = base.current_node_id
         started = time.perf_counter()
-        new = await workflow.engine.execute_step(base, payload, self.globals)
+        new = await workflow.engine.execute_step(base, payload, self._scope(workflow))
         duration_ms = (time.perf_counter() - started) * 1000
         if workflow.archive and node_id is not None:
             await self._archive_trimmed(base, new, node_id)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import copy
+import inspect
 import logging
+import queue
 import random
+import sys
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -23,13 +30,26 @@ from .model import (
     WorkflowDefinition,
     now_ms,
 )
-from .nodes import Context, NodeDefinition, StepResult
+from .nodes import Context, Executor, NodeDefinition, StepResult
 from .plugins import NodeContext, Plugin
+from .secrets import redactor
 
 logger = logging.getLogger("refluxo.engine")
 
 TIMEOUT_HANDLE = "timeout"
 """The ``sourceHandle`` a run follows when an event wait times out."""
+
+DEFAULT_STEP_TIMEOUT_S = 240.0
+"""How long an executor may run, in seconds, when neither its node nor its workflow says.
+
+Below the shortest limit on one delivery among the platforms: the Cloud Function's 300 s
+timeout (with room to load and save the run), and a Queues consumer's 15 minutes."""
+
+MAX_EXECUTOR_THREADS = 64
+"""Plain executors running at once (those past their timeout included) before a step is refused."""
+
+# Pyodide (Cloudflare Workers) has no threads: plain executors run inline there.
+_THREADS = sys.platform != "emscripten"
 
 
 class _Keep:
@@ -44,6 +64,8 @@ class _Fail(Exception):
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _Raised):
+        return str(exc)
     if isinstance(exc, ValidationError):
         return f"ValidationError: {exc.error_count()} error(s): " + "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
@@ -51,25 +73,168 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _secrets(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value] if len(value) >= 4 else []
-    if isinstance(value, Mapping):
-        return [s for v in value.values() for s in _secrets(v)]
-    if isinstance(value, list | tuple):
-        return [s for v in value for s in _secrets(v)]
-    return []
-
-
 def redact(text: str, globals: Any) -> str:
-    """``text`` with every string value of ``globals`` (4 characters or more) masked.
+    """``text`` with every secret of ``globals`` masked, in every form :mod:`.secrets` knows.
 
     Error messages are stored in snapshots and logs; an exception that quotes a secret it was
     given must not carry the secret there.
     """
-    for secret in sorted(_secrets(globals), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+    return redactor(globals).text(text)
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds > 0:
+        raise ValueError(f"a step timeout must be positive, not {value!r}")
+    return seconds
+
+
+def _is_async(executor: Executor) -> bool:
+    call = getattr(executor, "__call__", None)  # noqa: B004 (an instance's async __call__)
+    return inspect.iscoroutinefunction(executor) or inspect.iscoroutinefunction(call)
+
+
+class _Raised(Exception):
+    """Carries a BaseException an executor raised (SystemExit, KeyboardInterrupt, ...)
+    out of its step, so that it fails the attempt instead of stopping the process."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.exc = exc
+
+
+class _ExecutorThreads:
+    """Daemon threads that run plain executors, kept for reuse (a thread start costs more
+    than a small step).
+
+    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so one hung executor
+    would keep the process from stopping. A thread cannot be killed: one that runs past its
+    step's timeout runs on, and counts against ``limit`` until it returns. A thread idle for
+    ``idle_s`` ends.
+    """
+
+    def __init__(self, limit: int, idle_s: float = 60.0) -> None:
+        self.limit = limit
+        self.idle_s = idle_s
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._busy = 0  # jobs submitted and not yet returned
+        self._idle = 0  # threads waiting for a job and not yet promised one
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` in a thread; RuntimeError when ``limit`` jobs are running already."""
+        with self._lock:
+            if self._busy >= self.limit:
+                raise RuntimeError(
+                    f"{self._busy} plain executors are still running (some may be past their "
+                    "timeout); this step is refused until one returns"
+                )
+            self._busy += 1
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1  # promised to this job
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(target=self._work, name="refluxo-executor", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self.idle_s)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # Not promised a job: end.
+                        self._idle -= 1
+                        return
+                continue  # A job was promised to an idle thread: this one takes it.
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    self._idle += 1
+
+
+_executor_threads = _ExecutorThreads(MAX_EXECUTOR_THREADS)
+
+
+async def _in_thread(executor: Executor, args: tuple[Any, ...]) -> Any:
+    """``executor(*args)`` in an executor thread, awaited on the running loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():  # cancelled: the step timed out or the run was cancelled
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def work() -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, executor(*args))
+        except BaseException as exc:  # Handed to the step, which fails.
+            outcome = (False, exc if isinstance(exc, Exception) else _Raised(exc))
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # The loop closed while the executor ran.
+            pass
+
+    context = contextvars.copy_context()
+    _executor_threads.submit(lambda: context.run(work))
+    return await future
+
+
+async def run_executor(
+    executor: Executor,
+    args: tuple[Any, ...],
+    timeout_s: float | None,
+    node_id: str,
+    *,
+    thread: bool = True,
+) -> Any:
+    """Run one executor call to its result, within ``timeout_s`` seconds.
+
+    A plain executor runs in an executor thread when ``thread`` (inline where there are no
+    threads), so that blocking I/O does not stop the event loop; an awaitable it returns is
+    awaited too.
+
+    Raises:
+        TimeoutError: the executor ran past ``timeout_s``; the attempt fails (retryable).
+        Exception: whatever the executor raised; a BaseException that is not a cancellation
+            of this step (SystemExit, KeyboardInterrupt, GeneratorExit, ...) is raised as an
+            Exception saying what it was, so that it fails the attempt and nothing more.
+        asyncio.CancelledError: the step itself was cancelled (its run was cancelled, or the
+            process is stopping).
+    """
+    task = asyncio.current_task()
+    cancelling = task.cancelling() if task is not None else 0
+    deadline = asyncio.timeout(timeout_s)
+    try:
+        async with deadline:
+            if thread and _THREADS and not _is_async(executor):
+                raw = await _in_thread(executor, args)
+            else:
+                raw = executor(*args)
+            if isinstance(raw, Awaitable):
+                raw = await raw
+            return raw
+    except TimeoutError:
+        if deadline.expired():
+            message = f"node {node_id!r} ran past its timeout of {timeout_s:g} s"
+            raise TimeoutError(message) from None
+        raise
+    except asyncio.CancelledError as exc:
+        if task is None or task.cancelling() > cancelling:
+            raise  # The step itself was cancelled: keep its meaning.
+        raise _Raised(exc) from exc
+    except (Exception, _Raised):
+        raise
+    except BaseException as exc:
+        raise _Raised(exc) from exc
 
 
 class WorkflowEngine:
@@ -85,6 +250,8 @@ class WorkflowEngine:
         rng: the random source for retry jitter.
         retention: keep at most this many results per node in the snapshot (the newest);
             ``Snapshot.counts`` keeps the totals. None keeps every result.
+        step_timeout: how long an executor may run (seconds or a ``timedelta``) when its
+            :class:`NodeDefinition` sets no ``timeout``; None sets no limit.
 
     Raises:
         DefinitionError: the graph has unknown node types, duplicate ids, dangling edges or two
@@ -101,6 +268,7 @@ class WorkflowEngine:
         clock: Callable[[], int] = now_ms,
         rng: random.Random | None = None,
         retention: int | None = None,
+        step_timeout: float | timedelta | None = DEFAULT_STEP_TIMEOUT_S,
     ) -> None:
         if not isinstance(workflow, WorkflowDefinition):
             try:
@@ -118,6 +286,7 @@ class WorkflowEngine:
         self.clock = clock
         self._rng = rng
         self.retention = retention
+        self.step_timeout = _seconds(step_timeout)
         self._nodes, self._edges = self._index(workflow)
         self._copy_data = not self.transform_engines
 
@@ -306,17 +475,24 @@ class WorkflowEngine:
                     data = definition.input_model.model_validate(data)
             except (ValidationError, ExpressionError) as exc:
                 raise _Fail(_describe(exc)) from exc
-            raw = definition.executor(data, context, payload, globals)
-            if isinstance(raw, Awaitable):
-                raw = await raw
+            raw = await run_executor(
+                definition.executor,
+                (data, context, payload, globals),
+                self.step_timeout if definition.timeout is None else definition.timeout_s,
+                node_id,
+                thread=definition.thread,
+            )
             result = raw if isinstance(raw, StepResult) else StepResult(data=raw)
-            output = self._output(definition, result.data, node_id)
+            # What an executor returns is recorded: it must not carry a secret there either.
+            output = redactor(globals).value(self._output(definition, result.data, node_id))
         except _Fail as exc:
             cause = exc.__cause__ or exc
             return await self._error(snapshot, base, ctx, data, cause, str(exc), start, False)
         except NonRetryableError as exc:
             return await self._error(snapshot, base, ctx, data, exc, _describe(exc), start, False)
         except Exception as exc:
+            if isinstance(exc, _Raised):
+                logger.warning("node %r raised %s; the attempt fails", node_id, exc)
             return await self._error(snapshot, base, ctx, data, exc, _describe(exc), start, True)
 
         after = NodeContext(

@@ -7,11 +7,13 @@ Routes::
     POST /runs/{id}/events        {"payload": any, "name"?, "id"?} 202 (id: safe retries)
     POST /runs/{id}/cancel        {"reason"?: str}               200
     POST /_dispatch               a DispatchMessage              200 with the outcome
+    POST /_reconcile              {"graceMs"?: int, "limit"?: int} 200 {"scheduled": [ids]}
     GET  /healthz                                                200
 
 Errors are JSON, ``{"error": {"code": ..., "message": ...}}``: 400 malformed JSON or fields,
 401/403 credentials, 404 unknown route, workflow or run, 405 method, 409 finished run or id
-taken, 413 body over the limit, 503 transient backend failure (the platform delivers again).
+taken, 413 body over the limit, 501 a store that cannot find due runs (``/_reconcile``), 503
+transient backend failure (the platform delivers again).
 Bad input changes nothing. A runtime converts its request into :class:`HttpRequest`, awaits
 :meth:`HttpApi.handle`, and converts the :class:`HttpResponse` back.
 """
@@ -39,6 +41,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .model import DispatchMessage
+from .ports import DueRuns
 
 logger = logging.getLogger("refluxo.http")
 
@@ -145,6 +148,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/runs/(?P<run_id>[^/]+)/events$"), "event"),
     ("POST", re.compile(r"^/runs/(?P<run_id>[^/]+)/cancel$"), "cancel"),
     ("POST", re.compile(r"^/_dispatch$"), "dispatch"),
+    ("POST", re.compile(r"^/_reconcile$"), "reconcile"),
     ("GET", re.compile(r"^/healthz$"), "health"),
 ]
 
@@ -216,6 +220,8 @@ class HttpApi:
                 return HttpResponse.json(200, {"ok": True})
             if action == "dispatch":
                 return await self._dispatch(request)
+            if action == "reconcile":
+                return await self._reconcile(request)
             if self._api_auth is not None and not await self._api_auth(request):
                 raise HttpError(401, "unauthorized", "a valid bearer token is required")
             handler = getattr(self, f"_{action}")
@@ -300,11 +306,42 @@ class HttpApi:
             raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
         return HttpResponse.json(200, _summary(snapshot))
 
-    async def _dispatch(self, request: HttpRequest) -> HttpResponse:
+    async def _check_scheduler(self, request: HttpRequest, what: str) -> None:
         if self._dispatch_auth is None:
-            raise HttpError(403, "forbidden", "dispatch is not enabled on this endpoint")
+            raise HttpError(403, "forbidden", f"{what} is not enabled on this endpoint")
         if not await self._dispatch_auth(request):
             raise HttpError(401, "unauthorized", "the scheduler's credential is missing or wrong")
+
+    async def _reconcile(self, request: HttpRequest) -> HttpResponse:
+        """Schedule again the runs whose delivery was lost (see ``Dispatcher.reconcile``).
+
+        Called by the platform's timer (Cloud Scheduler) with the scheduler's credential.
+        """
+        await self._check_scheduler(request, "reconcile")
+        body = self._json(request, required=False)
+        limits = {"graceMs": (0, 30 * 24 * 3600 * 1000), "limit": (1, 1000)}
+        problems = [f"{name}: unknown field" for name in body if name not in limits]
+        for name, (low, high) in limits.items():
+            value = body.get(name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high
+            ):
+                problems.append(f"{name}: must be an integer from {low} to {high}")
+        if problems:
+            raise HttpError(400, "invalid_request", "; ".join(problems))
+        options: dict[str, int] = {}
+        if body.get("graceMs") is not None:
+            options["grace_ms"] = body["graceMs"]
+        if body.get("limit") is not None:
+            options["limit"] = body["limit"]
+        if not isinstance(self.dispatcher.store, DueRuns):
+            store = type(self.dispatcher.store).__name__
+            raise HttpError(501, "not_implemented", f"{store} cannot find due runs")
+        scheduled = await self.dispatcher.reconcile(**options)
+        return HttpResponse.json(200, {"scheduled": scheduled})
+
+    async def _dispatch(self, request: HttpRequest) -> HttpResponse:
+        await self._check_scheduler(request, "dispatch")
         data = self._json(request)
         try:
             message = DispatchMessage.model_validate(data)

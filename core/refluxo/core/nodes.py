@@ -104,12 +104,35 @@ class NodeDefinition:
         input_model: a pydantic model that validates the node's (transformed) data; the
             executor then receives the model instance. Invalid input fails the run at once.
         output_model: a pydantic model that validates what the executor returns.
+        timeout: how long one attempt may run, in seconds or as a ``timedelta``; past it the
+            attempt fails with a ``TimeoutError`` (retried as the ``retry_policy`` says). None
+            takes the workflow's ``step_timeout``.
+        thread: run a plain (not async) executor in a thread, so that blocking calls in it do
+            not stop the event loop (the default). False runs it inline on the event loop,
+            which saves the hop to a thread for quick code that never blocks; its timeout
+            then cannot interrupt it.
     """
 
     executor: Executor
     retry_policy: RetryPolicy | None = None
     input_model: type[BaseModel] | None = None
     output_model: type[BaseModel] | None = None
+    timeout: float | timedelta | None = None
+    thread: bool = True
+
+    def __post_init__(self) -> None:
+        seconds = self.timeout_s
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"timeout must be positive, not {self.timeout!r}")
+
+    @property
+    def timeout_s(self) -> float | None:
+        """``timeout`` in seconds, or None."""
+        if self.timeout is None:
+            return None
+        if isinstance(self.timeout, timedelta):
+            return self.timeout.total_seconds()
+        return float(self.timeout)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ DEFINITION = WorkflowDefinition.model_validate(
             {
                 "id": "order",
                 "type": "flaky_fetch",
-                "data": {"order": "{{ get(globals, 'order_id', 'A-1001') }}"},
+                # A secret, read by name; the executor uses it and records nothing of it.
+                "data": {"token": "{{ get(globals, 'supplier_token', 'demo-token') }}"},
             },
             {"id": "cool_down", "type": "sleep", "data": {"seconds": 1}},
             {"id": "approval", "type": "approval", "data": {"timeout_seconds": 3600}},
@@ -69,8 +70,9 @@ async def flaky_fetch(data: dict[str, Any], context: Context, payload: Any, glob
     failures = sum(1 for r in context.get("order", []) if r.error)
     if failures < FAILURES_BEFORE_SUCCESS:
         raise SupplierUnavailable(f"supplier timed out (attempt {failures + 1})")
-    order = data.get("order") or "A-1001"
-    customer = payload.get("customer", "Ada") if isinstance(payload, dict) else "Ada"
+    given = payload if isinstance(payload, dict) else {}
+    order = data.get("order") or given.get("order") or "A-1001"
+    customer = given.get("customer", "Ada")
     return {"order": order, "customer": customer, "items": 3}
 
 

@@ -22,7 +22,7 @@ async def main() -> None:
         elif due is not None and due > now_ms():
             await asyncio.sleep((due - now_ms()) / 1000)
         node = snap.current_node_id
-        snap = await engine.execute_step(snap, payload, globals={"order_id": "A-1001"})
+        snap = await engine.execute_step(snap, payload, globals={"supplier_token": "demo-secret"})
         payload = None
         last = snap.context.get(node or "", [None])[-1] if node else None
         detail = (last.error or last.output) if last is not None else ""

@@ -351,7 +351,7 @@ class FlakyStore:
 
 def consumer_with(store, **settings):
     dispatcher = Dispatcher(
-        workflows(), store, QueuesScheduler(env.JOBS), globals={"order_id": "A-9"}
+        workflows(), store, QueuesScheduler(env.JOBS), globals={"supplier_token": "tok-9"}
     )
     worker = RefluxoWorker(dispatcher, WorkerSettings(app="refluxo.demo", **settings))
     seen = []

@@ -7,9 +7,9 @@ here with what pytest collects from the same modules on the host.
 from pytest_lite import Runner
 
 import tests.conftest
-from tests.core import test_engine, test_expressions, test_snapshot
+from tests.core import test_engine, test_expressions, test_secrets, test_snapshot
 
 runner = Runner(fixture_modules=[tests.conftest])
-for module in (test_engine, test_expressions, test_snapshot):
+for module in (test_engine, test_expressions, test_secrets, test_snapshot):
     await runner.run_module(module)  # noqa: F704 - `harness.mjs run` allows top-level await
 raise SystemExit(runner.summary())

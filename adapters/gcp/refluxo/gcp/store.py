@@ -6,7 +6,12 @@ Document layout (collection ``refluxo_runs`` by default, document id = run id)::
     version    integer     the snapshot's version: the locking field  (queryable)
     workflow   string|null snapshot.definition.name                   (queryable)
     updatedAt  timestamp   server time of the last write              (queryable)
+    dueAt      integer|null when the run is due, epoch ms (None: not due)  (queryable)
     snapshot   string      the whole snapshot as JSON text
+
+``dueAt`` is :func:`~refluxo.core.ports.stored_due_time` (an active run: the time of its last
+write, by this process's clock), so the reconciler finds runs whose delivery was lost with a
+range query on Firestore's automatic single-field index.
 
 The snapshot is kept as JSON text rather than a Firestore map: maps cannot hold arrays of
 arrays, limit nesting depth and do not keep every JSON number exactly, so text is the lossless
@@ -34,7 +39,7 @@ import hashlib
 import re
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -44,8 +49,8 @@ from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, VersionConflict
-from refluxo.core.model import NodeResult, Snapshot, Status
-from refluxo.core.ports import ResultArchive, StateStore
+from refluxo.core.model import NodeResult, Snapshot, Status, now_ms
+from refluxo.core.ports import DueRuns, ResultArchive, StateStore, stored_due_time
 
 from ._errors import BACKEND_ERRORS, store_error
 
@@ -69,13 +74,15 @@ _RESERVED_ID = re.compile(r"\.|\.\.|__.*__", re.DOTALL)
 _ESCAPE = "~"
 _MAX_ID_BYTES = 1500
 
-_STATUS, _VERSION, _WORKFLOW, _UPDATED_AT, _SNAPSHOT = (
+_STATUS, _VERSION, _WORKFLOW, _UPDATED_AT, _DUE_AT, _SNAPSHOT = (
     "status",
     "version",
     "workflow",
     "updatedAt",
+    "dueAt",
     "snapshot",
 )
+_NAME_ONLY = ["__name__"]  # a projection that returns document names, never the snapshots
 
 
 def document_id(run_id: str) -> str | None:
@@ -133,7 +140,7 @@ def document_size(path: str, fields: Mapping[str, Any]) -> int:
 _REMEMBERED_RUNS = 4096
 
 
-class FirestoreStateStore(StateStore, ResultArchive):
+class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
     """Keeps each run in one Firestore document; see the module docstring for the layout.
 
     Args:
@@ -145,6 +152,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
             with a transient StoreError (the client's own default is 300 s: a Firestore
             outage would hold every request that long instead of answering 503).
         timeout_s: the limit on each attempt.
+        clock: epoch milliseconds, for ``dueAt`` of active runs.
 
     ``create`` raises ValueError for a run id no document id can hold (empty, or too long);
     ``load`` and ``save`` answer RunNotFound for one, since no such run can exist.
@@ -161,6 +169,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
         max_bytes: int = DEFAULT_MAX_BYTES,
         deadline_s: float = 15.0,
         timeout_s: float = 10.0,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         if not 0 < max_bytes <= FIRESTORE_MAX_DOCUMENT_BYTES:
             raise ValueError(
@@ -179,6 +188,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
         self._seen: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self.collection = collection
         self.max_bytes = max_bytes
+        self.clock = clock
 
     # --- the port --------------------------------------------------------------------------
 
@@ -326,12 +336,32 @@ class FirestoreStateStore(StateStore, ResultArchive):
             query = query.where(filter=firestore.FieldFilter(_STATUS, "==", status))
         if workflow is not None:
             query = query.where(filter=firestore.FieldFilter(_WORKFLOW, "==", workflow))
-        # An empty projection: document names only, not the (large) snapshots.
-        query = query.select([]).limit(limit)
+        # Document names only, not the (large) snapshots. Said explicitly rather than as
+        # select([]), which some client versions send as no projection at all.
+        query = query.select(_NAME_ONLY).limit(limit)
         try:
             return [run_id_of(doc.id) async for doc in query.stream(**self._call)]
         except BACKEND_ERRORS as exc:
             raise store_error(exc, "list runs") from exc
+
+    async def due_runs(self, *, due_before: int, limit: int) -> list[str]:
+        """Ids of unfinished runs due at or before ``due_before``, earliest first (see
+        :class:`~refluxo.core.ports.DueRuns`): a range query on ``dueAt``'s automatic
+        single-field index, fetching document names only.
+
+        Raises:
+            StoreError: the backend failed.
+        """
+        query = (
+            self._collection.where(filter=firestore.FieldFilter(_DUE_AT, "<=", due_before))
+            .order_by(_DUE_AT)
+            .select(_NAME_ONLY)
+            .limit(limit)
+        )
+        try:
+            return [run_id_of(doc.id) async for doc in query.stream(**self._call)]
+        except BACKEND_ERRORS as exc:
+            raise store_error(exc, "find due runs") from exc
 
     def stored_size(self, snapshot: Snapshot) -> int:
         """The size Firestore will count for ``snapshot``'s document (see :func:`document_size`).
@@ -343,7 +373,8 @@ class FirestoreStateStore(StateStore, ResultArchive):
         if doc_id is None:
             raise ValueError(f"cannot store run id {snapshot.workflow_id!r}")
         raw = snapshot.to_json()
-        return document_size(self._collection.document(doc_id).path, _layout(snapshot, raw))
+        fields = _layout(snapshot, raw, self.clock())
+        return document_size(self._collection.document(doc_id).path, fields)
 
     # --- internals -------------------------------------------------------------------------
 
@@ -353,7 +384,7 @@ class FirestoreStateStore(StateStore, ResultArchive):
         size = len(raw.encode("utf-8"))
         if size > self.max_bytes:
             raise PayloadTooLarge(f"snapshot of run {snapshot.workflow_id!r}", size, self.max_bytes)
-        fields = _layout(snapshot, raw)
+        fields = _layout(snapshot, raw, self.clock())
         doc_size = document_size(path, fields)
         if doc_size > FIRESTORE_MAX_DOCUMENT_BYTES:
             raise PayloadTooLarge(
@@ -384,12 +415,13 @@ class FirestoreStateStore(StateStore, ResultArchive):
         raise store_error(exc, f"save run {run_id!r}") from exc
 
 
-def _layout(snapshot: Snapshot, raw: str) -> dict[str, Any]:
+def _layout(snapshot: Snapshot, raw: str, now: int) -> dict[str, Any]:
     return {
         _STATUS: snapshot.status,
         _VERSION: snapshot.version,
         _WORKFLOW: snapshot.definition.name if snapshot.definition is not None else None,
         _UPDATED_AT: firestore.SERVER_TIMESTAMP,
+        _DUE_AT: stored_due_time(snapshot, now),
         _SNAPSHOT: raw,
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sqlite3
 import threading
@@ -15,6 +16,29 @@ from refluxo.core.errors import BackendError
 # Primary result codes (the low byte of an extended code, e.g. SQLITE_BUSY_SNAPSHOT = 517):
 # another connection holds the lock, so the same call may succeed a moment later.
 _TRANSIENT_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+_NOW_MS = "SELECT CAST(round((julianday('now') - 2440587.5) * 86400000) AS INTEGER)"
+_clock_conn: sqlite3.Connection | None = None
+_clock_lock = threading.Lock()
+
+
+def sqlite_clock() -> int:
+    """The current time in epoch milliseconds, read by SQLite (``julianday('now')``).
+
+    The embedded runtime's clock for due times, leases and steps. SQLite reads the host's
+    clock itself, so every process using a file agrees on it, whatever one of them does to
+    Python's ``time`` (a test's patch, a time-freezing library); processes sharing a file
+    run on one host, since SQLite's WAL mode needs shared memory. A process whose system
+    clock itself is faked (libfaketime) is not protected.
+    """
+    global _clock_conn
+    with _clock_lock:
+        if _clock_conn is None:
+            _clock_conn = sqlite3.connect(":memory:", check_same_thread=False)
+            atexit.register(_clock_conn.close)
+        now: int = _clock_conn.execute(_NOW_MS).fetchone()[0]
+    return now
 
 
 def connect(path: str | os.PathLike[str], *, busy_timeout_ms: int) -> sqlite3.Connection:

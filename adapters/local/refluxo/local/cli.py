@@ -1,11 +1,12 @@
 """``refluxo``: run the embedded runtime and talk to any refluxo deployment.
 
-    refluxo dev [--app refluxo.demo] [--db .refluxo/dev.db] [--port 8000]
+    refluxo dev [--app refluxo.demo] [--db .refluxo/dev.db] [--port 8000] [--lease 60]
     refluxo start WORKFLOW [--id ID] [--input JSON]
     refluxo event RUN_ID [--payload JSON] [--name NAME] [--id EVENT_ID]
     refluxo cancel RUN_ID [--reason TEXT]
     refluxo inspect RUN_ID [--json]
     refluxo graph WORKFLOW [--app refluxo.demo]
+    refluxo smoke --url URL [--token T] [--timeout 300]
 
 The client commands call the HTTP API at ``--url`` (default ``$REFLUXO_URL`` or
 http://127.0.0.1:8000) with ``--token`` (default ``$REFLUXO_TOKEN``).
@@ -27,6 +28,7 @@ from refluxo.core.logs import configure_logging
 from refluxo.core.timeline import render_timeline, to_mermaid
 
 from .client import ApiError, Client
+from .scheduler import DEFAULT_LEASE_MS
 
 
 def _json_arg(text: str | None) -> Any:
@@ -54,7 +56,11 @@ async def _dev(args: argparse.Namespace) -> None:
     configure_logging(args.log)
     globals_ = _json_arg(os.environ.get("REFLUXO_GLOBALS"))
     async with LocalRuntime(
-        load_workflows(args.app), db_path=args.db, api_token=args.token, globals=globals_
+        load_workflows(args.app),
+        db_path=args.db,
+        api_token=args.token,
+        globals=globals_,
+        lease_ms=round(args.lease * 1000),
     ) as runtime:
         server = await runtime.serve(args.host, args.port)
         names = ", ".join(runtime.dispatcher.workflows)
@@ -65,6 +71,16 @@ async def _dev(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         print("refluxo dev: stopping", flush=True)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--log", choices=["text", "json"], default="text")
+    dev.add_argument(
+        "--lease",
+        type=_seconds,
+        default=DEFAULT_LEASE_MS / 1000,
+        metavar="SECONDS",
+        help="how long a step's message stays leased to a process that stopped renewing it "
+        "(one that died) before another takes it over; a restart on the same host takes "
+        "back its dead predecessor's leases at once (default: %(default)g)",
+    )
 
     start = sub.add_parser("start", help="start a run")
     start.add_argument("workflow")
@@ -103,6 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     graph.add_argument("workflow")
     graph.add_argument("--app", default=os.environ.get("REFLUXO_APP", "refluxo.demo"))
 
+    smoke = sub.add_parser(
+        "smoke", help="run the demo to completion against a deployment (its URL)"
+    )
+    # SUPPRESS: given after the command they override the global options; else those hold.
+    smoke.add_argument("--url", default=argparse.SUPPRESS)
+    smoke.add_argument("--token", default=argparse.SUPPRESS)
+    smoke.add_argument("--timeout", type=float, default=300.0, help="seconds per stage")
+    smoke.add_argument("--poll", type=float, default=1.0, help="seconds between reads")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "dev":
@@ -121,6 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _print(raw)
             else:
                 print(render_timeline(Snapshot.model_validate(raw)))
+        elif args.command == "smoke":
+            from .smoke import smoke as run_smoke
+
+            return run_smoke(
+                Client(args.url, args.token, timeout=30.0),
+                timeout_s=args.timeout,
+                poll_s=args.poll,
+                out=sys.stdout,
+            )
         elif args.command == "graph":
             from refluxo.core.dispatcher import load_workflows
 

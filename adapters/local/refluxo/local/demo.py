@@ -35,7 +35,9 @@ def _describe(snap: Snapshot) -> str:
 
 
 async def run_demo(db_path: Path, deadline_s: float = 60.0) -> Snapshot:
-    async with LocalRuntime(workflows(), db_path=db_path, globals={"order_id": "A-1001"}) as rt:
+    async with LocalRuntime(
+        workflows(), db_path=db_path, globals={"supplier_token": "demo-secret"}
+    ) as rt:
         server = await rt.serve(port=0)
         client = Client(server.url)
         print(f"embedded runtime: SQLite at {db_path.name}, HTTP API on {server.url}")

@@ -21,7 +21,9 @@ transaction comes once the oldest has waited ``DONE_FLUSH_S`` (at once when the 
 out of work). Nothing is given up for it: a message is a row before
 :meth:`SQLiteScheduler.schedule` returns and a lease is a row before its handler runs, so if
 the process dies, what it had leased is delivered again after ``lease_ms``, including messages
-delivered but not yet marked done (the dispatcher finds those stale).
+delivered but not yet marked done (the dispatcher finds those stale); at once if the next
+worker loop to start on the file runs on the same host (see
+:meth:`SQLiteScheduler.release_dead_workers`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import socket
 import sqlite3
 import uuid
 from collections import deque
@@ -40,10 +43,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from refluxo.core.errors import SchedulerError
-from refluxo.core.model import DispatchMessage, now_ms
+from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import Scheduler
 
-from ._sqlite import Database
+from ._sqlite import Database, sqlite_clock
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ DONE_FLUSH_S = 0.05
 # transactions always look): a lease expires a minute after its worker died, so a second more
 # changes nothing, and looking costs a query on every step.
 EXPIRY_CHECK_EVERY_MS = 1_000
+DEFAULT_LEASE_MS = 60_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -94,6 +98,16 @@ CREATE INDEX IF NOT EXISTS messages_pending ON messages (due_at) WHERE state = '
 CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_until) WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS messages_done_at ON messages (done_at) WHERE state = 'done';
 CREATE INDEX IF NOT EXISTS messages_dead ON messages (due_at) WHERE state = 'dead';
+-- The worker loops that lease messages (lease_token = token), so that a worker starting on
+-- this host can tell that an earlier one died and take its leases back without waiting.
+CREATE TABLE IF NOT EXISTS workers (
+    token TEXT PRIMARY KEY,
+    host TEXT NOT NULL,  -- host name, boot and pid namespace: where pid means something
+    pid INTEGER NOT NULL,
+    process_start TEXT,  -- the process's start time, so that a reused pid is not taken for it
+    started_at INTEGER NOT NULL,
+    stopped_at INTEGER  -- set when the loop returned
+);
 """
 
 # A key seen before collapses into the existing row, unless that row is a done tombstone
@@ -117,6 +131,46 @@ _MARK_DONE = (
     "UPDATE messages SET state = 'done', done_at = ?, lease_until = NULL, lease_token = NULL"
     " WHERE key = ? AND lease_token = ?"
 )
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as file:
+            return file.read().strip()
+    except OSError:
+        return None
+
+
+def _host() -> str:
+    """Where a pid names one process: this host, since its boot, in this pid namespace."""
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{_read('/proc/sys/kernel/random/boot_id') or ''}/{namespace}"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux: field 22 of /proc/PID/stat), or None."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def _process_gone(pid: int, process_start: str | None) -> bool:
+    """True only when process ``pid`` of this host certainly no longer runs."""
+    if os.name != "posix":
+        return False  # No harmless probe (os.kill(pid, 0) is CTRL_C_EVENT on Windows).
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # It exists (another user's), or we cannot tell.
+        return False
+    current = _process_start(pid)
+    return process_start is not None and current is not None and current != process_start
 
 
 @dataclass(frozen=True)
@@ -210,10 +264,13 @@ class SQLiteScheduler(Scheduler):
     Args:
         path: the database file (may be the state store's); created when missing.
         clock: epoch milliseconds; due times, leases and backoff follow it, so tests can
-            drive :meth:`drain` with a fake clock.
+            drive :meth:`drain` with a fake clock. By default SQLite's own (see
+            :func:`~refluxo.local._sqlite.sqlite_clock`): processes on one file share it.
         max_delay_ms: the longest delay :meth:`schedule` accepts.
         lease_ms: how long a delivery may go without its worker renewing the lease before
-            another worker takes the message over.
+            another worker takes the message over. A worker loop starting on the same host
+            does not wait for the leases of an earlier loop whose process died (or that
+            stopped): it takes them back at once (see :meth:`release_dead_workers`).
         max_attempts: deliveries (failed or lost to an expired lease) before dead-lettering.
         retry_base_ms: the delay before the first retry; each further retry doubles it.
         retry_max_ms: the longest delay between retries.
@@ -227,9 +284,9 @@ class SQLiteScheduler(Scheduler):
         self,
         path: str | os.PathLike[str],
         *,
-        clock: Callable[[], int] = now_ms,
+        clock: Callable[[], int] = sqlite_clock,
         max_delay_ms: int = 365 * DAY_MS,
-        lease_ms: int = 60_000,
+        lease_ms: int = DEFAULT_LEASE_MS,
         max_attempts: int = 10,
         retry_base_ms: int = 1_000,
         retry_max_ms: int = 300_000,
@@ -397,6 +454,7 @@ class SQLiteScheduler(Scheduler):
         loop = asyncio.get_running_loop()
         worker = _Worker(loop=loop, wake=asyncio.Event(), stop=stop, concurrency=concurrency)
         wake, inflight = worker.wake, worker.inflight
+        self._register(worker)
         self._workers.add(worker)
         helpers = [asyncio.create_task(self._renew_leases(worker))]
         if stop is not None:
@@ -468,6 +526,71 @@ class SQLiteScheduler(Scheduler):
             self._flush_delivered(worker, quiet=True)
             if abandoned:
                 self._release(abandoned)
+            self._unregister(worker)
+
+    def release_dead_workers(self) -> int:
+        """End at once the leases of worker loops on this host that died or stopped.
+
+        A loop records its process (host, pid and the process's start time) when it starts
+        and that it stopped when it returns. A lease held by a loop whose process no longer
+        runs would otherwise keep its message for up to ``lease_ms``; it expires now instead
+        (counted as a failed attempt, as any expired lease). :meth:`run` calls this when it
+        starts. Loops of other hosts, or processes that cannot be probed, are left to
+        ``lease_ms``.
+
+        Returns:
+            How many leases were ended.
+        """
+        host = _host()
+        with self._transaction("release the leases of dead workers") as db:
+            rows = db.execute(
+                "SELECT token, pid, process_start, stopped_at FROM workers WHERE host = ?",
+                (host,),
+            ).fetchall()
+            gone = [
+                token
+                for token, pid, process_start, stopped_at in rows
+                if stopped_at is not None or _process_gone(pid, process_start)
+            ]
+            if not gone:
+                return 0
+            now = self.clock()
+            cur = db.executemany(
+                "UPDATE messages SET lease_until = ? WHERE state = 'leased' AND lease_token = ?",
+                [(now, token) for token in gone],
+            )
+            released = max(cur.rowcount, 0)
+            db.executemany("DELETE FROM workers WHERE token = ?", [(token,) for token in gone])
+            self._last_expiry_check = None  # The next lease transaction looks at them.
+        if released:
+            logger.warning(
+                "%d messages were leased by a worker of this host that died; delivering again",
+                released,
+            )
+        return released
+
+    def _register(self, worker: _Worker) -> None:
+        try:
+            self.release_dead_workers()
+            with self._use("register a worker") as db:
+                db.execute(
+                    "INSERT INTO workers (token, host, pid, process_start, started_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (worker.token, _host(), os.getpid(), _process_start(os.getpid()), self.clock()),
+                )
+        except SchedulerError as exc:
+            # Without its record, a dead worker's leases wait out lease_ms: slower, not wrong.
+            logger.warning("could not record this worker: %s", exc)
+
+    def _unregister(self, worker: _Worker) -> None:
+        try:
+            with self._use("unregister a worker") as db:
+                db.execute(
+                    "UPDATE workers SET stopped_at = ? WHERE token = ?",
+                    (self.clock(), worker.token),
+                )
+        except SchedulerError as exc:
+            logger.warning("could not record that this worker stopped: %s", exc)
 
     async def drain(self, handler: Handler, *, max_messages: int | None = None) -> int:
         """Deliver every message due now, one at a time, then return; for tests and scripts.
