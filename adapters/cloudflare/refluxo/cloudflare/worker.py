@@ -39,7 +39,8 @@ Configuration comes from the Worker's vars and secrets (``REFLUXO_`` prefix):
 ``REFLUXO_LOG_LEVEL``                ``DEBUG``, ``INFO`` (default), ``WARNING``, ``ERROR``
 ===================================  =====================================================
 
-``/_dispatch`` is refused (403): on Cloudflare steps arrive through the queue consumer only.
+``/_dispatch`` and ``/_reconcile`` are refused (403): on Cloudflare steps arrive through the
+queue consumer only, and the reconciler runs on the cron trigger (``scheduled``).
 
 How a queue message ends:
 
