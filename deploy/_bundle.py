@@ -1,4 +1,4 @@
-"""What the per-platform deploy scripts share: copying refluxo's packages and the workflows' code.
+"""What the per-platform deploy scripts share: the output folder, refluxo's packages, the app.
 
 Standard library only; the scripts import it from the folder above them.
 """
@@ -15,6 +15,35 @@ BUILTIN_APPS = {"refluxo.demo": ROOT / "core" / "refluxo" / "demo"}
 """Workflow modules that ship with refluxo: bundled without --app-src."""
 
 Ignore = Callable[[Any, list[str]], set[str]]
+
+MARKER = ".refluxo-bundle"
+"""The file that proves a folder is a bundle these scripts wrote, so a rebuild may replace it."""
+
+
+def prepare_out(out: Path) -> Path:
+    """Make ``out`` an empty folder to build a bundle into, and mark it as a bundle.
+
+    ``out`` may be missing, an empty folder, or a bundle built before (it holds
+    :data:`MARKER`), which is then replaced whole. Anything else is refused and nothing is
+    deleted: a build never removes a file it did not write.
+
+    Raises:
+        SystemExit: ``out`` is a file, or a folder holding anything but a marked bundle.
+    """
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise SystemExit(f"deploy: --out {out} is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file() or (out / MARKER).is_symlink():
+            raise SystemExit(
+                f"deploy: --out {out} is not empty and holds no {MARKER} (it is not a bundle "
+                "built by this script); name a new or empty folder, nothing was deleted"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(
+        "Written by refluxo's deploy script: a rebuild replaces this whole folder.\n"
+    )
+    return out
 
 
 def copy_packages(dest: Path, packages: Mapping[str, Path], ignore: Ignore) -> None:

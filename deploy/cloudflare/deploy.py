@@ -6,8 +6,9 @@
 
 The bundle is what ``pywrangler deploy`` uploads, and what the tests serve::
 
-    wrangler.toml     main = "src/entry.py", python_workers, bindings, vars
-    pyproject.toml    the Worker's packages (pydantic) for the Python Workers package system
+    wrangler.toml     main = "src/entry.py", python_workers + the Python 3.14 flag, bindings,
+                      vars, the queue consumer, the reconciler's cron trigger
+    pyproject.toml    the Worker's packages (pydantic, pydantic-core) and tools, all pinned
     src/entry.py      class Default(WorkerEntrypoint), delegating to refluxo.cloudflare.worker
     src/refluxo/core, src/refluxo/cloudflare, and the workflows' own code (src/refluxo/demo)
 
@@ -28,6 +29,7 @@ public (it then sets the var ``REFLUXO_PUBLIC_API = "1"``, without which the Wor
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -37,12 +39,27 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _bundle import copy_app, copy_packages  # the shared module sits above this folder
+from _bundle import copy_app, copy_packages, prepare_out  # the shared module sits above
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+
+
+def _load_limits() -> ModuleType:
+    # refluxo/cloudflare/limits.py is standard library only; importing it through its package
+    # would import pydantic, which this script does without.
+    path = ROOT / "adapters" / "cloudflare" / "refluxo" / "cloudflare" / "limits.py"
+    spec = importlib.util.spec_from_file_location("_refluxo_cloudflare_limits", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LIMITS = _load_limits()
 PACKAGES = {
     "refluxo/core": ROOT / "core" / "refluxo" / "core",
     "refluxo/cloudflare": ROOT / "adapters" / "cloudflare" / "refluxo" / "cloudflare",
@@ -57,9 +74,22 @@ COMPATIBILITY_DATE = "2026-11-01"
 """Python Workers pick their Pyodide from the compatibility date: dates from 2026-09-08 run
 Pyodide 314 (Python 3.14), the runtime the tests use (npm pyodide 314)."""
 
-PYDANTIC = "pydantic==2.14.3"
-"""The newest pydantic whose pydantic-core has a wheel for Pyodide 314 (pyemscripten_2026_0);
-the same pin as tests/cloudflare/pyodide-requirements.txt."""
+PYTHON_FLAG = "python_workers_20260610"
+"""The flag that selects Pyodide 314 (Python 3.14) whatever the date and the tools' defaults:
+without it, older wrangler / workers-py pick the 3.13 lane, where pydantic-core has no wheel."""
+
+PYODIDE_PLATFORM = "pyemscripten_2026_0_wasm32"
+"""The wheel platform tag of that Pyodide (CPython 3.14, ``cp314``)."""
+
+PYODIDE_PYTHON = "3.14"
+
+PYODIDE_PACKAGES = ("pydantic==2.14.3", "pydantic-core==2.50.4")
+"""What the Worker imports beyond the standard library, pinned: pydantic 2.14.3 is the newest
+whose pydantic-core (2.50.4) has a wheel for Pyodide 314. The same pins as
+tests/cloudflare/pyodide-requirements.txt, which the tests install (a test keeps them equal)."""
+
+TOOLS = ("workers-py==1.17.9", "workers-runtime-sdk==1.9.5")
+"""The deploy tools (pywrangler) and the SDK the Worker's ``workers`` module comes from."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +105,11 @@ class BundleConfig:
     d1_id: str | None = None
     kv_namespace: str = "refluxo-runs"
     kv_id: str | None = None
-    max_retries: int = 10
-    max_batch_size: int = 10
-    max_batch_timeout: int = 1
+    max_retries: int = LIMITS.CONSUMER_MAX_RETRIES
+    max_batch_size: int = LIMITS.CONSUMER_MAX_BATCH_SIZE
+    max_batch_timeout: int = LIMITS.CONSUMER_MAX_BATCH_TIMEOUT_SECONDS
+    retry_delay: int = LIMITS.CONSUMER_RETRY_DELAY_SECONDS
+    reconcile_cron: str = "*/5 * * * *"
     compatibility_date: str = COMPATIBILITY_DATE
     vars: Mapping[str, str] = field(default_factory=dict)
 
@@ -98,6 +130,7 @@ def wrangler_toml(config: BundleConfig) -> str:
         "REFLUXO_APP": config.app,
         "REFLUXO_STORE": config.store,
         "REFLUXO_QUEUE_BINDING": config.queue_binding,
+        "REFLUXO_DEAD_LETTER_QUEUE": config.dead_letter_queue,
         **(
             {"REFLUXO_D1_BINDING": config.d1_binding}
             if config.store == "d1"
@@ -110,7 +143,7 @@ def wrangler_toml(config: BundleConfig) -> str:
         f"name = {_toml(config.name)}",
         'main = "src/entry.py"',
         f"compatibility_date = {_toml(config.compatibility_date)}",
-        'compatibility_flags = ["python_workers"]',
+        f"compatibility_flags = [{_toml('python_workers')}, {_toml(PYTHON_FLAG)}]",
         "",
         "[vars]",
         *(f"{key} = {_toml(value)}" for key, value in worker_vars.items()),
@@ -136,14 +169,31 @@ def wrangler_toml(config: BundleConfig) -> str:
         f"binding = {_toml(config.queue_binding)}",
         f"queue = {_toml(config.queue)}",
         "",
-        "# This Worker consumes its own steps; failures are redelivered with backoff, and after",
-        "# max_retries a message is kept in the dead-letter queue.",
+        "# This Worker consumes its own steps: batches of up to max_batch_size, delivered",
+        "# after at most max_batch_timeout seconds (small: every step waits for it). A failed",
+        "# message is redelivered with the Worker's backoff (retry_delay when the handler",
+        "# raised first); after max_retries it goes to the dead-letter queue.",
         "[[queues.consumers]]",
         f"queue = {_toml(config.queue)}",
         f"max_batch_size = {config.max_batch_size}",
         f"max_batch_timeout = {config.max_batch_timeout}",
         f"max_retries = {config.max_retries}",
+        f"retry_delay = {config.retry_delay}",
         f"dead_letter_queue = {_toml(config.dead_letter_queue)}",
+        "",
+        "# ... and its dead letters: each run whose delivery was given up on is scheduled again",
+        "# (a dead-letter queue without a consumer drops its messages after 4 days).",
+        "[[queues.consumers]]",
+        f"queue = {_toml(config.dead_letter_queue)}",
+        f"max_batch_size = {config.max_batch_size}",
+        f"max_batch_timeout = {config.max_batch_timeout}",
+        f"max_retries = {config.max_retries}",
+        f"retry_delay = {config.retry_delay}",
+        "",
+        "# The reconciler: schedules again the runs due for longer than",
+        "# REFLUXO_RECONCILE_GRACE_SECONDS (a delivery lost however it was lost).",
+        "[triggers]",
+        f"crons = [{_toml(config.reconcile_cron)}]",
         "",
         "[observability]",
         "enabled = true",
@@ -162,23 +212,43 @@ def pyproject_toml(config: BundleConfig) -> str:
             f"name = {_toml(config.name + '-worker')}",
             'version = "0.1.0"',
             'requires-python = ">=3.12"',
-            f"dependencies = [{_toml(PYDANTIC)}]",
+            f"dependencies = [{', '.join(_toml(p) for p in PYODIDE_PACKAGES)}]",
             "",
             "[dependency-groups]",
-            'dev = ["workers-py", "workers-runtime-sdk"]',
+            f"dev = [{', '.join(_toml(t) for t in TOOLS)}]",
             "",
         ]
     )
 
 
+def check_consumer(config: BundleConfig) -> None:
+    """Refuse consumer settings outside what Queues accepts (``limits.py``)."""
+    bounds = {
+        "max_batch_size": (config.max_batch_size, 1, LIMITS.QUEUES_MAX_BATCH_SIZE),
+        "max_batch_timeout": (
+            config.max_batch_timeout,
+            0,
+            LIMITS.QUEUES_MAX_BATCH_TIMEOUT_SECONDS,
+        ),
+        "max_retries": (config.max_retries, 0, LIMITS.QUEUES_MAX_RETRIES),
+        "retry_delay": (config.retry_delay, 0, LIMITS.QUEUES_MAX_DELAY_SECONDS),
+    }
+    for name, (value, low, high) in bounds.items():
+        if not low <= value <= high:
+            raise SystemExit(f"deploy: {name} must be between {low} and {high}, got {value}")
+
+
 def build(out: Path, config: BundleConfig, app_src: Path | None = None) -> Path:
-    """Write the Worker bundle to ``out`` (emptied first) and return it."""
+    """Write the Worker bundle to ``out`` and return it.
+
+    ``out`` must be missing, empty, or a bundle built before (see ``_bundle.prepare_out``).
+    """
     if config.store not in ("d1", "kv"):
         raise SystemExit(f"deploy: --store must be d1 or kv, got {config.store!r}")
-    if out.exists():
-        shutil.rmtree(out)
+    check_consumer(config)
+    prepare_out(out)
     src = out / "src"
-    src.mkdir(parents=True)
+    src.mkdir()
     module = config.app.partition(":")[0]
     entry = (HERE / "entry.py").read_text()
     # The workflows are imported at the top level of the main module, so that Cloudflare's
@@ -284,8 +354,9 @@ def d1_schema_sql(table: str = "refluxo_runs") -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY NOT NULL, "
         "version INTEGER NOT NULL, status TEXT NOT NULL, workflow TEXT, snapshot TEXT NOT NULL, "
-        f"updated_at INTEGER NOT NULL); CREATE INDEX IF NOT EXISTS {table}_status "
-        f"ON {table} (status, updated_at); CREATE TABLE IF NOT EXISTS {table}_results "
+        f"updated_at INTEGER NOT NULL, due_at INTEGER); CREATE INDEX IF NOT EXISTS {table}_status "
+        f"ON {table} (status, updated_at); CREATE INDEX IF NOT EXISTS {table}_due ON {table} "
+        f"(due_at) WHERE due_at IS NOT NULL; CREATE TABLE IF NOT EXISTS {table}_results "
         "(run_id TEXT NOT NULL, node_id TEXT NOT NULL, idx INTEGER NOT NULL, "
         "result TEXT NOT NULL, PRIMARY KEY (run_id, node_id, idx)) WITHOUT ROWID"
     )
@@ -313,6 +384,10 @@ def deploy(args: argparse.Namespace) -> None:
         kv_namespace=args.kv_namespace,
         kv_id=args.kv_id,
         max_retries=args.max_retries,
+        max_batch_size=args.max_batch_size,
+        max_batch_timeout=args.max_batch_timeout,
+        retry_delay=args.retry_delay,
+        reconcile_cron=args.reconcile_cron,
         compatibility_date=args.compatibility_date,
         vars=extra_vars,
     )
@@ -359,7 +434,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", default="d1", choices=["d1", "kv"])
     parser.add_argument("--queue", default="refluxo-steps")
     parser.add_argument("--dead-letter-queue", help="default: QUEUE-dlq")
-    parser.add_argument("--max-retries", type=int, default=10)
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=LIMITS.CONSUMER_MAX_RETRIES,
+        help="redeliveries before the dead-letter queue (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=LIMITS.CONSUMER_MAX_BATCH_SIZE,
+        help="messages per consumer invocation (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-timeout",
+        type=int,
+        default=LIMITS.CONSUMER_MAX_BATCH_TIMEOUT_SECONDS,
+        help="seconds a partial batch waits; every step waits it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retry-delay",
+        type=int,
+        default=LIMITS.CONSUMER_RETRY_DELAY_SECONDS,
+        help="seconds before redelivering a batch whose handler raised (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reconcile-cron",
+        default="*/5 * * * *",
+        help="when the reconciler runs, a cron expression (default: %(default)s)",
+    )
     parser.add_argument("--d1-database", default="refluxo")
     parser.add_argument("--d1-id", help="the D1 database's id (else --create finds it)")
     parser.add_argument("--kv-namespace", default="refluxo-runs")
@@ -370,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--wrangler", default="npx wrangler", help="how to run wrangler")
     parser.add_argument("--pywrangler", default="uv run pywrangler", help="how to run pywrangler")
-    parser.add_argument("--out", default=str(ROOT / "build" / "cloudflare"))
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "build" / "cloudflare"),
+        help="a new or empty folder, or a bundle built before (default: %(default)s)",
+    )
     parser.add_argument("--create", action="store_true", help="create missing resources first")
     parser.add_argument("--build-only", action="store_true", help="write the bundle and stop")
     parser.add_argument("--dry-run", action="store_true", help="print commands, run none")

@@ -1,4 +1,5 @@
-"""The Worker's main module: refluxo's HTTP API on ``fetch``, its steps on ``queue``.
+"""The Worker's main module: refluxo's HTTP API on ``fetch``, its steps (and dead letters) on
+``queue``, the reconciler on ``scheduled`` (a cron trigger).
 
 ``deploy.py`` copies this file into the bundle as ``src/entry.py``; the configuration is in
 the Worker's vars (``wrangler.toml``), see :mod:`refluxo.cloudflare.worker`.
@@ -15,5 +16,9 @@ class Default(WorkerEntrypoint):
     async def fetch(self, request):
         return await worker.fetch(request, self.env)
 
-    async def queue(self, batch):
+    # workerd calls queue(batch, env, ctx) strictly: all three parameters are needed.
+    async def queue(self, batch, env, ctx):
         await worker.queue(batch, self.env)
+
+    async def scheduled(self, controller, env, ctx):
+        await worker.scheduled(controller, self.env)

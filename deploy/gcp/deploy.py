@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _bundle import copy_app, copy_packages  # the shared module sits above this folder
+from _bundle import MARKER, copy_app, copy_packages, prepare_out  # shared, one folder up
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -34,15 +34,16 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
 
 
 def build(out: Path, app: str, app_src: Path | None = None) -> Path:
-    """Write the function's source bundle to ``out`` (emptied first) and return it."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    """Write the function's source bundle to ``out`` and return it.
+
+    ``out`` must be missing, empty, or a bundle built before (see ``_bundle.prepare_out``).
+    """
+    prepare_out(out)
     shutil.copy2(HERE / "main.py", out / "main.py")
     shutil.copy2(HERE / "requirements.txt", out / "requirements.txt")
     copy_packages(out, PACKAGES, _IGNORE)
     copy_app(out, app, app_src, _IGNORE)
-    (out / ".gcloudignore").write_text("__pycache__/\n*.pyc\n")
+    (out / ".gcloudignore").write_text(f"__pycache__/\n*.pyc\n{MARKER}\n")
     return out
 
 
@@ -355,7 +356,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--runtime", default="python312", choices=["python312", "python313"])
     parser.add_argument("--memory", default="512Mi")
-    parser.add_argument("--out", default=str(ROOT / "build" / "gcp"))
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "build" / "gcp"),
+        help="a new or empty folder, or a bundle built before (default: %(default)s)",
+    )
     parser.add_argument("--build-only", action="store_true", help="write the bundle and stop")
     parser.add_argument("--dry-run", action="store_true", help="print cloud commands, run none")
     return parser.parse_args(argv)

@@ -97,7 +97,7 @@ def test_stores_refuse_limits_over_the_platform_s() -> None:
     with pytest.raises(ValueError, match="KV's value limit"):
         KVStateStore(FailingKV(RuntimeError()), max_bytes=26 * 1024 * 1024)
     with pytest.raises(ValueError, match="row limit"):
-        D1StateStore(object(), max_bytes=2_000_000)  # type: ignore[arg-type]
+        D1StateStore(object(), max_bytes=2_000_001)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="table name"):
         D1StateStore(object(), table="runs; DROP TABLE x")  # type: ignore[arg-type]
 
@@ -143,7 +143,7 @@ class RecordingQueue:
         (1, {"delaySeconds": 1}),
         (1000, {"delaySeconds": 1}),
         (1001, {"delaySeconds": 2}),
-        (12 * 3600 * 1000, {"delaySeconds": 43200}),
+        (24 * 3600 * 1000, {"delaySeconds": 86400}),
     ],
 )
 async def test_queues_scheduler_rounds_delays_up_to_whole_seconds(
@@ -156,11 +156,11 @@ async def test_queues_scheduler_rounds_delays_up_to_whole_seconds(
     assert queue.sent == [({"runId": "r", "version": 2, "hop": 1}, options)]
 
 
-async def test_queues_scheduler_refuses_more_than_12_hours_and_translates_errors() -> None:
+async def test_queues_scheduler_refuses_more_than_24_hours_and_translates_errors() -> None:
     scheduler = QueuesScheduler(RecordingQueue(), clock=lambda: 0)
-    assert scheduler.max_delay_ms == 12 * 3600 * 1000
-    with pytest.raises(ValueError, match="43200"):
-        await scheduler.schedule(DispatchMessage(run_id="r", version=0), at=43_200_001)
+    assert scheduler.max_delay_ms == 24 * 3600 * 1000
+    with pytest.raises(ValueError, match="86400"):
+        await scheduler.schedule(DispatchMessage(run_id="r", version=0), at=86_400_001)
     failing = QueuesScheduler(RecordingQueue(JsError("Error", "Queue send failed: 500 Internal")))
     with pytest.raises(SchedulerError) as raised:
         await failing.schedule(DispatchMessage(run_id="r", version=0))
@@ -178,10 +178,15 @@ def test_worker_settings_come_from_vars_with_defaults() -> None:
         REFLUXO_GLOBALS='{"k": 1}',
         REFLUXO_MAX_BODY_BYTES="1000",
         REFLUXO_RETRY_MAX_SECONDS="60",
+        REFLUXO_DEAD_LETTER_QUEUE="steps-dlq",
+        REFLUXO_RECONCILE_GRACE_SECONDS="600",
+        REFLUXO_RECONCILE_LIMIT="50",
     )
     settings = WorkerSettings.from_env(env)
     assert (settings.store, settings.api_token, settings.globals) == ("kv", "t", {"k": 1})
     assert (settings.max_body_bytes, settings.retry_max_seconds) == (1000, 60)
+    assert settings.dead_letter_queue == "steps-dlq"
+    assert (settings.reconcile_grace_seconds, settings.reconcile_limit) == (600, 50)
 
 
 @pytest.mark.parametrize(
@@ -191,7 +196,9 @@ def test_worker_settings_come_from_vars_with_defaults() -> None:
         ({"REFLUXO_APP": "a", "REFLUXO_STORE": "redis"}, "REFLUXO_STORE"),
         ({"REFLUXO_APP": "a", "REFLUXO_GLOBALS": "{"}, "REFLUXO_GLOBALS"),
         ({"REFLUXO_APP": "a", "REFLUXO_MAX_BODY_BYTES": "lots"}, "REFLUXO_MAX_BODY_BYTES"),
-        ({"REFLUXO_APP": "a", "REFLUXO_RETRY_MAX_SECONDS": "99999"}, "between 0 and 43200"),
+        ({"REFLUXO_APP": "a", "REFLUXO_RETRY_MAX_SECONDS": "99999"}, "between 0 and 86400"),
+        ({"REFLUXO_APP": "a", "REFLUXO_RECONCILE_LIMIT": "0"}, "REFLUXO_RECONCILE_LIMIT"),
+        ({"REFLUXO_APP": "a", "REFLUXO_RECONCILE_GRACE_SECONDS": "-1"}, "RECONCILE_GRACE"),
     ],
 )
 def test_worker_settings_name_what_is_wrong(env: dict[str, str], message: str) -> None:

@@ -23,8 +23,10 @@ from typing import Any
 
 import pytest
 
+from tests.contract.due_runs import DueRunsContract
 from tests.contract.scheduler import SchedulerContract
 from tests.contract.store import StateStoreContract
+from tests.dispatcher import test_dispatcher
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -32,6 +34,13 @@ IN_PYODIDE = HERE / "in_pyodide"
 CORE_TEST_MODULES = ("test_engine.py", "test_expressions.py", "test_secrets.py", "test_snapshot.py")
 
 STORE_TESTS = sorted(n for n in dir(StateStoreContract) if n.startswith("test_"))
+SCENARIOS = sorted(
+    name
+    for name, fn in vars(test_dispatcher).items()
+    if name.startswith("test_") and callable(fn) and fn.__module__ == test_dispatcher.__name__
+)
+RACING = "test_two_dispatchers_racing_on_one_run_record_each_step_once"
+DUE_RUNS_TESTS = sorted(n for n in dir(DueRunsContract) if n.startswith("test_"))
 SCHEDULER_TESTS = sorted(n for n in dir(SchedulerContract) if n.startswith("test_"))
 # What KVStateStore declares missing (no atomic compare-and-set), and Queues (no dedup).
 KV_SKIPPED = {
@@ -93,7 +102,7 @@ def test_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("__init__.py", *CORE_TEST_MODULES):
         shutil.copy2(REPO / "tests" / "core" / name, tests / "core" / name)
     (tests / "dispatcher").mkdir()
-    for name in ("__init__.py", "longrun.py"):
+    for name in ("__init__.py", "longrun.py", "harness.py", "test_dispatcher.py"):
         shutil.copy2(REPO / "tests" / "dispatcher" / name, tests / "dispatcher" / name)
     return root
 
@@ -125,6 +134,13 @@ def contracts(run_in_pyodide: Callable[..., Any], test_tree: Path) -> Results:
 
 
 @pytest.fixture
+def dispatcher_suite(run_in_pyodide: Callable[..., Any], test_tree: Path) -> Results:
+    return run_program(
+        "dispatcher_suite.py", run_in_pyodide, test_tree, kv=["STATE"], d1=["DB"], queues=[]
+    )
+
+
+@pytest.fixture
 def core_suite(run_in_pyodide: Callable[..., Any], test_tree: Path) -> Results:
     return run_program("core_suite.py", run_in_pyodide, test_tree, kv=[], d1=[], queues=[])
 
@@ -150,6 +166,43 @@ def test_kv_state_store_passes_the_contract_declaring_no_atomic_cas(
         _expect(contracts, f"TestKVStateStore::{name}", "SKIPPED", "atomic_compare_and_set")
     else:
         _expect(contracts, f"TestKVStateStore::{name}", "PASSED")
+
+
+@pytest.mark.parametrize("name", DUE_RUNS_TESTS)
+@pytest.mark.parametrize("store", ["TestD1StateStore", "TestKVStateStore"])
+def test_d1_and_kv_stores_find_due_runs_for_the_reconciler(
+    contracts: Results, store: str, name: str
+) -> None:
+    _expect(contracts, f"{store}::{name}", "PASSED")
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_the_dispatcher_fault_scenarios_pass_on_d1(dispatcher_suite: Results, name: str) -> None:
+    _expect(dispatcher_suite, f"d1:test_dispatcher::{name}", "PASSED")
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_the_dispatcher_fault_scenarios_pass_on_kv_but_racing_which_it_declares_unsupported(
+    dispatcher_suite: Results, name: str
+) -> None:
+    if name == RACING:
+        _expect(dispatcher_suite, f"kv:test_dispatcher::{name}", "SKIPPED", "compare_and_set")
+    else:
+        _expect(dispatcher_suite, f"kv:test_dispatcher::{name}", "PASSED")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "test_d1_racing_dispatchers_really_race_and_one_save_of_each_pair_loses",
+        "test_kv_racing_dispatchers_complete_the_run_though_both_may_be_told_they_won",
+    ],
+)
+def test_racing_dispatchers_on_d1_lose_a_save_and_on_kv_still_complete_the_run(
+    dispatcher_suite: Results, name: str
+) -> None:
+    _expect(dispatcher_suite, name, "PASSED")
+    assert dispatcher_suite.failed == 0, dispatcher_suite.output
 
 
 @pytest.mark.parametrize("name", SCHEDULER_TESTS)

@@ -53,7 +53,7 @@ def harness_config(bundle: Path, extra_vars: dict[str, str], name: str) -> Path:
     """
     wrangler = tomllib.loads((bundle / "wrangler.toml").read_text())
     assert wrangler["main"] == "src/entry.py"
-    assert wrangler["compatibility_flags"] == ["python_workers"]
+    assert wrangler["compatibility_flags"][0] == "python_workers"
     consumers = {c["queue"]: c for c in wrangler["queues"].get("consumers", [])}
     queues = {}
     for producer in wrangler["queues"]["producers"]:

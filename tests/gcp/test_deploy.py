@@ -45,12 +45,12 @@ def test_build_only_writes_exactly_the_bundle(
     deploy_script: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bundle"
-    out.mkdir()
-    (out / "left-over.txt").write_text("from an earlier build")
     assert deploy_script.main(["--build-only", "--out", str(out)]) == 0
+    (out / "left-over.txt").write_text("from an earlier build")
+    assert deploy_script.main(["--build-only", "--out", str(out)]) == 0  # a rebuild
     assert f"bundle: {out}" in capsys.readouterr().out
 
-    expected = {"main.py", "requirements.txt", ".gcloudignore"}
+    expected = {"main.py", "requirements.txt", ".gcloudignore", ".refluxo-bundle"}
     for dest, src in SOURCES.items():
         expected |= {f"{dest}/{f}" for f in source_files(src)}
     assert files(out) == expected

@@ -289,11 +289,22 @@ class WorkflowEngine:
             [ExpressionTransform()] if transform_engines is None else list(transform_engines)
         )
         self.clock = clock
-        self.rng = rng or random.Random()
+        self._rng = rng
         self.retention = retention
         self.step_timeout = _seconds(step_timeout)
         self._nodes, self._edges = self._index(workflow)
         self._copy_data = not self.transform_engines
+
+    @property
+    def rng(self) -> random.Random:
+        """The random source for retry jitter, seeded from the system on first use.
+
+        Not at construction: Python Workers refuse entropy while their top level runs (the
+        memory snapshot taken at deploy would repeat it), and workflows are often built there.
+        """
+        if self._rng is None:
+            self._rng = random.Random()
+        return self._rng
 
     def _index(
         self, workflow: WorkflowDefinition

@@ -18,11 +18,12 @@ import {
   ExecutionContext,
   KvNamespace,
   QueueController,
+  ScheduledController,
   WorkerQueue,
   patchWaitUntil,
   recordedOperations,
 } from "./lib/bindings.mjs";
-import { decodeBody } from "./lib/codec.mjs";
+import { decodeBody, encodeBody } from "./lib/codec.mjs";
 import { USAGE, UsageError, parseArgs } from "./lib/config.mjs";
 import { EVENT_HEADER, startMiniflare } from "./lib/miniflare.mjs";
 import { SetupError, bootPython, entryModuleName } from "./lib/python.mjs";
@@ -166,8 +167,10 @@ async function waitForQueueHandler() {
   await new Promise((resolve) => queueHandlerWaiters.push(resolve));
 }
 
-async function handleQueue(mfRequest) {
-  const payload = await mfRequest.json();
+// workerd calls every handler but `fetch` strictly with its JavaScript
+// arguments: queue(batch, env, ctx), scheduled(controller, env, ctx). A method
+// declared with fewer parameters raises TypeError here as it does there.
+async function runQueueBatch(payload) {
   payload.messages = payload.messages.map((m) => ({ ...m, body: decodeBody(m.body) }));
   const batch = new QueueController(payload);
   const ctx = new ExecutionContext();
@@ -179,7 +182,7 @@ async function handleQueue(mfRequest) {
       await py.rt.call_queue_handler(queueHandler, batch);
     } else if (py.hasQueue) {
       inst = py.rt.new_instance(py.entryCls, ctx, env);
-      await py.rt.invoke(false, inst, "queue", batch);
+      await py.rt.invoke(false, inst, "queue", batch, env, ctx);
     } else {
       throw new Error(
         `no queue() handler: ${py.entryCls ? "the Worker entry class has no queue method" : "no --entry"}`,
@@ -192,12 +195,46 @@ async function handleQueue(mfRequest) {
   } finally {
     inst?.destroy?.();
   }
-  return Response.json({ ops: recordedOperations(batch), error });
+  return { ops: recordedOperations(batch), error };
+}
+
+async function handleQueue(mfRequest) {
+  return Response.json(await runQueueBatch(await mfRequest.json()));
+}
+
+// A cron trigger: `scheduled(controller, env, ctx)` on a fresh instance.
+let lastScheduled = null;
+async function runScheduled({ cron, scheduledTime }) {
+  const controller = new ScheduledController({ cron, scheduledTime });
+  const ctx = new ExecutionContext();
+  let error = null;
+  let inst;
+  try {
+    if (!py.entryCls || !py.rt.has_method(py.entryCls, "scheduled")) {
+      throw new Error("no scheduled() handler on the Worker entry class");
+    }
+    inst = py.rt.new_instance(py.entryCls, ctx, env);
+    await py.rt.invoke(false, inst, "scheduled", controller, env, ctx);
+    await ctx.settle();
+  } catch (e) {
+    error = pyErrorText(e);
+    log(`scheduled handler for ${cron} raised:\n${error}`);
+  } finally {
+    inst?.destroy?.();
+  }
+  lastScheduled = { error, noRetry: controller.noRetryCalled, cron, scheduledTime };
+  return lastScheduled;
+}
+
+async function handleScheduled(mfRequest) {
+  return Response.json(await runScheduled(await mfRequest.json()));
 }
 
 async function pythonService(mfRequest) {
   await pythonReady.promise;
-  if (mfRequest.headers.get(EVENT_HEADER) === "queue") return handleQueue(mfRequest);
+  const event = mfRequest.headers.get(EVENT_HEADER);
+  if (event === "queue") return handleQueue(mfRequest);
+  if (event === "scheduled") return handleScheduled(mfRequest);
   return handleFetch(mfRequest);
 }
 
@@ -287,6 +324,37 @@ if (cfg.mode === "serve") {
       // A PyProxy passed into JS is only borrowed for the call: keep a copy.
       queueHandler = fn ? fn.copy() : null;
       if (queueHandler) for (const w of queueHandlerWaiters.splice(0)) w();
+    },
+    // What Miniflare's consumer hands the Worker, without Miniflare's broker:
+    // the batch goes to the entry's queue() exactly as a delivery would.
+    async deliverBatch(queueName, messages) {
+      const now = Date.now();
+      const payload = {
+        queue: queueName,
+        metadata: null,
+        messages: Array.from(messages, (m, i) => ({
+          id: m.id ?? `harness-${i}`,
+          timestamp: m.timestamp ?? now,
+          attempts: m.attempts ?? 1,
+          body: encodeBody(m.body),
+        })),
+      };
+      return runQueueBatch(payload);
+    },
+    // Through Miniflare's own trigger and the JS worker's scheduled(), as a cron would.
+    async triggerScheduled(cron, scheduledTime) {
+      const url = new URL("/cdn-cgi/handler/scheduled", mfHandle.url);
+      url.searchParams.set("cron", cron);
+      if (scheduledTime !== undefined && scheduledTime !== null) {
+        url.searchParams.set("time", String(scheduledTime));
+      }
+      lastScheduled = null;
+      const r = await mfHandle.mf.dispatchFetch(url.href);
+      const text = await r.text();
+      if (lastScheduled === null) {
+        return { error: `the cron trigger did not reach the Worker: ${r.status} ${text}`, noRetry: false };
+      }
+      return lastScheduled;
     },
     async dispatchFetch(url, init) {
       const r = await mfHandle.mf.dispatchFetch(new URL(url, mfHandle.url).href, init ?? undefined);

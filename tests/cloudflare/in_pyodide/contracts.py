@@ -1,9 +1,9 @@
 """Runs inside Pyodide: ``harness.mjs run --kv STATE --d1 DB --queue STEPS --queue JOBS``.
 
-The StateStore contract on D1StateStore (all of it) and KVStateStore (declaring no atomic
-compare-and-set), the Scheduler contract on QueuesScheduler, and the adapters' own tests, all
-on Miniflare's real KV, D1 and Queues. ``test_cloudflare_in_pyodide.py`` starts it and checks
-every result line.
+The StateStore and DueRuns contracts on D1StateStore (all of them) and KVStateStore
+(declaring no atomic compare-and-set), the Scheduler contract on QueuesScheduler, and the
+adapters' own tests, all on Miniflare's real KV, D1 and Queues.
+``test_cloudflare_in_pyodide.py`` starts it and checks every result line.
 """
 
 import asyncio
@@ -30,6 +30,7 @@ from refluxo.core import (
 )
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.demo import workflows
+from tests.contract.due_runs import DueRunsContract
 from tests.contract.scheduler import SchedulerContract
 from tests.contract.store import StateStoreContract, padded, snapshot, wire
 from tests.dispatcher.longrun import loop_workflow, run_loop
@@ -62,7 +63,7 @@ async def wait_for(predicate, within=15.0, what="condition"):
 # ------------------------------------------------------------------ the contracts
 
 
-class TestD1StateStore(StateStoreContract):
+class TestD1StateStore(StateStoreContract, DueRunsContract):
     @pytest.fixture
     def store(self):
         # A table of its own per test: the store creates it on first use.
@@ -77,7 +78,7 @@ class TestD1StateStore(StateStoreContract):
         return CONTRACT_MAX_BYTES
 
 
-class TestKVStateStore(StateStoreContract):
+class TestKVStateStore(StateStoreContract, DueRunsContract):
     @pytest.fixture
     def store(self):
         return KVStateStore(env.STATE, prefix=f"t{next(_fresh)}/", max_bytes=CONTRACT_MAX_BYTES)
@@ -202,7 +203,72 @@ async def test_kv_stores_the_version_in_metadata():
     assert len(found["metadata"]["writer"]) == 32
 
 
+async def test_kv_stores_the_due_time_in_metadata_with_the_value():
+    store = KVStateStore(env.STATE, prefix="due-meta:")
+    before = now_ms()
+    await store.create(snapshot())  # active: due since it was written
+    found = await env.STATE.getWithMetadata("due-meta:run-1", type="text")
+    assert before <= found["metadata"]["due"] <= now_ms()
+    await store.save(snapshot(version=1, status="completed"), expected_version=0)
+    found = await env.STATE.getWithMetadata("due-meta:run-1", type="text")
+    assert found["metadata"]["due"] is None
+
+
+class SmallPages:
+    """A KV binding whose listings come two keys a page, so ``due_runs`` follows the cursor."""
+
+    def __init__(self, kv):
+        self._kv = kv
+        self.lists = 0
+
+    def get(self, *args, **kwargs):
+        return self._kv.get(*args, **kwargs)
+
+    def getWithMetadata(self, *args, **kwargs):
+        return self._kv.getWithMetadata(*args, **kwargs)
+
+    def put(self, *args, **kwargs):
+        return self._kv.put(*args, **kwargs)
+
+    def list(self, **options):
+        self.lists += 1
+        return self._kv.list(**options, limit=2)
+
+
+async def test_kv_due_runs_follows_the_listing_cursor_across_pages():
+    pages = SmallPages(env.STATE)
+    store = KVStateStore(pages, prefix="paged:")
+    now = now_ms()
+    for i in range(5):
+        sleeping = snapshot(f"r{i}", status="paused", wait={"kind": "sleep", "until": now - i})
+        await store.create(sleeping)
+    await store.create(snapshot("done", status="completed"))
+    assert await store.due_runs(due_before=now, limit=10) == ["r4", "r3", "r2", "r1", "r0"]
+    assert pages.lists == 3  # six keys, two a page
+    assert await store.due_runs(due_before=now - 3, limit=10) == ["r4", "r3"]
+
+
 # ------------------------------------------------------------------ D1StateStore beyond it
+
+
+async def test_d1_a_table_from_before_due_at_is_migrated_on_first_use():
+    await env.DB.prepare(
+        "CREATE TABLE old_runs (id TEXT PRIMARY KEY NOT NULL, version INTEGER NOT NULL, "
+        "status TEXT NOT NULL, workflow TEXT, snapshot TEXT NOT NULL, "
+        "updated_at INTEGER NOT NULL)"
+    ).run()
+    active = snapshot("old-active")
+    await (
+        env.DB.prepare("INSERT INTO old_runs VALUES (?1, 0, 'active', NULL, ?2, 1000)")
+        .bind("old-active", active.to_json())
+        .run()
+    )
+    store = D1StateStore(env.DB, table="old_runs")
+    # An active run of the old table counts as due since its last write.
+    assert await store.due_runs(due_before=now_ms(), limit=10) == ["old-active"]
+    assert await store.create(snapshot("new")) is True
+    await store.save(snapshot("old-active", version=1, status="completed"), expected_version=0)
+    assert await store.due_runs(due_before=now_ms() + 1, limit=10) == ["new"]
 
 
 async def test_d1_creates_its_table_on_first_use_and_ensure_schema_is_idempotent():

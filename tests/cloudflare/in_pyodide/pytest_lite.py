@@ -268,15 +268,27 @@ class Runner:
         self.failed: list[str] = []
         self.skipped: list[str] = []
 
-    async def run_module(self, module: ModuleType) -> None:
+    async def run_module(
+        self,
+        module: ModuleType,
+        *,
+        id_prefix: str | None = None,
+        fixtures: Iterable[ModuleType] = (),
+    ) -> None:
         """Run the module's test functions and ``Test*`` classes, in definition order.
 
-        A ``run`` mode program passes itself as ``module_of(globals())``.
+        A ``run`` mode program passes itself as ``module_of(globals())``. ``fixtures`` are
+        modules whose fixtures come first (one module's tests run again on another store);
+        ``id_prefix`` then tells the runs apart (``d1:test_dispatcher::name``).
         """
+        first = list(fixtures)
         for name, obj in list(vars(module).items()):
             if name.startswith("test_") and inspect.isfunction(obj):
                 if obj.__module__ == module.__name__:
-                    await self._run(obj, None, _prefixed(module, name), [module])
+                    test_id = _prefixed(module, name)
+                    if id_prefix:
+                        test_id = f"{id_prefix}:{test_id}"
+                    await self._run(obj, None, test_id, [*first, module])
             elif name.startswith("Test") and inspect.isclass(obj):
                 await self.run_class(obj, modules=[module], prefix=_prefixed(module, ""))
 

@@ -54,7 +54,7 @@ class Default(WorkerEntrypoint):
         await asyncio.sleep(0.2)
         await self.env.STATE.put(f"later:{key}", "written")
 
-    async def queue(self, batch):
+    async def queue(self, batch, env, ctx):
         for message in batch.messages:
             body = message.body
             await self.env.STATE.put(

@@ -22,6 +22,8 @@ class KVNamespace(Protocol):
 
     def put(self, key: str, value: str, /, **options: Any) -> Awaitable[Any]: ...
 
+    def list(self, /, **options: Any) -> Awaitable[Any]: ...
+
 
 class D1PreparedStatement(Protocol):
     """A D1 statement from ``prepare``; ``bind`` returns a bound copy."""

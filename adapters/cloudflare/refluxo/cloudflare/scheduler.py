@@ -9,9 +9,9 @@ What Queues does not do, and what follows:
 * **No deduplication.** Queues has no message ids a producer can set; scheduling the same
   key twice delivers twice, and delivery is at least once anyway. The dispatcher's version
   check makes the copies harmless.
-* **Delays are whole seconds, up to 12 hours.** A time is rounded *up* to the next second,
-  so a message never arrives early because of rounding; longer waits take several hops,
-  which the dispatcher schedules (``max_delay_ms``).
+* **Delays are whole seconds, up to 24 hours** (:mod:`.limits`). A time is rounded *up* to
+  the next second, so a message never arrives early because of rounding; longer waits take
+  several hops, which the dispatcher schedules (``max_delay_ms``).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from refluxo.core.ports import Scheduler
 
 from ._bindings import Queue
 from ._errors import scheduler_error
+from .limits import QUEUES_MAX_DELAY_SECONDS
 
 __all__ = ["MAX_DELAY_SECONDS", "QueuesScheduler"]
 
-MAX_DELAY_SECONDS = 12 * 3600
-"""The longest ``delaySeconds`` Queues accepts (12 hours)."""
+MAX_DELAY_SECONDS = QUEUES_MAX_DELAY_SECONDS
+"""The longest ``delaySeconds`` Queues accepts (24 hours)."""
 
 
 class QueuesScheduler(Scheduler):

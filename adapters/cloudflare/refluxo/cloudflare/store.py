@@ -18,10 +18,11 @@ from pydantic import ValidationError
 
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
 from refluxo.core.model import NodeResult, Snapshot, encode_snapshot, now_ms
-from refluxo.core.ports import ResultArchive, StateStore
+from refluxo.core.ports import DueRuns, ResultArchive, StateStore, stored_due_time
 
 from ._bindings import D1Database, KVNamespace
 from ._errors import describe, store_error
+from .limits import D1_MAX_ROW_BYTES, KV_MAX_KEY_BYTES, KV_MAX_VALUE_BYTES
 
 __all__ = [
     "D1_MAX_ROW_BYTES",
@@ -32,15 +33,6 @@ __all__ = [
     "D1StateStore",
     "KVStateStore",
 ]
-
-KV_MAX_VALUE_BYTES = 25 * 1024 * 1024
-"""Workers KV's limit on a value (25 MiB)."""
-
-KV_MAX_KEY_BYTES = 512
-"""Workers KV's limit on a key, in bytes of UTF-8."""
-
-D1_MAX_ROW_BYTES = 1_000_000
-"""D1's limit on a string, a BLOB and a whole row (1,000,000 bytes, per D1's limits page)."""
 
 DEFAULT_D1_MAX_BYTES = D1_MAX_ROW_BYTES - 1024
 """The default limit on a snapshot's JSON in D1: a row's limit less room for the other columns
@@ -96,11 +88,13 @@ def check_kv_prefix(prefix: str) -> str:
     return prefix
 
 
-class KVStateStore(StateStore):
+class KVStateStore(StateStore, DueRuns):
     """Keeps each run as one Workers KV value; read, check, write, and check again.
 
     Layout: key ``prefix + run_id``; value the snapshot's JSON text; KV metadata
-    ``{"version": N, "writer": W}``, where ``W`` is a random token fresh for every write.
+    ``{"version": N, "writer": W, "due": D}``, where ``W`` is a random token fresh for every
+    write and ``D`` the run's due time (:func:`~refluxo.core.ports.stored_due_time`, None when
+    it is not due), written with the value in one ``put``.
 
     * ``create`` reads the key and writes only if it is absent.
     * ``save`` reads the stored version (from the metadata) and writes only if it is
@@ -125,6 +119,13 @@ class KVStateStore(StateStore):
     * **One write per second per key.** KV refuses faster writes to one key with 429; that
       surfaces as a transient :class:`StoreError` and the queue consumer retries with backoff.
       Steps of one run closer than a second apart are therefore slowed down, not lost.
+
+    * **Finding due runs lists every run.** KV has no query: ``due_runs`` lists the prefix's
+      keys with their metadata (1,000 a call) and filters them, so it costs one list call per
+      1,000 runs, finished ones included. KV's listing is eventually consistent too: a run
+      written in the last minute, or its new due time, may be missing from it, so the
+      reconciler sees such a run one cron tick later. A key written by a version without the
+      ``due`` metadata is not found until its next save.
 
     Good enough for runs that only one invocation drives at a time from one location, and for
     trying things out; use :class:`D1StateStore` when correctness under concurrency matters.
@@ -208,6 +209,33 @@ class KVStateStore(StateStore):
             # Another writer passed the same check and wrote after us: its snapshot stands.
             raise VersionConflict(run_id, expected_version, version)
 
+    # --- DueRuns ----------------------------------------------------------------------------
+
+    async def due_runs(self, *, due_before: int, limit: int) -> list[str]:
+        """Runs due at or before ``due_before``, earliest first: a listing of every key."""
+        due: list[tuple[int, str]] = []
+        cursor: str | None = None
+        while True:
+            options: dict[str, Any] = {"prefix": self.prefix}
+            if cursor:
+                options["cursor"] = cursor
+            page = await self._call(self._kv.list(**options), "list runs to find the due ones")
+            for key in _field(page, "keys") or []:
+                name = _field(key, "name")
+                at = _field(_field(key, "metadata"), "due")
+                if isinstance(at, float) and at.is_integer():
+                    at = int(at)
+                if not isinstance(name, str) or not isinstance(at, int) or at > due_before:
+                    continue
+                run_id = name[len(self.prefix) :]
+                # Under the legacy prefix, another deployment's 'run:x/' keys are listed too.
+                if KV_PREFIX_SEPARATOR not in run_id:
+                    due.append((at, run_id))
+            cursor = _field(page, "cursor")
+            if _field(page, "list_complete") or not cursor:
+                break
+        return [run_id for _, run_id in sorted(due)[:limit]]
+
     # --- internals -------------------------------------------------------------------------
 
     def _key(self, run_id: str) -> str | None:
@@ -224,7 +252,8 @@ class KVStateStore(StateStore):
 
     async def _write(self, key: str, raw: str, snapshot: Snapshot, doing: str) -> str:
         token = uuid.uuid4().hex
-        metadata = {"version": snapshot.version, "writer": token}
+        due = stored_due_time(snapshot, now_ms())
+        metadata = {"version": snapshot.version, "writer": token, "due": due}
         await self._call(self._kv.put(key, raw, metadata=metadata), doing)
         return token
 
@@ -276,9 +305,11 @@ D1_SCHEMA = (
     status TEXT NOT NULL,
     workflow TEXT,
     snapshot TEXT NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    due_at INTEGER
 )""",
     "CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS {table}_due ON {table} (due_at) WHERE due_at IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS {table}_results (
     run_id TEXT NOT NULL,
     node_id TEXT NOT NULL,
@@ -295,9 +326,17 @@ _ARCHIVE_BATCH = 50
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,55}")
 _NO_TABLE = re.compile(r"no such table", re.IGNORECASE)
+_NO_DUE_AT = re.compile(r"(no such column|has no column named):? due_at", re.IGNORECASE)
+D1_ADD_DUE_AT = (
+    "ALTER TABLE {table} ADD COLUMN due_at INTEGER",
+    # A run active when the table was migrated counts as due since its last write; the others
+    # get their due time at their next save.
+    "UPDATE {table} SET due_at = updated_at WHERE status = 'active'",
+)
+"""The migration of a runs table created before ``due_at`` (run when a statement misses it)."""
 
 
-class D1StateStore(StateStore, ResultArchive):
+class D1StateStore(StateStore, ResultArchive, DueRuns):
     """Keeps each run as one row of a D1 (SQLite) table; every write is one atomic statement.
 
     The table (``refluxo_runs`` by default; created on first use, or ahead of time with
@@ -309,10 +348,12 @@ class D1StateStore(StateStore, ResultArchive):
         workflow    TEXT NULL          snapshot.definition.name
         snapshot    TEXT               the whole snapshot as JSON text
         updated_at  INTEGER            epoch milliseconds of the last write
+        due_at      INTEGER NULL       when the run is due (indexed): ``due_runs`` reads it;
+                                       a table without it is migrated on first use
 
     * ``create``: ``INSERT ... ON CONFLICT (id) DO NOTHING``; ``meta.changes`` says whether
       the row was inserted.
-    * ``save``: ``UPDATE ... WHERE id = ?6 AND version = ?7``; zero changed rows means the
+    * ``save``: ``UPDATE ... WHERE id = ?7 AND version = ?8``; zero changed rows means the
       version moved on (VersionConflict) or the run does not exist (RunNotFound), which one
       read then tells apart.
 
@@ -327,7 +368,8 @@ class D1StateStore(StateStore, ResultArchive):
         database: the D1 binding (``env.DB``).
         table: the table's name (letters, digits, ``_``).
         max_bytes: refuse snapshots whose JSON is larger; at most D1's row limit
-            (1,000,000 bytes), which is checked for the whole row as well.
+            (:data:`~refluxo.cloudflare.limits.D1_MAX_ROW_BYTES`), which is checked for the
+            whole row as well.
         clock: epoch milliseconds, for ``updated_at``.
     """
 
@@ -352,14 +394,18 @@ class D1StateStore(StateStore, ResultArchive):
         self._clock = clock
         t = table
         self._insert = (
-            f"INSERT INTO {t} (id, version, status, workflow, snapshot, updated_at) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING"
+            f"INSERT INTO {t} (id, version, status, workflow, snapshot, updated_at, due_at) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING"
+        )
+        self._due = (
+            f"SELECT id FROM {t} WHERE due_at IS NOT NULL AND due_at <= ?1 "
+            "ORDER BY due_at, id LIMIT ?2"
         )
         self._select = f"SELECT snapshot FROM {t} WHERE id = ?1"
         self._select_version = f"SELECT version FROM {t} WHERE id = ?1"
         self._update = (
             f"UPDATE {t} SET version = ?1, status = ?2, workflow = ?3, snapshot = ?4, "
-            "updated_at = ?5 WHERE id = ?6 AND version = ?7"
+            "updated_at = ?5, due_at = ?6 WHERE id = ?7 AND version = ?8"
         )
         self._archive = (
             f"INSERT INTO {t}_results (run_id, node_id, idx, result) VALUES (?1, ?2, ?3, ?4) "
@@ -380,6 +426,14 @@ class D1StateStore(StateStore, ResultArchive):
             await self._db.batch(statements)
         except Exception as exc:
             raise store_error(exc, "D1", f"create table {self.table!r}") from exc
+
+    async def _add_due_at(self) -> None:
+        statements = [self._db.prepare(sql.format(table=self.table)) for sql in D1_ADD_DUE_AT]
+        try:
+            await self._db.batch(statements)
+        except Exception as exc:
+            if not re.search(r"duplicate column", describe(exc), re.IGNORECASE):
+                raise store_error(exc, "D1", f"add due_at to table {self.table!r}") from exc
 
     # --- the port --------------------------------------------------------------------------
 
@@ -417,6 +471,15 @@ class D1StateStore(StateStore, ResultArchive):
         actual = _field(row, "version")
         raise VersionConflict(run_id, expected_version, actual if isinstance(actual, int) else None)
 
+    # --- DueRuns ----------------------------------------------------------------------------
+
+    async def due_runs(self, *, due_before: int, limit: int) -> list[str]:
+        """Runs due at or before ``due_before``, earliest first (the ``due_at`` index)."""
+        found = await self._run(
+            lambda: self._db.prepare(self._due).bind(due_before, limit).all(), "find due runs"
+        )
+        return [str(_field(row, "id")) for row in _field(found, "results") or []]
+
     # --- ResultArchive ---------------------------------------------------------------------
 
     async def archive_results(
@@ -453,21 +516,27 @@ class D1StateStore(StateStore, ResultArchive):
     # --- internals -------------------------------------------------------------------------
 
     def _row(self, snapshot: Snapshot) -> tuple[Any, ...]:
-        """(id, version, status, workflow, snapshot, updated_at); PayloadTooLarge if too big."""
+        """(id, version, status, workflow, snapshot, updated_at, due_at); PayloadTooLarge if
+        too big."""
         raw = _encoded(snapshot, self.max_bytes)
         workflow = snapshot.definition.name if snapshot.definition is not None else None
         row = (snapshot.workflow_id, snapshot.version, snapshot.status, workflow, raw)
         size = sum(len(v.encode("utf-8")) for v in row if isinstance(v, str)) + 16
         if size > D1_MAX_ROW_BYTES:
             raise PayloadTooLarge(f"D1 row of run {snapshot.workflow_id!r}", size, D1_MAX_ROW_BYTES)
-        return (*row, self._clock())
+        now = self._clock()
+        return (*row, now, stored_due_time(snapshot, now))
 
     async def _run(self, call: Callable[[], Awaitable[Any]], doing: str) -> Any:
-        """Run a statement; when the table is missing, create it and run the statement again."""
+        """Run a statement; when the table is missing (or older, without ``due_at``), create
+        (or migrate) it and run the statement again."""
         try:
             return await call()
         except Exception as exc:
-            if not _NO_TABLE.search(describe(exc)):
+            text = describe(exc)
+            if _NO_DUE_AT.search(text):
+                await self._add_due_at()
+            elif not _NO_TABLE.search(text):
                 raise store_error(exc, "D1", doing) from exc
         await self.ensure_schema()
         try:

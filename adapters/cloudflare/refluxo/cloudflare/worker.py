@@ -1,4 +1,5 @@
-"""The Worker's composition root and handlers: HTTP API on ``fetch``, steps on ``queue``.
+"""The Worker's composition root and handlers: HTTP API on ``fetch``, steps on ``queue``, the
+reconciler on ``scheduled``.
 
 A Worker's main module only delegates (``deploy/cloudflare/entry.py``)::
 
@@ -6,12 +7,14 @@ A Worker's main module only delegates (``deploy/cloudflare/entry.py``)::
         async def fetch(self, request):
             return await worker.fetch(request, self.env)
 
-        async def queue(self, batch):
+        async def queue(self, batch, env, ctx):  # workerd passes all three
             await worker.queue(batch, self.env)
+
+        async def scheduled(self, controller, env, ctx):
+            await worker.scheduled(controller, self.env)
 
 Configuration comes from the Worker's vars and secrets (``REFLUXO_`` prefix):
 
-=============================  ===========================================================
 ``REFLUXO_APP``                the workflows, ``module`` or ``module:attribute`` (required)
 ``REFLUXO_STORE``              ``d1`` (default: strictly consistent) or ``kv`` (see
                                :class:`~refluxo.cloudflare.store.KVStateStore`'s limits)
@@ -31,8 +34,37 @@ Configuration comes from the Worker's vars and secrets (``REFLUXO_`` prefix):
 ``REFLUXO_RETRY_MAX_SECONDS``  longest redelivery delay (300)
 ``REFLUXO_LOG_LEVEL``          ``DEBUG``, ``INFO`` (default), ``WARNING``, ``ERROR``
 =============================  ===========================================================
+=======
+===================================  =====================================================
+``REFLUXO_APP``                      the workflows, ``module`` or ``module:attribute`` (required)
+``REFLUXO_STORE``                    ``d1`` (default: strictly consistent) or ``kv`` (see
+                                     :class:`~refluxo.cloudflare.store.KVStateStore`'s limits)
+``REFLUXO_D1_BINDING``               the D1 binding's name (default ``DB``)
+``REFLUXO_D1_TABLE``                 the runs table (default ``refluxo_runs``)
+``REFLUXO_KV_BINDING``               the KV binding's name (default ``STATE``)
+``REFLUXO_KV_PREFIX``                the runs' key prefix, ending in ``/`` (default ``run:``;
+                                     see :class:`~refluxo.cloudflare.store.KVStateStore`)
+``REFLUXO_QUEUE_BINDING``            the Queues producer binding (default ``STEPS``); this Worker
+                                     must also be that queue's consumer
+``REFLUXO_DEAD_LETTER_QUEUE``        the steps queue's dead-letter queue, which this Worker
+                                     also consumes: each message there is handed to
+                                     ``Dispatcher.dead_lettered`` (the run is scheduled again)
+``REFLUXO_RECONCILE_GRACE_SECONDS``  how long a run may be due before the cron trigger
+                                     schedules it again (300)
+``REFLUXO_RECONCILE_LIMIT``          runs scheduled again per cron trigger, at most (100)
+``REFLUXO_API_TOKEN``                a secret: the public routes require ``Bearer`` it;
+                                     without it they answer 403, unless
+                                     ``REFLUXO_PUBLIC_API`` is ``1``
+``REFLUXO_PUBLIC_API``               ``1``: serve the public routes to anyone, without a token
+``REFLUXO_GLOBALS``                  JSON object passed to executors as ``globals`` (a secret)
+``REFLUXO_MAX_BODY_BYTES``           request body limit (default 262144)
+``REFLUXO_RETRY_BASE_SECONDS``       first redelivery delay after a transient failure (1)
+``REFLUXO_RETRY_MAX_SECONDS``        longest redelivery delay (300)
+``REFLUXO_LOG_LEVEL``                ``DEBUG``, ``INFO`` (default), ``WARNING``, ``ERROR``
+===================================  =====================================================
 
-``/_dispatch`` is refused (403): on Cloudflare steps arrive through the queue consumer only.
+``/_dispatch`` and ``/_reconcile`` are refused (403): on Cloudflare steps arrive through the
+queue consumer only, and the reconciler runs on the cron trigger (``scheduled``).
 
 How a queue message ends:
 
@@ -84,6 +116,7 @@ __all__ = [
     "fetch",
     "load_app",
     "queue",
+    "scheduled",
     "to_http_request",
     "to_workers_response",
 ]
@@ -108,6 +141,9 @@ class WorkerSettings:
     kv_binding: str = "STATE"
     kv_prefix: str = "run:"
     queue_binding: str = "STEPS"
+    dead_letter_queue: str | None = None
+    reconcile_grace_seconds: int = 300
+    reconcile_limit: int = 100
     api_token: str | None = None
     public_api: bool = False
     globals: Any = None
@@ -162,6 +198,9 @@ class WorkerSettings:
             kv_binding=var("REFLUXO_KV_BINDING") or "STATE",
             kv_prefix=var("REFLUXO_KV_PREFIX") or "run:",
             queue_binding=var("REFLUXO_QUEUE_BINDING") or "STEPS",
+            dead_letter_queue=var("REFLUXO_DEAD_LETTER_QUEUE"),
+            reconcile_grace_seconds=number("REFLUXO_RECONCILE_GRACE_SECONDS", 300, 0, 86_400),
+            reconcile_limit=number("REFLUXO_RECONCILE_LIMIT", 100, 1, 1000),
             api_token=var("REFLUXO_API_TOKEN"),
             public_api=(var("REFLUXO_PUBLIC_API") or "").lower() in ("1", "true"),
             globals=globals_,
@@ -375,10 +414,62 @@ class RefluxoWorker:
         """Handle a batch from the steps queue: one dispatch per message, each acked or retried.
 
         Messages are handled one after the other, so two deliveries of one run in a batch do
-        not race each other.
+        not race each other. A batch from the dead-letter queue (``REFLUXO_DEAD_LETTER_QUEUE``)
+        goes to :meth:`handle_dead_letter` instead.
         """
+        queue_name = str(getattr(batch, "queue", "") or "")
+        dead = self.settings.dead_letter_queue
         for message in batch.messages:
-            await self.handle_message(message)
+            if dead is not None and queue_name == dead:
+                await self.handle_dead_letter(message, queue_name)
+            else:
+                await self.handle_message(message)
+
+    async def handle_dead_letter(self, message: Any, queue_name: str) -> Decision:
+        """A delivery the steps queue gave up on: schedule the run again if it needs it.
+
+        ``ack()`` once :meth:`Dispatcher.dead_lettered` has decided (a malformed body too);
+        ``retry()`` with backoff on a backend failure, so the dead letter is not lost.
+        """
+        attempts = _attempts(message)
+        fields: dict[str, Any] = {"messageId": str(getattr(message, "id", "")), "queue": queue_name}
+        try:
+            dispatch_message = decode_message(message.body)
+        except ValueError as exc:
+            logger.error("dropped a malformed dead letter: %s", exc, extra={"refluxo": fields})
+            message.ack()
+            return "ack"
+        try:
+            await self.dispatcher.dead_lettered(
+                dispatch_message, f"dead-lettered by the steps queue (in {queue_name})"
+            )
+        except Exception as exc:
+            transient = isinstance(exc, BackendError) and exc.transient
+            delay = self.backoff_seconds(attempts, transient=transient)
+            logger.warning(
+                "dead letter %s not handled, redelivered in %s s: %s",
+                dispatch_message.key,
+                delay,
+                exc,
+                extra={"refluxo": {**fields, "retryInSeconds": delay}},
+            )
+            message.retry(delaySeconds=delay)
+            return "retry"
+        message.ack()
+        return "ack"
+
+    # --- scheduled -------------------------------------------------------------------------
+
+    async def scheduled(self) -> list[str]:
+        """The cron trigger: schedule again the runs due for longer than the grace period.
+
+        Runs whose delivery was lost (dead-lettered and dropped, or never sent) are found by
+        their stored due time (:meth:`Dispatcher.reconcile`). Returns their ids.
+        """
+        return await self.dispatcher.reconcile(
+            grace_ms=self.settings.reconcile_grace_seconds * 1000,
+            limit=self.settings.reconcile_limit,
+        )
 
     def backoff_seconds(self, attempts: int, *, transient: bool) -> int:
         """The redelivery delay after a failed attempt (``attempts`` counts from 1)."""
@@ -487,3 +578,23 @@ async def queue(batch: Any, env: Any) -> None:
         logging.getLogger("refluxo.cloudflare").error("misconfigured Worker: %s", exc)
         raise
     await worker.queue(batch)
+
+
+async def scheduled(controller: Any, env: Any) -> None:
+    """A Worker's ``scheduled`` handler (a cron trigger): reconcile the runs of ``env``.
+
+    A failure is logged and raised, so the platform records the invocation as failed; the next
+    trigger tries again.
+    """
+    try:
+        worker = _worker(env)
+    except ConfigurationError as exc:
+        logging.getLogger("refluxo.cloudflare").error("misconfigured Worker: %s", exc)
+        raise
+    found = await worker.scheduled()
+    logger.info(
+        "cron %s: %d run(s) scheduled again",
+        getattr(controller, "cron", "?"),
+        len(found),
+        extra={"refluxo": {"reconciled": found}},
+    )

@@ -220,6 +220,22 @@ export class QueueController {
   }
 }
 
+// The `controller` of a cron trigger, as workerd hands it to scheduled().
+export class ScheduledController {
+  constructor({ cron, scheduledTime }) {
+    this.cron = cron;
+    this.scheduledTime = scheduledTime;
+    this.type = "scheduled";
+    this.noRetryCalled = false;
+  }
+  get [Symbol.toStringTag]() {
+    return "ScheduledController";
+  }
+  noRetry() {
+    this.noRetryCalled = true;
+  }
+}
+
 // The ack/retry calls made on `batch`, in call order.
 export function recordedOperations(batch) {
   return batchOps.get(batch) ?? [];

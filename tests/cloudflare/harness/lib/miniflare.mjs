@@ -29,6 +29,16 @@ export default {
     return env.${PYTHON_SERVICE}.fetch(new Request(request, { headers }));
   },
 
+  async scheduled(controller, env) {
+    const res = await env.${PYTHON_SERVICE}.fetch("http://refluxo-harness.invalid/scheduled", {
+      method: "POST",
+      headers: { [EVENT_HEADER]: "scheduled", "content-type": "application/json" },
+      body: JSON.stringify({ cron: controller.cron, scheduledTime: controller.scheduledTime }),
+    });
+    const out = await res.json();
+    if (out.error !== null && out.error !== undefined) throw new Error(out.error);
+  },
+
   async queue(batch, env) {
     const payload = {
       queue: batch.queue,
@@ -105,6 +115,8 @@ export async function startMiniflare(config, pythonService) {
     // The default fetches a Request.cf sample from the internet; use Miniflare's
     // built-in placeholder instead.
     cf: false,
+    // GET /cdn-cgi/handler/scheduled?cron=... fires the cron trigger, as workerd would.
+    unsafeTriggerHandlers: true,
     // workerd's own stdout would otherwise land on ours, which carries the
     // ready line (serve) or the Python program's output (run).
     handleRuntimeStdio(stdout, stderr) {

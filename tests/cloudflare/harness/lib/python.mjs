@@ -87,6 +87,8 @@ export async function bootPython(cfg, { stdout, helper, timings }) {
   if (errors.length) throw new SetupError(`installing wheels failed:\n${errors.join("\n")}`);
   timings.wheels_ms = Math.round(performance.now() - t);
 
+  pyodide.registerJsModule("_refluxo_entropy", guardEntropy());
+
   const flags = { ...DEFAULT_COMPAT_FLAGS, ...cfg.compatibilityFlags };
   pyodide.registerJsModule("_cloudflare_compat_flags", flags);
   pyodide.registerJsModule("_pyodide_entrypoint_helper", helper);
@@ -101,7 +103,9 @@ export async function bootPython(cfg, { stdout, helper, timings }) {
     `import sys
 sys.dont_write_bytecode = True
 sys.path[0:0] = [${JSON.stringify(BUNDLE_DIR)}, ${JSON.stringify(HARNESS_PY_DIR)}]
-import _refluxo_harness`,
+import random  # imported before the Worker's top level, whose rules then block its functions
+import _refluxo_harness
+_refluxo_harness.process_pth_files()`,
   );
   timings.sources_ms = Math.round(performance.now() - t);
   return pyodide;
@@ -151,4 +155,36 @@ export function entryModuleName(cfg) {
   }
   // Relative to a root, as written in wrangler.toml's `main`.
   return e.slice(0, -3).split("/").join(".");
+}
+
+// Pyodide's getentropy() ends in crypto.getRandomValues. While the Worker's top
+// level runs (guard(true), see worker_top_level in _refluxo_harness.py) a call
+// is refused unless an import patch allowed a counted number of them, as in
+// workerd, where such a call is a fatal error.
+function guardEntropy() {
+  const state = { guarded: false, allowed: 0 };
+  const real = globalThis.crypto.getRandomValues.bind(globalThis.crypto);
+  globalThis.crypto.getRandomValues = (view) => {
+    if (state.guarded) {
+      if (state.allowed <= 0) {
+        throw new Error(
+          "getentropy() while the Worker's top level runs: randomness is not allowed " +
+            "while a Worker is starting (workerd refuses it; the harness does too)",
+        );
+      }
+      state.allowed -= 1;
+    }
+    return real(view);
+  };
+  return {
+    guard(on) {
+      state.guarded = Boolean(on);
+      state.allowed = 0;
+    },
+    guarded: () => state.guarded,
+    allow(n) {
+      state.allowed = Number(n);
+    },
+    remaining: () => state.allowed,
+  };
 }

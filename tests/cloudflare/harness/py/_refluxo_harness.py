@@ -4,9 +4,10 @@ It plays the part of workerd's Python entrypoint (``python-entrypoint-helper.ts`
 and ``introspection.py``): the Worker class is called as ``cls(ctx, env)`` once per
 invocation, so workers-runtime-sdk's ``WorkerEntrypoint`` wraps ``env`` in its
 ``_EnvWrapper``; a handler is called through the same conversion as production
-(``python_from_rpc`` on the arguments, ``relaxed_call`` for ``fetch``,
-``python_to_rpc`` on the result), and ``queue`` goes through the SDK's own
-``_BindingWrapper`` around the batch.
+(``python_from_rpc`` on the arguments, ``relaxed_call`` for ``fetch`` only,
+``python_to_rpc`` on the result): ``queue(batch, env, ctx)`` and
+``scheduled(controller, env, ctx)`` are called strictly with their three
+JavaScript arguments (the SDK wraps the batch in its ``_BindingWrapper``).
 
 It also builds the ``harness_env`` module that ``run`` mode programs import.
 """
@@ -17,12 +18,15 @@ import ast
 import builtins
 import importlib
 import inspect
+import json
 import linecache
+import os
 import sys
 import time
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from inspect import isawaitable
 from typing import Any
 
@@ -38,7 +42,8 @@ def load_entry(module_name: str, class_name: str) -> tuple[type, str | None]:
     here only when asked for explicitly, or when it is the module's single
     ``WorkerEntrypoint`` subclass, and then with a warning.
     """
-    module = importlib.import_module(module_name)
+    with worker_top_level():
+        module = importlib.import_module(module_name)
     cls = getattr(module, class_name, None)
     warning = None
     if cls is None:
@@ -66,6 +71,69 @@ def load_entry(module_name: str, class_name: str) -> tuple[type, str | None]:
     return cls, warning
 
 
+def process_pth_files() -> list[str]:
+    """Run the ``.pth`` files of the installed wheels, as workerd does at start-up.
+
+    ``loadPackage`` installs wheels without processing them; the Workers SDK loads its
+    package and entropy patches through ``_workers_sdk_patch_loader.pth``. Returns the
+    files processed.
+    """
+    import site
+    import sysconfig
+
+    site_packages = sysconfig.get_path("purelib")
+    names = sorted(n for n in os.listdir(site_packages) if n.endswith(".pth"))
+    site.addsitedir(site_packages)
+    return names
+
+
+@contextmanager
+def worker_top_level() -> Iterator[None]:
+    """Run the Worker's top level (its main module's import) under workerd's rules.
+
+    Production snapshots memory after the top level, so entropy is refused there
+    (workerd's ``entropy_patches.py``): ``os.urandom`` and an unseeded ``random.Random()``
+    raise ``OSError(EIO)``, the ``random`` module's functions are blocked (``Random`` and
+    ``SystemRandom`` may be created), and ``getentropy`` from C or Rust fails unless a
+    registered import patch allows a counted call. Afterwards, as before the first
+    request, everything is restored.
+    """
+    import random
+
+    import _refluxo_entropy
+    from _cloudflare import import_patch_manager as patches
+    from _cloudflare.allow_entropy import raise_unless_entropy_allowed
+
+    urandom, seed = os.urandom, random.Random.seed
+
+    def guarded_urandom(size: int, /) -> bytes:
+        raise_unless_entropy_allowed()
+        return urandom(size)
+
+    def guarded_seed(self: random.Random, a: Any = None, version: int = 2) -> None:
+        if a is None:
+            raise_unless_entropy_allowed()
+        seed(self, a, version)
+
+    _refluxo_entropy.guard(True)
+    os.urandom = random._urandom = guarded_urandom  # type: ignore[attr-defined]
+    random.Random.seed = guarded_seed  # type: ignore[method-assign]
+    patches.block_calls(random, allowlist=("Random", "SystemRandom"))
+    patches.install_import_patch_manager()
+    try:
+        yield
+    finally:
+        patches.remove_import_patch_manager()
+        for handler in patches.after_snapshot_handlers:
+            handler()
+        _refluxo_entropy.guard(False)
+        os.urandom = random._urandom = urandom  # type: ignore[attr-defined]
+        random.Random.seed = seed  # type: ignore[method-assign]
+        for handler in patches.before_first_request_handlers:
+            handler()
+        patches.before_first_request_handlers.clear()
+
+
 def has_method(cls: type, name: str) -> bool:
     return callable(getattr(cls, name, None))
 
@@ -90,6 +158,13 @@ async def call_queue_handler(fn: Callable[..., Any], batch: Any) -> None:
     result = fn(_BindingWrapper(batch))
     if isawaitable(result):
         await result
+
+
+def _plain(value: Any) -> Any:
+    """A JS object of JSON values as Python values (``null`` as ``None``)."""
+    from js import JSON
+
+    return json.loads(JSON.stringify(value))
 
 
 def format_exception(exc: BaseException) -> str:
@@ -167,6 +242,24 @@ def install_harness_env(api: Any) -> types.ModuleType:
         res = await api.dispatchFetch(url, js_init)
         return Response(res)
 
+    async def deliver_batch(queue: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """Hand a batch straight to the ``--entry`` Worker's ``queue``, as workerd calls it.
+
+        ``messages`` are ``{"body": ..., "id"?, "attempts"?}``. Returns ``{"ops": [...],
+        "error": None | str}``: the ack/retry calls made, and the handler's exception text.
+        """
+        return _plain(await api.deliverBatch(queue, python_to_rpc(messages)))
+
+    async def trigger_scheduled(cron: str, scheduled_time: int | None = None) -> dict[str, Any]:
+        """Fire a cron trigger through Miniflare: the ``--entry`` Worker's
+        ``scheduled(controller, env, ctx)``.
+
+        Returns ``{"error": None | str, "noRetry": bool, "cron": str, "scheduledTime": ms}``.
+        """
+        return _plain(await api.triggerScheduled(cron, scheduled_time))
+
+    mod.deliver_batch = deliver_batch
+    mod.trigger_scheduled = trigger_scheduled
     mod.set_queue_handler = set_queue_handler
     mod.dispatch_fetch = dispatch_fetch
     mod.run_tests = run_tests
