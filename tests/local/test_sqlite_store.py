@@ -388,6 +388,7 @@ async def test_an_unreadable_archived_result_is_reported_without_echoing_its_con
 
 def test_the_sqlite_driver_implements_the_sql_driver_protocol(path: Path) -> None:
     from refluxo.core.sql import SqlDriver
+    from refluxo.local._sqlite import Database
     from refluxo.local.store import SQLiteDriver
 
-    assert isinstance(SQLiteDriver(path, busy_timeout_ms=10, schema=""), SqlDriver)
+    assert isinstance(SQLiteDriver(Database(path, busy_timeout_ms=10, schema="")), SqlDriver)

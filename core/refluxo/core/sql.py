@@ -48,6 +48,7 @@ __all__ = [
     "SqlDialect",
     "SqlDriver",
     "SqlStateStore",
+    "archive_table",
     "standard_dialect",
 ]
 
@@ -179,6 +180,20 @@ class SqlDialect:
     settled_hint: str = ""
     schema_missing: Callable[[str], bool] | None = None
     prepare: Callable[[SqlDriver, SqlDialect], Awaitable[None]] | None = None
+
+
+def archive_table(results: str) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` of the archive table ``results``, in the SQL that SQLite,
+    D1 and PostgreSQL share (a dialect may add to its end, such as SQLite's ``WITHOUT ROWID``)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {results} (\n"
+        "    run_id TEXT NOT NULL,\n"
+        "    node_id TEXT NOT NULL,\n"
+        "    idx INTEGER NOT NULL,\n"
+        "    result TEXT NOT NULL,\n"
+        "    PRIMARY KEY (run_id, node_id, idx)\n"
+        ")"
+    )
 
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,55}")

@@ -19,7 +19,14 @@ from typing import Any
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
 from refluxo.core.model import Snapshot, decode_snapshot, encode_snapshot, now_ms
 from refluxo.core.ports import DueRuns, StateStore, stored_due_time
-from refluxo.core.sql import Row, SqlDialect, SqlDriver, SqlStateStore, standard_dialect
+from refluxo.core.sql import (
+    Row,
+    SqlDialect,
+    SqlDriver,
+    SqlStateStore,
+    archive_table,
+    standard_dialect,
+)
 
 from ._bindings import D1Database, D1PreparedStatement, KVNamespace
 from ._errors import describe, is_transient, store_error
@@ -305,13 +312,7 @@ D1_SCHEMA = (
 )""",
     "CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status, updated_at)",
     "CREATE INDEX IF NOT EXISTS {table}_due ON {table} (due_at) WHERE due_at IS NOT NULL",
-    """CREATE TABLE IF NOT EXISTS {table}_results (
-    run_id TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    result TEXT NOT NULL,
-    PRIMARY KEY (run_id, node_id, idx)
-) WITHOUT ROWID""",
+    archive_table("{table}_results") + " WITHOUT ROWID",
 )
 """The statements that create the runs table and its results archive (``{table}`` is the
 runs table's name); idempotent."""
