@@ -327,6 +327,19 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns):
         a backend with its own limits (a row's size) checks them here too."""
         return encode_snapshot(snapshot, self.max_bytes)
 
+    def _columns(self, snapshot: Snapshot) -> tuple[str | None, tuple[Any, ...]]:
+        """The workflow column, and (status, version, updated_at, snapshot, due_at)."""
+        raw = self.encode(snapshot)
+        workflow = snapshot.definition.name if snapshot.definition is not None else None
+        now = self.clock()
+        return workflow, (
+            snapshot.status,
+            snapshot.version,
+            now,
+            raw,
+            stored_due_time(snapshot, now),
+        )
+
     # --- the port --------------------------------------------------------------------------
 
     async def create(self, snapshot: Snapshot) -> bool:
@@ -341,18 +354,8 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns):
             StoreError: the database failed; ``transient`` when trying again may succeed.
         """
         run_id = snapshot.workflow_id
-        raw = self.encode(snapshot)
-        workflow = snapshot.definition.name if snapshot.definition is not None else None
-        now = self.clock()
-        params = (
-            run_id,
-            workflow,
-            snapshot.status,
-            snapshot.version,
-            now,
-            raw,
-            stored_due_time(snapshot, now),
-        )
+        workflow, values = self._columns(snapshot)
+        params = (run_id, workflow, *values)
         changed = await self._run(
             f"create run {run_id!r}", lambda: self.driver.execute(self.dialect.insert, params)
         )
@@ -387,10 +390,7 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns):
         """
         d = self.dialect
         run_id = snapshot.workflow_id
-        raw = self.encode(snapshot)
-        workflow = snapshot.definition.name if snapshot.definition is not None else None
-        now = self.clock()
-        values = (snapshot.status, snapshot.version, now, raw, stored_due_time(snapshot, now))
+        workflow, values = self._columns(snapshot)
         match = (run_id, expected_version)
         doing = f"save run {run_id!r}"
         if d.update_same_workflow is not None:
