@@ -264,6 +264,10 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns):
     the whole StateStore contract holds, concurrency included. Results trimmed out of a
     snapshot by a retention limit are kept one row each in the archive table.
 
+    The schema is created by :meth:`ensure_schema` (call it at start-up), by the dialect on
+    demand (``schema_missing``: D1 creates its table at the first statement that misses it),
+    or by the driver when it opens a connection (SQLite).
+
     Args:
         driver: the connection (see :class:`SqlDriver`).
         dialect: the statements (see :class:`SqlDialect`, :func:`standard_dialect`).
