@@ -15,6 +15,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from .scheduler import PostgresScheduler
+from .store import PostgresStateStore
 
 
 async def open_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool[Any]:
@@ -29,4 +30,4 @@ async def open_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool[Any]
     return pool
 
 
-__all__ = ["PostgresScheduler", "open_pool"]
+__all__ = ["PostgresScheduler", "PostgresStateStore", "open_pool"]
