@@ -179,7 +179,7 @@ async def test_two_worker_loops_deliver_each_message_once(pg_url: str) -> None:
 
 
 async def test_a_waiting_worker_wakes_on_notify_not_on_its_poll(
-    pool: AsyncConnectionPool[Any],
+    pool: AsyncConnectionPool[Any], pg_url: str
 ) -> None:
     # An idle loop polls every hour here: only the NOTIFY of schedule() can wake it in time.
     scheduler = PostgresScheduler(pool, poll_interval_s=3600)
@@ -190,17 +190,47 @@ async def test_a_waiting_worker_wakes_on_notify_not_on_its_poll(
         delivered.set()
 
     loop = asyncio.create_task(scheduler.run(handler, stop=stop))
-    await wait_until(lambda: _listening(pool), "the loop to LISTEN")
+    await wait_until(lambda: _listening(pg_url), "the loop to LISTEN")
     await scheduler.schedule(DispatchMessage(run_id="run-1", version=0))
     await asyncio.wait_for(delivered.wait(), DEADLINE_S)
     stop.set()
     await asyncio.wait_for(loop, DEADLINE_S)
 
 
-async def _listening(pool: AsyncConnectionPool[Any]) -> bool:
-    async with pool.connection() as conn:
+async def _listening(url: str) -> bool:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cur = await conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %%'"
         )
         row = await cur.fetchone()
     return bool(row and row[0])
+
+
+async def test_a_worker_loop_outlives_the_server_dropping_its_connections(
+    pool: AsyncConnectionPool[Any], pg_url: str
+) -> None:
+    import psycopg
+
+    scheduler = PostgresScheduler(pool, poll_interval_s=3600)
+    got: asyncio.Queue[DispatchMessage] = asyncio.Queue()
+    stop = asyncio.Event()
+    loop = asyncio.create_task(scheduler.run(got.put, stop=stop))
+    first = DispatchMessage(run_id="run-1", version=0)
+    await scheduler.schedule(first)
+    assert await asyncio.wait_for(got.get(), DEADLINE_S) == first
+
+    # What a server restart or a failover does to every open connection, the LISTEN one too.
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    await wait_until(lambda: _listening(pg_url), "the loop to LISTEN again")
+    second = DispatchMessage(run_id="run-2", version=0)
+    await scheduler.schedule(second)
+    assert await asyncio.wait_for(got.get(), DEADLINE_S) == second
+    assert not loop.done()
+    stop.set()
+    await asyncio.wait_for(loop, DEADLINE_S)

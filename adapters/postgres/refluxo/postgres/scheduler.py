@@ -179,13 +179,24 @@ class PostgresScheduler(Scheduler):
     async def _sql(self, what: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         if not self._ready:
             await self.create_schema()
-        try:
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(query, params)
-                return await cur.fetchall() if cur.description else []
-        except psycopg.Error as exc:
-            transient = isinstance(exc, psycopg.OperationalError)
-            raise SchedulerError(f"could not {what}: {exc}", transient=transient) from exc
+        for attempt in (1, 2):
+            try:
+                async with self.pool.connection() as conn:
+                    try:
+                        cur = await conn.execute(query, params)
+                        return await cur.fetchall() if cur.description else []
+                    except psycopg.OperationalError:
+                        # A connection the server dropped (a restart, a failover) fails its
+                        # next statement; the pool discards it. Every statement here may run
+                        # twice (an upsert, or updates guarded by state and token), so one
+                        # more try on a fresh connection is safe.
+                        if attempt == 1 and conn.broken:
+                            continue
+                        raise
+            except psycopg.Error as exc:
+                transient = isinstance(exc, psycopg.OperationalError)
+                raise SchedulerError(f"could not {what}: {exc}", transient=transient) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def create_schema(self) -> None:
         """Create the table and its indexes if missing (done on first use)."""
@@ -225,20 +236,19 @@ class PostgresScheduler(Scheduler):
         token = uuid.uuid4().hex
         wake = asyncio.Event()
         inflight: dict[asyncio.Task[None], _Lease] = {}
-        async with self.pool.connection() as listener:
-            await listener.execute(f"LISTEN {CHANNEL}")
-            helpers = [
-                asyncio.create_task(_listen(listener, wake)),
-                asyncio.create_task(self._renew_leases(token, inflight)),
-            ]
-            stopping = asyncio.create_task(stop.wait())
-            try:
-                next_expiry = next_prune = 0
-                while not stop.is_set():
-                    room = concurrency - len(inflight)
-                    timeout: float | None = None
-                    if room > 0:
-                        wake.clear()
+        helpers = [
+            asyncio.create_task(self._listen(wake)),
+            asyncio.create_task(self._renew_leases(token, inflight)),
+        ]
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            next_expiry = next_prune = 0
+            while not stop.is_set():
+                room = concurrency - len(inflight)
+                timeout: float | None = None
+                if room > 0:
+                    wake.clear()
+                    try:
                         if now_ms() >= next_expiry:
                             await self._sql("expire leases", _EXPIRE, self._params())
                             next_expiry = now_ms() + 1000
@@ -251,20 +261,35 @@ class PostgresScheduler(Scheduler):
                             task.add_done_callback(inflight.pop)
                         if len(inflight) < concurrency:
                             timeout = await self._idle_s()
-                        elif inflight:
-                            continue
-                    waiting = asyncio.create_task(wake.wait())
-                    await asyncio.wait(
-                        {waiting, stopping, *inflight}, timeout=timeout, return_when=FIRST_COMPLETED
-                    )
-                    waiting.cancel()
-                if inflight:
-                    await asyncio.wait(set(inflight))
-            finally:
-                stopping.cancel()
-                for task in [*inflight, *helpers]:
-                    task.cancel()
-                await asyncio.gather(*inflight, *helpers, return_exceptions=True)
+                    except SchedulerError as exc:
+                        # The database is away: keep the steps in flight, try again soon.
+                        logger.warning("worker loop: %s; trying again in 1 s", exc)
+                        timeout = 1.0
+                waiting = asyncio.create_task(wake.wait())
+                await asyncio.wait(
+                    {waiting, stopping, *inflight}, timeout=timeout, return_when=FIRST_COMPLETED
+                )
+                waiting.cancel()
+            if inflight:
+                await asyncio.wait(set(inflight))
+        finally:
+            stopping.cancel()
+            for task in [*inflight, *helpers]:
+                task.cancel()
+            await asyncio.gather(*inflight, *helpers, return_exceptions=True)
+
+    async def _listen(self, wake: asyncio.Event) -> None:
+        """Set ``wake`` on every NOTIFY; reconnect when the connection is lost."""
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    wake.set()  # what was scheduled while nobody listened
+                    async for _ in conn.notifies():
+                        wake.set()
+            except psycopg.Error as exc:
+                logger.warning("lost the LISTEN connection, reconnecting in 1 s: %s", exc)
+                await asyncio.sleep(1)
 
     async def drain(self, handler: Handler, *, max_messages: int | None = None) -> int:
         """Deliver the messages due now, one at a time, in this task; returns how many."""
@@ -323,16 +348,25 @@ class PostgresScheduler(Scheduler):
                 await asyncio.shield(self._release(lease))
             raise
         except Exception as exc:
-            await self._fail(lease, f"{type(exc).__name__}: {exc}")
+            await self._after(self._fail(lease, f"{type(exc).__name__}: {exc}"), lease)
         else:
-            rows = await self._sql(
-                f"mark {lease.key!r} done",
-                f"UPDATE refluxo_messages SET state = 'done', done_at = {NOW}, lease_until = NULL,"
-                " lease_token = NULL WHERE key = %s AND lease_token = %s RETURNING 1",
-                (lease.key, lease.token),
-            )
-            if not rows:
-                logger.warning("%s was delivered after its lease expired", lease.key)
+            await self._after(self._done(lease), lease)
+
+    async def _after(self, bookkeeping: Awaitable[None], lease: _Lease) -> None:
+        try:
+            await bookkeeping
+        except SchedulerError as exc:
+            logger.warning("%s is delivered again once its lease ends: %s", lease.key, exc)
+
+    async def _done(self, lease: _Lease) -> None:
+        rows = await self._sql(
+            f"mark {lease.key!r} done",
+            f"UPDATE refluxo_messages SET state = 'done', done_at = {NOW}, lease_until = NULL,"
+            " lease_token = NULL WHERE key = %s AND lease_token = %s RETURNING 1",
+            (lease.key, lease.token),
+        )
+        if not rows:
+            logger.warning("%s was delivered after its lease expired", lease.key)
 
     def _backoff_ms(self, attempts: int) -> int:
         return min(self.retry_base_ms << max(attempts - 1, 0), self.retry_max_ms)
@@ -397,8 +431,3 @@ class PostgresScheduler(Scheduler):
         if left is None:
             return self.poll_interval_s
         return float(min(max(left / 1000, 0.0), self.poll_interval_s))
-
-
-async def _listen(conn: psycopg.AsyncConnection[Any], wake: asyncio.Event) -> None:
-    async for _ in conn.notifies():
-        wake.set()
