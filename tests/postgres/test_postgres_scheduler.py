@@ -234,3 +234,20 @@ async def test_a_worker_loop_outlives_the_server_dropping_its_connections(
     assert not loop.done()
     stop.set()
     await asyncio.wait_for(loop, DEADLINE_S)
+
+
+async def test_an_idle_loop_delivers_a_retry_at_its_backoff_not_at_its_poll(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    scheduler = PostgresScheduler(pool, poll_interval_s=3600, retry_base_ms=300)
+    handler = Recorder(fail=1)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(scheduler.run(handler, stop=stop))
+    await scheduler.schedule(DispatchMessage(run_id="run-1", version=0))
+
+    async def retried() -> bool:
+        return len(handler.got) == 2
+
+    await wait_until(retried, "the retry after its backoff")
+    stop.set()
+    await asyncio.wait_for(loop, DEADLINE_S)

@@ -18,13 +18,11 @@ from .scheduler import PostgresScheduler
 from .store import PostgresStateStore
 
 
-async def open_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool[Any]:
-    """An open pool of autocommit connections to ``url`` (``postgresql://...``).
-
-    Close it with ``await pool.close()``.
-    """
+async def open_pool(url: str, *, max_size: int = 10, min_size: int = 1) -> AsyncConnectionPool[Any]:
+    """An open pool of autocommit connections to ``url`` (``postgresql://...``), holding
+    ``min_size`` connections once it returns. Close it with ``await pool.close()``."""
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        url, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+        url, min_size=min_size, max_size=max_size, kwargs={"autocommit": True}, open=False
     )
     await pool.open(wait=True)
     return pool

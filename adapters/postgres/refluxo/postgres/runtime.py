@@ -72,9 +72,11 @@ class PostgresRuntime:
         self._servers: list[LocalServer] = []
 
     async def __aenter__(self) -> PostgresRuntime:
-        # One connection listens; the steps in flight and the API share the others.
+        # One connection listens; the steps in flight and the API share the others. They are
+        # opened now, so that the first steps do not wait for connections.
+        size = self.concurrency + 4
         self.pool: AsyncConnectionPool[Any] = await open_pool(
-            self.url, max_size=self.concurrency + 4
+            self.url, min_size=size, max_size=size
         )
         self.store = PostgresStateStore(self.pool)
         self.scheduler = PostgresScheduler(self.pool, lease_ms=self.lease_ms)

@@ -22,7 +22,7 @@ import logging
 import uuid
 from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import psycopg
@@ -80,9 +80,9 @@ WITH added AS (
         due_at = excluded.due_at, state = 'pending', attempts = 0, last_error = NULL,
         lease_until = NULL, lease_token = NULL, created_at = {NOW}, done_at = NULL
     WHERE m.state = 'done' AND m.done_at < {NOW} - %(tombstone_ms)s
-    RETURNING 1
+    RETURNING m.due_at
 )
-SELECT pg_notify('{CHANNEL}', '') FROM added
+SELECT pg_notify('{CHANNEL}', due_at::text) FROM added
 """
 
 _LEASE = f"""
@@ -123,6 +123,14 @@ class MessageInfo:
     due_at: int
     attempts: int
     last_error: str | None
+
+
+@dataclass
+class _Wake:
+    """What wakes a worker loop: an event, and the next due time it knows (epoch ms)."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    deadline: int = 0
 
 
 @dataclass(frozen=True)
@@ -234,7 +242,7 @@ class PostgresScheduler(Scheduler):
         if not self._ready:
             await self.create_schema()
         token = uuid.uuid4().hex
-        wake = asyncio.Event()
+        wake = _Wake()
         inflight: dict[asyncio.Task[None], _Lease] = {}
         helpers = [
             asyncio.create_task(self._listen(wake)),
@@ -247,7 +255,7 @@ class PostgresScheduler(Scheduler):
                 room = concurrency - len(inflight)
                 timeout: float | None = None
                 if room > 0:
-                    wake.clear()
+                    wake.event.clear()
                     try:
                         if now_ms() >= next_expiry:
                             await self._sql("expire leases", _EXPIRE, self._params())
@@ -260,12 +268,17 @@ class PostgresScheduler(Scheduler):
                             inflight[task] = lease
                             task.add_done_callback(inflight.pop)
                         if len(inflight) < concurrency:
-                            timeout = await self._idle_s()
+                            # Asked again only when the known next due time has come: a
+                            # NOTIFY that another loop answered first costs one query here.
+                            if wake.deadline <= now_ms():
+                                wake.deadline = now_ms() + await self._idle_ms()
+                            timeout = max(wake.deadline - now_ms(), 0) / 1000
                     except SchedulerError as exc:
                         # The database is away: keep the steps in flight, try again soon.
                         logger.warning("worker loop: %s; trying again in 1 s", exc)
                         timeout = 1.0
-                waiting = asyncio.create_task(wake.wait())
+                        wake.deadline = 0
+                waiting = asyncio.create_task(wake.event.wait())
                 await asyncio.wait(
                     {waiting, stopping, *inflight}, timeout=timeout, return_when=FIRST_COMPLETED
                 )
@@ -278,15 +291,19 @@ class PostgresScheduler(Scheduler):
                 task.cancel()
             await asyncio.gather(*inflight, *helpers, return_exceptions=True)
 
-    async def _listen(self, wake: asyncio.Event) -> None:
-        """Set ``wake`` on every NOTIFY; reconnect when the connection is lost."""
+    async def _listen(self, wake: _Wake) -> None:
+        """Wake the loop on every NOTIFY; reconnect when the connection is lost."""
         while True:
             try:
                 async with self.pool.connection() as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    wake.set()  # what was scheduled while nobody listened
-                    async for _ in conn.notifies():
-                        wake.set()
+                    wake.deadline = 0  # what was scheduled while nobody listened
+                    wake.event.set()
+                    async for notice in conn.notifies():
+                        due = int(notice.payload) if notice.payload.isdigit() else 0
+                        if due > now_ms():  # a message due later: sleep no longer than that
+                            wake.deadline = min(wake.deadline, due)
+                        wake.event.set()
             except psycopg.Error as exc:
                 logger.warning("lost the LISTEN connection, reconnecting in 1 s: %s", exc)
                 await asyncio.sleep(1)
@@ -376,10 +393,11 @@ class PostgresScheduler(Scheduler):
         dead = attempts >= self.max_attempts
         await self._sql(
             f"retry {lease.key!r}",
-            f"UPDATE refluxo_messages SET state = %(state)s, due_at = {NOW} + %(delay)s,"
-            " attempts = %(attempts)s, last_error = %(error)s, lease_until = NULL,"
-            f" lease_token = NULL, done_at = CASE WHEN %(dead)s THEN {NOW} END"
-            " WHERE key = %(key)s AND lease_token = %(token)s",
+            f"WITH failed AS (UPDATE refluxo_messages SET state = %(state)s,"
+            f" due_at = {NOW} + %(delay)s, attempts = %(attempts)s, last_error = %(error)s,"
+            f" lease_until = NULL, lease_token = NULL, done_at = CASE WHEN %(dead)s THEN {NOW} END"
+            " WHERE key = %(key)s AND lease_token = %(token)s RETURNING state, due_at)"
+            f" SELECT pg_notify('{CHANNEL}', due_at::text) FROM failed WHERE state = 'pending'",
             {
                 "state": "dead" if dead else "pending",
                 "delay": 0 if dead else self._backoff_ms(attempts),
@@ -398,8 +416,9 @@ class PostgresScheduler(Scheduler):
     async def _release(self, lease: _Lease) -> None:
         await self._sql(
             f"release {lease.key!r}",
-            "UPDATE refluxo_messages SET state = 'pending', lease_until = NULL, lease_token = NULL"
-            " WHERE key = %s AND lease_token = %s AND state = 'leased'",
+            "WITH released AS (UPDATE refluxo_messages SET state = 'pending', lease_until = NULL,"
+            " lease_token = NULL WHERE key = %s AND lease_token = %s AND state = 'leased'"
+            f" RETURNING due_at) SELECT pg_notify('{CHANNEL}', due_at::text) FROM released",
             (lease.key, lease.token),
         )
 
@@ -419,15 +438,14 @@ class PostgresScheduler(Scheduler):
             except SchedulerError as exc:
                 logger.warning("could not renew leases: %s", exc)
 
-    async def _idle_s(self) -> float:
+    async def _idle_ms(self) -> int:
         """How long a loop with free slots may wait: until the next due time, at most."""
         rows = await self._sql(
             "find the next due time",
-            f"SELECT least("
+            "SELECT least("
             " (SELECT min(due_at) FROM refluxo_messages WHERE state = 'pending'),"
             f" (SELECT min(lease_until) FROM refluxo_messages WHERE state = 'leased')) - {NOW}",
         )
+        poll_ms = round(self.poll_interval_s * 1000)
         left = rows[0][0] if rows else None
-        if left is None:
-            return self.poll_interval_s
-        return float(min(max(left / 1000, 0.0), self.poll_interval_s))
+        return poll_ms if left is None else int(min(max(left, 0), poll_ms))
