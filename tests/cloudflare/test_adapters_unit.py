@@ -523,3 +523,10 @@ async def test_two_deployments_with_nested_prefixes_cannot_read_each_other() -> 
     with pytest.raises(RunNotFound):
         await prod.load("staging/x")  # the key staging keeps run x under
     assert KVStateStore(kv, prefix="run:").prefix == "run:"  # the former default still loads
+
+
+def test_the_d1_driver_implements_the_sql_driver_protocol() -> None:
+    from refluxo.cloudflare.store import D1Driver
+    from refluxo.core.sql import SqlDriver
+
+    assert isinstance(D1Driver(object()), SqlDriver)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ A backend supplies two things:
 
 :class:`SqlStateStore` does the rest: snapshot encoding within the size limit
 (:func:`~refluxo.core.model.encode_snapshot`), decoding what was stored
-(:meth:`~refluxo.core.model.Snapshot.from_stored`), the ``due_at`` column
+(:func:`~refluxo.core.model.decode_snapshot`), the ``due_at`` column
 (:func:`~refluxo.core.ports.stored_due_time`), and error messages that say what failed.
 
 The table a dialect creates (its names are the dialect's)::
@@ -38,10 +38,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from pydantic import ValidationError
-
 from .errors import RunNotFound, StoreError, VersionConflict
-from .model import NodeResult, Snapshot, encode_snapshot, now_ms
+from .model import NodeResult, Snapshot, decode_result, decode_snapshot, encode_snapshot, now_ms
 from .ports import DueRuns, ResultArchive, StateStore, stored_due_time
 
 __all__ = [
@@ -50,6 +48,7 @@ __all__ = [
     "SqlDialect",
     "SqlDriver",
     "SqlStateStore",
+    "archive_table",
     "standard_dialect",
 ]
 
@@ -181,6 +180,20 @@ class SqlDialect:
     settled_hint: str = ""
     schema_missing: Callable[[str], bool] | None = None
     prepare: Callable[[SqlDriver, SqlDialect], Awaitable[None]] | None = None
+
+
+def archive_table(results: str) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` of the archive table ``results``, in the SQL that SQLite,
+    D1 and PostgreSQL share (a dialect may add to its end, such as SQLite's ``WITHOUT ROWID``)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {results} (\n"
+        "    run_id TEXT NOT NULL,\n"
+        "    node_id TEXT NOT NULL,\n"
+        "    idx INTEGER NOT NULL,\n"
+        "    result TEXT NOT NULL,\n"
+        "    PRIMARY KEY (run_id, node_id, idx)\n"
+        ")"
+    )
 
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,55}")
@@ -358,7 +371,7 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns):
         )
         if row is None:
             raise RunNotFound(run_id)
-        return Snapshot.from_stored(
+        return decode_snapshot(
             run_id, row["snapshot"], f"{self.dialect.name} table {self.dialect.runs!r}"
         )
 
@@ -443,18 +456,8 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns):
             f"read archived results of run {run_id!r}",
             lambda: self.driver.fetch_all(self.dialect.archived, (run_id, node_id)),
         )
-        try:
-            return [NodeResult.model_validate_json(row["result"]) for row in rows]
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                for e in exc.errors(include_url=False, include_input=False, include_context=False)
-            )
-            raise StoreError(
-                f"{self.dialect.name} table {self.dialect.results!r} holds an invalid result "
-                f"of run {run_id!r} ({problems})",
-                transient=False,
-            ) from exc
+        where = f"{self.dialect.name} table {self.dialect.results!r}"
+        return [decode_result(run_id, row["result"], where) for row in rows]
 
     # --- listing ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from refluxo.core.errors import StoreError
 from refluxo.core.model import now_ms
-from refluxo.core.sql import Row, RunSummary, SqlStateStore, standard_dialect
+from refluxo.core.sql import Row, RunSummary, SqlStateStore, archive_table, standard_dialect
 
 from ._sqlite import Database
 
@@ -45,13 +45,7 @@ SQLITE_SCHEMA = (
     "DROP INDEX IF EXISTS runs_by_workflow",
     "CREATE INDEX IF NOT EXISTS runs_workflow ON runs (workflow)",
     "CREATE INDEX IF NOT EXISTS runs_settled ON runs (status) WHERE status <> 'active'",
-    """CREATE TABLE IF NOT EXISTS archived_results (
-    run_id TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    result TEXT NOT NULL,
-    PRIMARY KEY (run_id, node_id, idx)
-) WITHOUT ROWID""",
+    archive_table("archived_results") + " WITHOUT ROWID",
 )
 """The statements that create the store's tables and indexes; idempotent."""
 
@@ -98,9 +92,9 @@ SQLITE_DIALECT = replace(
 class SQLiteDriver:
     """A :class:`~refluxo.core.sql.SqlDriver` on one SQLite file, shared safely by processes.
 
-    The connection is opened on first use (WAL mode), shared with every other driver and
-    scheduler of this process on the same file, and runs the schema (``schema``, then
-    ``migrate``) once. Each call is one autocommit statement.
+    ``database`` opens the connection on first use (WAL mode), shares it with every other
+    driver and scheduler of this process on the same file, and runs its schema once. Each
+    call is one autocommit statement.
 
     The methods are ``async`` to fit the port but call SQLite synchronously: a statement takes
     microseconds, and a thread hop would cost more. While another process holds the write lock,
@@ -108,17 +102,8 @@ class SQLiteDriver:
     :class:`~refluxo.core.errors.StoreError`.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        busy_timeout_ms: int,
-        schema: str,
-        migrate: Callable[[sqlite3.Connection], None] | None = None,
-    ) -> None:
-        self._database = Database(
-            path, busy_timeout_ms=busy_timeout_ms, schema=schema, migrate=migrate
-        )
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     def close(self) -> None:
         """Stop using the connection; the next call opens it again."""
@@ -188,13 +173,11 @@ class SQLiteStateStore(SqlStateStore):
     ) -> None:
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
-        self._driver = SQLiteDriver(
-            path,
-            busy_timeout_ms=busy_timeout_ms,
-            schema=";\n".join(SQLITE_SCHEMA) + ";",
-            migrate=_migrate,
+        schema = ";\n".join(SQLITE_SCHEMA) + ";"
+        self._database = Database(
+            path, busy_timeout_ms=busy_timeout_ms, schema=schema, migrate=_migrate
         )
-        self._database = self._driver._database
+        self._driver = SQLiteDriver(self._database)
         super().__init__(self._driver, SQLITE_DIALECT, max_bytes=max_bytes, clock=clock)
 
     def close(self) -> None:
