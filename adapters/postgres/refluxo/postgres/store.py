@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from refluxo.core.errors import StoreError
 from refluxo.core.model import now_ms
-from refluxo.core.sql import Row, SqlStateStore, standard_dialect
+from refluxo.core.sql import Row, SqlStateStore, archive_table, standard_dialect
 
 MAX_BYTES = 10 * 1024 * 1024
 """The default limit on one snapshot's JSON (a ``text`` value may hold up to 1 GB)."""
@@ -36,13 +36,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS refluxo_runs_due ON refluxo_runs (due_at, id)"
     " WHERE due_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS refluxo_runs_updated ON refluxo_runs (updated_at DESC, id)",
-    """CREATE TABLE IF NOT EXISTS refluxo_runs_results (
-        run_id text NOT NULL,
-        node_id text NOT NULL,
-        idx bigint NOT NULL,
-        result text NOT NULL,
-        PRIMARY KEY (run_id, node_id, idx)
-    )""",
+    archive_table("refluxo_runs_results"),
 )
 
 
