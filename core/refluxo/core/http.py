@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .codec import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
+from .delivery import Redelivery
 from .dispatcher import Dispatcher, check_run_id
 from .errors import (
     BackendError,
@@ -60,6 +61,10 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 MAX_JSON_DEPTH = DEFAULT_MAX_DEPTH
 """How deep a run's input or an event's payload may nest by default (see :class:`Limits`)."""
+
+_PUSH_QUEUE = Redelivery()
+"""A push queue over HTTP (Cloud Tasks) counts attempts and waits between them itself: only
+the decision's status matters here."""
 
 _MAX_BODY_DEPTH = MAX_DEPTH_CEILING + 1
 """No body is read deeper than the deepest value any deployment accepts, plus the body itself."""
@@ -258,10 +263,12 @@ class HttpApi:
         except NotStrictJson as exc:
             return HttpResponse.error(400, "json_limit", str(exc))
         except BackendError as exc:
-            level = logging.WARNING if exc.transient else logging.ERROR
+            # A push queue (Cloud Tasks) delivers a message again on either status.
+            decision = _PUSH_QUEUE.decide(exc)
+            level = logging.WARNING if decision.transient else logging.ERROR
             logger.log(level, "backend failure on %s %s: %s", request.method, request.path, exc)
-            status, code = (503, "unavailable") if exc.transient else (500, "backend_error")
-            return HttpResponse.error(status, code, str(exc))
+            code = "unavailable" if decision.transient else "backend_error"
+            return HttpResponse.error(decision.http_status, code, str(exc))
         except Exception:
             logger.exception("unexpected error on %s %s", request.method, request.path)
             return HttpResponse.error(500, "internal", "internal error")
@@ -425,7 +432,7 @@ class HttpApi:
         self._run_id(message.run_id)
         result = await self.dispatcher.dispatch(message)
         return HttpResponse.json(
-            200,
+            _PUSH_QUEUE.decide(result.outcome).http_status,
             {
                 "outcome": result.outcome,
                 "runId": result.run_id,

@@ -98,7 +98,8 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from refluxo.core import BackendError, Dispatcher, Workflow
-from refluxo.core.dispatcher import load_workflows
+from refluxo.core.delivery import Redelivery
+from refluxo.core.dispatcher import DispatchResult, load_workflows
 from refluxo.core.errors import DefinitionError
 from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, HttpApi, HttpRequest, HttpResponse
 from refluxo.core.logs import configure_logging
@@ -335,6 +336,12 @@ class RefluxoWorker:
     def __init__(self, dispatcher: Dispatcher, settings: WorkerSettings) -> None:
         self.dispatcher = dispatcher
         self.settings = settings
+        # Queues dead-letters after the consumer's max_retries, so no max_attempts here.
+        self.redelivery = Redelivery(
+            base_ms=settings.retry_base_seconds * 1000,
+            max_ms=settings.retry_max_seconds * 1000,
+            slow_permanent=True,
+        )
         self.api = HttpApi(
             dispatcher,
             api_token=settings.api_token,
@@ -444,8 +451,8 @@ class RefluxoWorker:
                 dispatch_message, f"dead-lettered by the steps queue (in {queue_name})"
             )
         except Exception as exc:
-            transient = isinstance(exc, BackendError) and exc.transient
-            delay = self.backoff_seconds(attempts, transient=transient)
+            decision = self.redelivery.decide(exc, attempts)
+            delay = decision.delay_seconds
             logger.warning(
                 "dead letter %s not handled, redelivered in %s s: %s",
                 dispatch_message.key,
@@ -473,11 +480,7 @@ class RefluxoWorker:
 
     def backoff_seconds(self, attempts: int, *, transient: bool) -> int:
         """The redelivery delay after a failed attempt (``attempts`` counts from 1)."""
-        cap = self.settings.retry_max_seconds
-        if not transient:
-            return cap
-        exponent = min(max(attempts, 1) - 1, 30)
-        return min(self.settings.retry_base_seconds * (1 << exponent), cap)
+        return self.redelivery.backoff_ms(attempts, transient=transient) // 1000
 
     async def handle_message(self, message: Any) -> Decision:
         """Dispatch one queue message, then ``ack()`` or ``retry()`` it; returns which."""
@@ -493,30 +496,35 @@ class RefluxoWorker:
             message.ack()
             return "ack"
         fields.update(run=dispatch_message.run_id, version=dispatch_message.version)
+        result: DispatchResult | Exception
         try:
             result = await self.dispatcher.dispatch(dispatch_message)
-        except BackendError as exc:
-            delay = self.backoff_seconds(attempts, transient=exc.transient)
-            level = logging.WARNING if exc.transient else logging.ERROR
-            logger.log(
-                level,
-                "delivery %s failed (%s), redelivered in %s s: %s",
-                dispatch_message.key,
-                "transient" if exc.transient else "permanent",
-                delay,
-                exc,
-                extra={"refluxo": {**fields, "retryInSeconds": delay}},
-            )
-            message.retry(delaySeconds=delay)
-            return "retry"
-        except Exception:
-            delay = self.backoff_seconds(attempts, transient=False)
-            logger.exception(
-                "delivery %s raised, redelivered in %s s",
-                dispatch_message.key,
-                delay,
-                extra={"refluxo": {**fields, "retryInSeconds": delay}},
-            )
+        except Exception as exc:  # any failure: the decision says when to deliver again
+            result = exc
+        decision = self.redelivery.decide(
+            result if isinstance(result, Exception) else result.outcome, attempts
+        )
+        if isinstance(result, Exception):
+            delay = decision.delay_seconds
+            extra = {"refluxo": {**fields, "retryInSeconds": delay}}
+            if not isinstance(result, BackendError):
+                logger.exception(
+                    "delivery %s raised, redelivered in %s s",
+                    dispatch_message.key,
+                    delay,
+                    extra=extra,
+                )
+            else:
+                logger.log(
+                    logging.WARNING if decision.transient else logging.ERROR,
+                    "delivery %s failed (%s), redelivered in %s s: %s",
+                    dispatch_message.key,
+                    "transient" if decision.transient else "permanent",
+                    delay,
+                    result,
+                    extra=extra,
+                )
+            # The queue dead-letters after its max_retries: this policy sets no max_attempts.
             message.retry(delaySeconds=delay)
             return "retry"
         if result.outcome != "stepped":  # a step is logged by the dispatcher itself

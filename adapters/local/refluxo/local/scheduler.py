@@ -42,6 +42,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal
 
+from refluxo.core.delivery import Decision, Redelivery
 from refluxo.core.errors import SchedulerError
 from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import Scheduler
@@ -306,6 +307,9 @@ class SQLiteScheduler(Scheduler):
         self.tombstone_ms = tombstone_ms
         self.poll_interval_s = poll_interval_s
         self.busy_timeout_ms = busy_timeout_ms
+        self.redelivery = Redelivery(
+            base_ms=retry_base_ms, max_ms=retry_max_ms, max_attempts=max_attempts
+        )
         self._database = Database(path, busy_timeout_ms=busy_timeout_ms, schema=_SCHEMA)
         self._last_prune: int | None = None
         self._last_expiry_check: int | None = None
@@ -678,9 +682,6 @@ class SQLiteScheduler(Scheduler):
                 with contextlib.suppress(RuntimeError):  # That loop closed meanwhile.
                     worker.loop.call_soon_threadsafe(worker.wake.set)
 
-    def _backoff_ms(self, attempts: int) -> int:
-        return int(min(self.retry_base_ms * 2 ** (attempts - 1), self.retry_max_ms))
-
     def _lease(self, limit: int, worker: _Worker | None = None) -> list[_Lease]:
         """Lease up to ``limit`` due messages (pending, or leased by a worker that vanished);
         for a worker loop, also mark the messages it delivered done, in the same transaction."""
@@ -737,7 +738,8 @@ class SQLiteScheduler(Scheduler):
         ]
 
     def _expire(self, db: sqlite3.Connection, now: int, expired: list[tuple[str, int]]) -> None:
-        dead = [key for key, attempts in expired if attempts + 1 >= self.max_attempts]
+        # An expired lease is a failed attempt, delivered again at once if any attempt is left.
+        dead = [key for key, attempts in expired if self.redelivery.exhausted(attempts + 1)]
         db.executemany(
             "UPDATE messages SET state = 'dead', attempts = attempts + 1, done_at = ?,"
             " lease_until = NULL, lease_token = NULL,"
@@ -754,7 +756,7 @@ class SQLiteScheduler(Scheduler):
             "UPDATE messages SET state = 'pending', attempts = attempts + 1,"
             " lease_until = NULL, lease_token = NULL,"
             " last_error = 'lease expired: the worker died or hung' WHERE key = ?",
-            [(key,) for key, attempts in expired if attempts + 1 < self.max_attempts],
+            [(key,) for key, attempts in expired if not self.redelivery.exhausted(attempts + 1)],
         )
 
     def _mark_done(self, db: sqlite3.Connection, leases: Sequence[_Lease], now: int) -> None:
@@ -793,9 +795,8 @@ class SQLiteScheduler(Scheduler):
         try:
             await handler(lease.message)
         except Exception as exc:  # Any failure of the handler is a failed delivery.
-            error = f"{type(exc).__name__}: {exc}"
             try:
-                self._fail(lease, error)
+                self._fail(lease, self.redelivery.decide(exc, lease.attempts + 1))
             except SchedulerError as db_exc:
                 logger.warning("could not record the failure of %s: %s", lease.key, db_exc)
             return False
@@ -824,10 +825,11 @@ class SQLiteScheduler(Scheduler):
         if cur.rowcount == 0:
             logger.warning("%s was delivered after its lease expired", lease.key)
 
-    def _fail(self, lease: _Lease, error: str) -> None:
+    def _fail(self, lease: _Lease, decision: Decision) -> None:
         attempts = lease.attempts + 1
         now = self.clock()
-        dead = attempts >= self.max_attempts
+        dead = decision.action == "dead_letter"
+        error = decision.error
         with self._use(f"retry {lease.key!r}") as db:
             db.execute(
                 "UPDATE messages SET state = ?, due_at = ?, attempts = ?, last_error = ?,"
@@ -835,7 +837,7 @@ class SQLiteScheduler(Scheduler):
                 " WHERE key = ? AND lease_token = ?",
                 (
                     "dead" if dead else "pending",
-                    now if dead else now + self._backoff_ms(attempts),
+                    now + decision.delay_ms,
                     attempts,
                     error,
                     now if dead else None,
@@ -850,7 +852,7 @@ class SQLiteScheduler(Scheduler):
                 "delivery %d of %s failed, retrying in %d ms: %s",
                 attempts,
                 lease.key,
-                self._backoff_ms(attempts),
+                decision.delay_ms,
                 error,
             )
 
