@@ -523,3 +523,15 @@ async def test_two_deployments_with_nested_prefixes_cannot_read_each_other() -> 
     with pytest.raises(RunNotFound):
         await prod.load("staging/x")  # the key staging keeps run x under
     assert KVStateStore(kv, prefix="run:").prefix == "run:"  # the former default still loads
+
+
+def test_the_worker_takes_a_store_and_scheduler_handed_in() -> None:
+    from refluxo.core import MemoryScheduler
+
+    store, scheduler = MemoryStateStore(), MemoryScheduler()
+    # No binding at all: nothing is looked up when both are handed in.
+    worker = RefluxoWorker.from_env(
+        SimpleNamespace(REFLUXO_APP="refluxo.demo"), store=store, scheduler=scheduler
+    )
+    assert worker.dispatcher.store is store and worker.dispatcher.scheduler is scheduler
+    assert worker.api.dispatcher is worker.dispatcher

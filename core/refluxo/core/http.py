@@ -117,6 +117,56 @@ class HttpResponse:
         return json.loads(self.body)
 
 
+class LimitedBody:
+    """A request body read no further than ``limit`` bytes: every front door reads through one.
+
+    Ask :meth:`refusal` first: a declared length over the limit is refused before anything is
+    read. Then :meth:`add` chunks while it returns True and :attr:`wanted` is positive; once
+    it returns False the body passed the limit: stop reading and answer :meth:`refusal`.
+
+    Args:
+        limit: the most bytes accepted (``HttpApi.max_body_bytes``).
+        declared: the request's Content-Length, if any (a value that is not a number is
+            ignored, and the body read as if it had none).
+    """
+
+    __slots__ = ("_chunks", "declared", "limit", "size")
+
+    def __init__(self, limit: int, declared: str | int | None) -> None:
+        self.limit = limit
+        text = str(declared).strip() if declared is not None else ""
+        self.declared: int | None = int(text) if text.isdigit() else None
+        self.size = 0
+        self._chunks: list[bytes] = []
+
+    @property
+    def wanted(self) -> int:
+        """How many more bytes to read at most: one past the limit tells that it was passed."""
+        return self.limit + 1 - self.size
+
+    def refusal(self) -> HttpResponse | None:
+        """The 413 answer when the declared length or what was read is over the limit."""
+        if self.declared is not None and self.declared > self.limit:
+            return HttpResponse.too_large(self.declared, self.limit)
+        if self.size > self.limit:
+            return HttpResponse.error(
+                413, "payload_too_large", f"the body is over the limit of {self.limit} bytes"
+            )
+        return None
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; False once the body is over the limit (stop reading)."""
+        self.size += len(chunk)
+        if self.size > self.limit:
+            return False
+        self._chunks.append(bytes(chunk))
+        return True
+
+    def bytes(self) -> bytes:
+        """The body read so far."""
+        return b"".join(self._chunks)
+
+
 class HttpError(Exception):
     """An error answer: status, a stable code, and a message for people."""
 
