@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import os
 import socket
@@ -217,12 +216,22 @@ class _Worker:
     inflight: dict[asyncio.Task[None], _Lease] = field(default_factory=dict)
     # Leased to this worker (committed) but not started: each will take a slot about to free.
     ready: deque[_Lease] = field(default_factory=deque)
+    # Handler tasks that scheduled their follow-up into their own slot, which frees when they
+    # return: each task promises its slot once.
+    promised: set[asyncio.Task[None]] = field(default_factory=set)
     # Handlers returned, not yet marked done (still leased to this worker), oldest first.
     delivered: list[_Lease] = field(default_factory=list)
     delivered_since: float = 0.0  # loop.time() when the oldest of them was delivered
 
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
+
+    def caller_slot(self) -> asyncio.Task[None] | None:
+        """The handler task calling, if it runs for this worker and has not promised its slot."""
+        task = asyncio.current_task()
+        if task in self.inflight and task not in self.promised:
+            return task
+        return None
 
     def delivered_to_mark(self) -> list[_Lease]:
         """The delivered messages, once the oldest has waited DONE_FLUSH_S; else none."""
@@ -233,20 +242,6 @@ class _Worker:
     def room(self) -> int:
         """Slots neither running a handler nor promised to a ready lease."""
         return self.concurrency - len(self.inflight) - len(self.ready)
-
-
-@dataclass(eq=False)
-class _Delivery:
-    """The delivery a handler task is running, for :meth:`SQLiteScheduler.schedule` calls it
-    makes: its slot frees when it returns, so it may be promised to the message it schedules."""
-
-    worker: _Worker
-    slot_promised: bool = False
-
-
-_delivery: contextvars.ContextVar[_Delivery | None] = contextvars.ContextVar(
-    "refluxo_local_delivery", default=None
-)
 
 
 class SQLiteScheduler(Scheduler):
@@ -383,16 +378,12 @@ class SQLiteScheduler(Scheduler):
             return
         # A worker loop runs on this event loop: lease it what it has room for in the same
         # transaction. A handler of that worker scheduling its follow-up counts its own slot,
-        # which frees when it returns; it is promised once.
-        room = max(worker.room(), 0)
-        delivery = _delivery.get()
-        promise = delivery is not None and delivery.worker is worker and not delivery.slot_promised
-        if promise:
-            room += 1
+        # which frees when it returns.
+        caller = worker.caller_slot()
+        room = max(worker.room(), 0) + (caller is not None)
         leases = self._schedule_leasing(worker, message, params, now, room)
-        if promise and leases:
-            assert delivery is not None
-            delivery.slot_promised = True
+        if caller is not None and leases:
+            worker.promised.add(caller)
         self._wake(skip=worker if len(worker.inflight) >= worker.concurrency else None)
 
     def _schedule_leasing(
@@ -466,10 +457,11 @@ class SQLiteScheduler(Scheduler):
 
         def finished(task: asyncio.Task[None]) -> None:
             inflight.pop(task, None)
+            worker.promised.discard(task)
             wake.set()
 
         def start(lease: _Lease) -> None:
-            task = asyncio.create_task(self._deliver_for(worker, handler, lease))
+            task = asyncio.create_task(self._deliver(handler, lease, worker))
             inflight[task] = lease
             task.add_done_callback(finished)
 
@@ -655,10 +647,6 @@ class SQLiteScheduler(Scheduler):
         """A worker loop of this object running on the current event loop and not stopping."""
         if not self._workers:
             return None
-        delivery = _delivery.get()
-        if delivery is not None and delivery.worker in self._workers:
-            if not delivery.worker.stopping():
-                return delivery.worker
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:
@@ -802,28 +790,24 @@ class SQLiteScheduler(Scheduler):
             return False
         return True
 
-    async def _deliver_for(self, worker: _Worker, handler: Handler, lease: _Lease) -> None:
-        """Deliver for a worker loop, which marks it done with others later."""
-        _delivery.set(_Delivery(worker))  # This task's own context: seen by its schedule calls.
-        if await self._attempt(handler, lease):
+    async def _deliver(
+        self, handler: Handler, lease: _Lease, worker: _Worker | None = None
+    ) -> None:
+        """Deliver ``lease``: for a worker loop, which marks it done with others later; for
+        :meth:`drain` (no worker), marked done at once."""
+        if not await self._attempt(handler, lease):
+            return
+        if worker is not None:
             if not worker.delivered:
                 worker.delivered_since = worker.loop.time()
             worker.delivered.append(lease)
-
-    async def _deliver(self, handler: Handler, lease: _Lease) -> None:
-        """Deliver for :meth:`drain`, marking it done at once."""
-        if await self._attempt(handler, lease):
-            try:
-                self._finish(lease)
-            except SchedulerError as exc:
-                # The lease will expire and the message be delivered again: at least once.
-                logger.warning("could not mark %s done: %s", lease.key, exc)
-
-    def _finish(self, lease: _Lease) -> None:
-        with self._use(f"finish {lease.key!r}") as db:
-            cur = db.execute(_MARK_DONE, (self.clock(), lease.key, lease.token))
-        if cur.rowcount == 0:
-            logger.warning("%s was delivered after its lease expired", lease.key)
+            return
+        try:
+            with self._use(f"finish {lease.key!r}") as db:
+                self._mark_done(db, [lease], self.clock())
+        except SchedulerError as exc:
+            # The lease will expire and the message be delivered again: at least once.
+            logger.warning("could not mark %s done: %s", lease.key, exc)
 
     def _fail(self, lease: _Lease, decision: Decision) -> None:
         attempts = lease.attempts + 1
