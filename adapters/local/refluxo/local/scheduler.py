@@ -381,46 +381,22 @@ class SQLiteScheduler(Scheduler):
         # which frees when it returns.
         caller = worker.caller_slot()
         room = max(worker.room(), 0) + (caller is not None)
-        leases = self._schedule_leasing(worker, message, params, now, room)
+        last = self._last_expiry_check
+        delivered = worker.delivered_to_mark()
+        leases = self._write(
+            f"schedule {message.key!r}",
+            worker.token,
+            room,
+            delivered=delivered,
+            new=(message, params),
+            expire=last is None or not 0 <= now - last < EXPIRY_CHECK_EVERY_MS,
+            now=now,
+        )
+        del worker.delivered[: len(delivered)]
+        worker.ready.extend(leases)
         if caller is not None and leases:
             worker.promised.add(caller)
         self._wake(skip=worker if len(worker.inflight) >= worker.concurrency else None)
-
-    def _schedule_leasing(
-        self,
-        worker: _Worker,
-        message: DispatchMessage,
-        params: dict[str, object],
-        now: int,
-        room: int,
-    ) -> list[_Lease]:
-        """Insert a message, mark the worker's delivered messages done and lease it up to
-        ``room`` due messages (older ones first, then this one), in one transaction."""
-        due_at = params["due_at"]
-        assert isinstance(due_at, int)
-        delivered = worker.delivered_to_mark()
-        with self._transaction(f"schedule {message.key!r}") as db:
-            self._mark_done(db, delivered, now)
-            leases = []
-            if room > 0:
-                last = self._last_expiry_check
-                expire = last is None or not 0 <= now - last < EXPIRY_CHECK_EVERY_MS
-                leases = self._claim(db, now, room, worker.token, expire=expire)
-            if due_at <= now and len(leases) < room:
-                params = {
-                    **params,
-                    "state": "leased",
-                    "lease_until": now + self.lease_ms,
-                    "lease_token": worker.token,
-                }
-                # rowcount is 0 when the key collapsed into a stored row: nothing to deliver.
-                if db.execute(_SCHEDULE, params).rowcount == 1:
-                    leases.append(_Lease(message.key, message, due_at, 0, worker.token))
-            else:
-                db.execute(_SCHEDULE, params)
-        del worker.delivered[: len(delivered)]
-        worker.ready.extend(leases)
-        return leases
 
     # Workers ---------------------------------------------------------------------------
 
@@ -670,16 +646,50 @@ class SQLiteScheduler(Scheduler):
                 with contextlib.suppress(RuntimeError):  # That loop closed meanwhile.
                     worker.loop.call_soon_threadsafe(worker.wake.set)
 
+    def _write(
+        self,
+        what: str,
+        token: str,
+        room: int,
+        *,
+        delivered: Sequence[_Lease] = (),
+        new: tuple[DispatchMessage, dict[str, object]] | None = None,
+        expire: bool = True,
+        now: int | None = None,
+    ) -> list[_Lease]:
+        """The scheduler's one write transaction: mark ``delivered`` done, lease up to ``room``
+        due messages to ``token`` (older ones first) and insert the ``new`` message, leased to
+        ``token`` at once when it is due and room is left. Returns the leases taken."""
+        now = self.clock() if now is None else now
+        with self._transaction(what) as db:
+            self._mark_done(db, delivered, now)
+            leases = self._claim(db, now, room, token, expire=expire) if room > 0 else []
+            if new is not None:
+                message, params = new
+                due_at = params["due_at"]
+                assert isinstance(due_at, int)
+                if due_at <= now and len(leases) < room:
+                    params = {
+                        **params,
+                        "state": "leased",
+                        "lease_until": now + self.lease_ms,
+                        "lease_token": token,
+                    }
+                    # rowcount is 0 when the key collapsed into a stored row: nothing to deliver.
+                    if db.execute(_SCHEDULE, params).rowcount == 1:
+                        leases.append(_Lease(message.key, message, due_at, 0, token))
+                else:
+                    db.execute(_SCHEDULE, params)
+        return leases
+
     def _lease(self, limit: int, worker: _Worker | None = None) -> list[_Lease]:
         """Lease up to ``limit`` due messages (pending, or leased by a worker that vanished);
         for a worker loop, also mark the messages it delivered done, in the same transaction."""
-        now = self.clock()
-        delivered = list(worker.delivered) if worker is not None else []
-        with self._transaction("lease messages") as db:
-            self._mark_done(db, delivered, now)
-            leases = self._claim(db, now, limit, worker.token if worker else uuid.uuid4().hex)
-        if worker is not None:
-            del worker.delivered[: len(delivered)]
+        if worker is None:
+            return self._write("lease messages", uuid.uuid4().hex, limit)
+        delivered = list(worker.delivered)
+        leases = self._write("lease messages", worker.token, limit, delivered=delivered)
+        del worker.delivered[: len(delivered)]
         return leases
 
     def _claim(
@@ -768,8 +778,7 @@ class SQLiteScheduler(Scheduler):
             return
         delivered = list(worker.delivered)
         try:
-            with self._transaction("mark messages done") as db:
-                self._mark_done(db, delivered, self.clock())
+            self._write("mark messages done", worker.token, 0, delivered=delivered)
         except SchedulerError as exc:
             if not quiet:
                 raise
@@ -803,8 +812,7 @@ class SQLiteScheduler(Scheduler):
             worker.delivered.append(lease)
             return
         try:
-            with self._use(f"finish {lease.key!r}") as db:
-                self._mark_done(db, [lease], self.clock())
+            self._write(f"finish {lease.key!r}", lease.token, 0, delivered=[lease])
         except SchedulerError as exc:
             # The lease will expire and the message be delivered again: at least once.
             logger.warning("could not mark %s done: %s", lease.key, exc)
