@@ -434,10 +434,11 @@ class RefluxoWorker:
             delay = decision.delay_seconds
             extra = {"refluxo": {**fields, "retryInSeconds": delay}}
             if not isinstance(result, BackendError):
-                logger.exception(
+                logger.error(
                     "delivery %s raised, redelivered in %s s",
                     dispatch_message.key,
                     delay,
+                    exc_info=result,  # outside the except block: name the exception
                     extra=extra,
                 )
             else:
