@@ -59,6 +59,15 @@ from .model import (
 from .nodes import NodeDefinition
 from .plugins import Plugin
 from .ports import DueRuns, ResultArchive, Scheduler, StateStore
+from .subflows import (
+    MAX_REMEMBERED_CHILDREN,
+    SUBWORKFLOW_NODE,
+    SUBWORKFLOW_TYPE,
+    StepScope,
+    child_event,
+    reset_scope,
+    set_scope,
+)
 
 logger = logging.getLogger("refluxo.steps")
 
@@ -141,6 +150,8 @@ class Workflow:
         if not WORKFLOW_NAME.fullmatch(name):
             raise DefinitionError(f"invalid workflow name {name!r}: letters, digits, '_', '-'")
         self.name = name
+        if SUBWORKFLOW_TYPE not in nodes:
+            nodes = {**nodes, SUBWORKFLOW_TYPE: SUBWORKFLOW_NODE}
         self.engine = WorkflowEngine(
             definition,
             nodes,
@@ -243,6 +254,25 @@ class Dispatcher:
         self.refused_retry_ms = refused_retry_ms
         for workflow in self.workflows.values():
             self._scope(workflow)  # a scope on globals that are not an object fails here
+            self._check_children(workflow)
+
+    def _check_children(self, workflow: Workflow) -> None:
+        """Refuse a sub-workflow node that names a workflow this deployment does not host."""
+        engine = workflow.engine
+        for node in engine.workflow.nodes:
+            if engine.node_definitions[node.type] is not SUBWORKFLOW_NODE:
+                continue
+            name = node.data.get("workflow") if isinstance(node.data, Mapping) else None
+            if not isinstance(name, str):
+                raise DefinitionError(
+                    f"workflow {workflow.name!r}: subworkflow node {node.id!r} needs a "
+                    "'workflow' name in its data"
+                )
+            if "{{" not in name and name not in self.workflows:
+                raise DefinitionError(
+                    f"workflow {workflow.name!r}: subworkflow node {node.id!r} starts workflow "
+                    f"{name!r}, which this deployment does not host"
+                )
 
     def _scope(self, workflow: Workflow) -> Any:
         if workflow.secrets is None or self.globals is None:
@@ -264,9 +294,17 @@ class Dispatcher:
             raise WorkflowNotFound(name) from None
 
     async def start(
-        self, workflow: str, *, run_id: str | None = None, input: Any = None
+        self,
+        workflow: str,
+        *,
+        run_id: str | None = None,
+        input: Any = None,
+        parent: Mapping[str, Any] | None = None,
     ) -> tuple[Snapshot, bool]:
         """Start a run of ``workflow``; the first step gets ``input`` as its external payload.
+
+        ``parent`` (set by sub-workflow nodes: the parent's ``runId``, ``node`` and ``depth``)
+        is kept as the run's ``metadata.parent``; the parent is told when the run finishes.
 
         Returns:
             The run's snapshot, and True if it was created now. The same ``run_id`` again
@@ -284,6 +322,8 @@ class Dispatcher:
         snapshot = wf.engine.create_initial_snapshot(
             run_id, wf.start, input=input, definition=wf.ref
         )
+        if parent is not None:
+            snapshot.metadata["parent"] = dict(parent)
         if await self.store.create(snapshot):
             await self._schedule_next(snapshot)
             return snapshot, True
@@ -402,12 +442,15 @@ class Dispatcher:
                     cancelled = _trimmed(cancelled, keep_outputs=keep_outputs)
                 try:
                     await self.store.save(cancelled, expected_version=current.version)
-                    return cancelled
                 except PayloadTooLarge:
                     if keep_outputs is False:
                         raise
                 except VersionConflict:
                     break
+                else:
+                    await self._cancel_children(current, f"parent {run_id!r} cancelled: {why}")
+                    await self._notify_parent(cancelled)
+                    return cancelled
         raise VersionConflict(run_id, -1, None)
 
     async def dispatch(self, message: DispatchMessage) -> DispatchResult:
@@ -424,8 +467,12 @@ class Dispatcher:
             if snapshot.last_step_version == message.version + 1 and self._needs_delivery(snapshot):
                 await self._schedule_next(snapshot)
                 return self._result("recovered", message.run_id, snapshot)
+            if snapshot.is_terminal:
+                # The step that finished it may have died before telling its parent.
+                await self._notify_parent(snapshot)
             return self._result("stale", message.run_id, snapshot)
         if snapshot.is_terminal:
+            await self._notify_parent(snapshot)
             return self._result("finished", message.run_id, snapshot)
 
         now = self.clock()
@@ -452,10 +499,18 @@ class Dispatcher:
             base = base.model_copy(update={"metadata": metadata})
         node_id = base.current_node_id
         started = time.perf_counter()
-        new = await workflow.engine.advance(
-            base, self._scope(workflow), max_depth=self.limits.max_depth
+        scope = StepScope(
+            snapshot=base, node_id=node_id or "", start=self.start, load=self.store.load
         )
+        token = set_scope(scope)
+        try:
+            new = await workflow.engine.advance(
+                base, self._scope(workflow), max_depth=self.limits.max_depth
+            )
+        finally:
+            reset_scope(token)
         duration_ms = (time.perf_counter() - started) * 1000
+        new = self._link_children(new, scope.started, node_id)
         if workflow.archive and node_id is not None:
             await self._archive_trimmed(base, new, node_id)
         saved = await self._save_step(snapshot, new, node_id)
@@ -464,6 +519,7 @@ class Dispatcher:
             return self._result("conflict", message.run_id, snapshot)
         self._log_step(saved, node_id, "stepped", duration_ms)
         await self._schedule_next(saved)
+        await self._notify_parent(saved)
         return self._result("stepped", message.run_id, saved)
 
     async def reconcile(
@@ -539,6 +595,45 @@ class Dispatcher:
         return True
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _link_children(self, new: Snapshot, started: list[str], node_id: str | None) -> Snapshot:
+        """Record the children a step started (parent side) and a child's last node."""
+        metadata = new.metadata
+        if started:
+            known = metadata.get("children")
+            children = [c for c in known if isinstance(c, str)] if isinstance(known, list) else []
+            children += [c for c in started if c not in children]
+            metadata = {**metadata, "children": children[-MAX_REMEMBERED_CHILDREN:]}
+        if new.status == "completed" and "parent" in metadata and node_id is not None:
+            metadata = {**metadata, "lastNode": node_id}
+        if metadata is new.metadata:
+            return new
+        return new.model_copy(update={"metadata": metadata})
+
+    async def _notify_parent(self, child: Snapshot) -> None:
+        """Tell a finished child's parent run (idempotent: the event's id is the child's)."""
+        parent = child.metadata.get("parent")
+        if not child.is_terminal or not isinstance(parent, dict):
+            return
+        parent_id = parent.get("runId")
+        if not isinstance(parent_id, str):
+            return
+        name = child_event(child.run_id)
+        payload = {"runId": child.run_id, "status": child.status}
+        try:
+            await self.send_event(parent_id, payload, name, event_id=name)
+        except (RunNotFound, RunFinished):
+            pass  # the parent is gone or finished (cancelled): nobody waits
+
+    async def _cancel_children(self, parent: Snapshot, reason: str) -> None:
+        children = parent.metadata.get("children")
+        for child_id in children if isinstance(children, list) else []:
+            if not isinstance(child_id, str):
+                continue
+            try:
+                await self.cancel(child_id, reason)
+            except (RunNotFound, RunFinished):
+                pass
 
     async def _save_step(
         self, loaded: Snapshot, new: Snapshot, node_id: str | None

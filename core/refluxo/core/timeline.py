@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .model import Snapshot, WorkflowDefinition
+from .subflows import child_of_event
 
 
 def _time(ms: int | None) -> str:
@@ -28,6 +29,12 @@ def render_timeline(snapshot: Snapshot) -> str:
     )
     name = snapshot.definition.name if snapshot.definition else "?"
     lines = [f"run {snapshot.run_id} (workflow {name}), version {snapshot.version}"]
+    parent = snapshot.metadata.get("parent")
+    if isinstance(parent, dict):
+        lines.append(f"  child of run {parent.get('runId')} (node {parent.get('node')})")
+    children = snapshot.metadata.get("children")
+    if isinstance(children, list) and children:
+        lines.append(f"  child runs: {', '.join(str(c) for c in children)}")
     for ts, node, result in rows:
         if result.error:
             what = f"attempt {result.attempt}  error  {result.error}"
@@ -45,7 +52,8 @@ def render_timeline(snapshot: Snapshot) -> str:
             now += f", sleeping until {_time(snapshot.wait.until)}"
         else:
             event = repr(snapshot.wait.event) if snapshot.wait.event else "an event"
-            now += f", waiting for {event}"
+            child = child_of_event(snapshot.wait.event)
+            now += f", waiting for child run {child}" if child else f", waiting for {event}"
             if snapshot.wait.until is not None:
                 now += f" until {_time(snapshot.wait.until)}"
     elif snapshot.status == "paused":
