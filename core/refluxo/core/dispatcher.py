@@ -59,6 +59,7 @@ from .model import (
 from .nodes import NodeDefinition
 from .plugins import Plugin
 from .ports import DueRuns, ResultArchive, Scheduler, StateStore
+from .schedules import MAX_CATCH_UP, ON_TIME_MS, Schedule, named, tick_run_id, ticks_between
 from .subflows import (
     MAX_REMEMBERED_CHILDREN,
     SUBWORKFLOW_NODE,
@@ -126,6 +127,7 @@ class Workflow:
         start: the start node; defaults to the one node without incoming edges.
         secrets: the names of the deployment's globals this workflow may use: its
             expressions and executors see only these. None (the default) gives it all.
+        schedules: start a run at each tick of these (see :mod:`refluxo.core.schedules`).
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class Workflow:
         clock: Callable[[], int] = now_ms,
         step_timeout: float | timedelta | None = DEFAULT_STEP_TIMEOUT_S,
         secrets: Iterable[str] | None = None,
+        schedules: Sequence[Schedule] = (),
     ) -> None:
         if isinstance(secrets, str):
             raise DefinitionError("secrets is a list of names, not one name")
@@ -166,6 +169,7 @@ class Workflow:
         self.start = start or self.engine.start_node_id
         self.engine.node(self.start)  # raises KeyError early for a bad start node
         self.ref = DefinitionRef(name=name, hash=self.engine.workflow.shape_hash())
+        self.schedules = named(list(schedules))
 
 
 def load_workflows(spec: str) -> list[Workflow]:
@@ -299,12 +303,13 @@ class Dispatcher:
         *,
         run_id: str | None = None,
         input: Any = None,
-        parent: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> tuple[Snapshot, bool]:
         """Start a run of ``workflow``; the first step gets ``input`` as its external payload.
 
-        ``parent`` (set by sub-workflow nodes: the parent's ``runId``, ``node`` and ``depth``)
-        is kept as the run's ``metadata.parent``; the parent is told when the run finishes.
+        ``metadata`` is the new run's first metadata: sub-workflow nodes set ``parent`` (the
+        parent's ``runId``, ``node`` and ``depth``; the parent is told when the run finishes),
+        schedules set ``schedule``.
 
         Returns:
             The run's snapshot, and True if it was created now. The same ``run_id`` again
@@ -322,8 +327,8 @@ class Dispatcher:
         snapshot = wf.engine.create_initial_snapshot(
             run_id, wf.start, input=input, definition=wf.ref
         )
-        if parent is not None:
-            snapshot.metadata["parent"] = dict(parent)
+        if metadata is not None:
+            snapshot.metadata.update(metadata)
         if await self.store.create(snapshot):
             await self._schedule_next(snapshot)
             return snapshot, True
@@ -335,6 +340,65 @@ class Dispatcher:
         if existing.last_step_version == 0 and existing.status == "active":
             await self._schedule_next(existing)
         return existing, False
+
+    async def fire_tick(self, workflow: str, schedule: str, tick_ms: int) -> tuple[Snapshot, bool]:
+        """Start the run of ``schedule``'s tick at ``tick_ms`` (once: its id derives from both).
+
+        Returns:
+            As :meth:`start`: the run, and True if this call created it.
+
+        Raises:
+            WorkflowNotFound; LookupError (no such schedule); store and scheduler errors.
+        """
+        wf = self.workflow(workflow)
+        try:
+            plan = wf.schedules[schedule]
+        except KeyError:
+            raise LookupError(f"workflow {workflow!r} has no schedule {schedule!r}") from None
+        run_id = tick_run_id(workflow, schedule, tick_ms)
+        mark = {"schedule": {"name": schedule, "tick": tick_ms}}
+        return await self.start(workflow, run_id=run_id, input=plan.input, metadata=mark)
+
+    def schedules(self) -> list[tuple[str, str, Schedule]]:
+        """Every schedule of the hosted workflows: (workflow, schedule name, schedule)."""
+        return [
+            (wf.name, name, plan)
+            for wf in self.workflows.values()
+            for name, plan in wf.schedules.items()
+        ]
+
+    async def fire_due(self, checked: Mapping[str, int], now: int | None = None) -> dict[str, int]:
+        """Start the runs of the ticks since each schedule was last checked; for a timer.
+
+        ``checked`` maps ``workflow.schedule`` to the time (epoch ms) up to which its ticks
+        were started; a schedule missing from it starts from ``now`` (a new schedule does not
+        start the ticks before it was deployed). A schedule with ``catch_up`` starts each
+        tick since (the newest :data:`~refluxo.core.schedules.MAX_CATCH_UP`); without, only
+        the ticks at most :data:`~refluxo.core.schedules.ON_TIME_MS` old. A tick's run starts
+        once however often this runs, so the caller may save the returned marks after the
+        runs started, and a crash in between only starts nothing twice.
+
+        Returns:
+            The new marks (``workflow.schedule`` -> ``now``) for every hosted schedule.
+
+        Raises:
+            Store and scheduler errors (the runs started so far stay started).
+        """
+        now = self.clock() if now is None else now
+        marks: dict[str, int] = {}
+        for workflow, name, plan in self.schedules():
+            key = f"{workflow}.{name}"
+            since = checked.get(key)
+            if since is not None and since < now:
+                ticks = ticks_between(plan, since, now)
+                if plan.catch_up:
+                    ticks = ticks[-MAX_CATCH_UP:]
+                else:
+                    ticks = [t for t in ticks if now - t <= ON_TIME_MS]
+                for tick in ticks:
+                    await self.fire_tick(workflow, name, tick)
+            marks[key] = max(now, since or now)
+        return marks
 
     async def get(self, run_id: str) -> Snapshot:
         """The run's snapshot; raises RunNotFound."""

@@ -154,7 +154,9 @@ async def _execute(data: Any, context: Context, payload: Any, globals: Any) -> S
             raise NonRetryableError(f"sub-workflows nest deeper than {MAX_DEPTH} levels")
         parent = {"runId": snapshot.run_id, "node": node_id, "depth": depth}
         try:
-            await scope.start(config.workflow, run_id=child_id, input=config.input, parent=parent)
+            await scope.start(
+                config.workflow, run_id=child_id, input=config.input, metadata={"parent": parent}
+            )
         except (WorkflowNotFound, WorkflowMismatch, NotStrictJson, PayloadTooLarge) as exc:
             raise NonRetryableError(f"cannot start the child run: {exc}") from exc
         scope.started.append(child_id)
