@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTIN_APPS = {"refluxo.demo": ROOT / "core" / "refluxo" / "demo"}
+BUILTIN_APPS = {
+    "refluxo.demo": ROOT / "core" / "refluxo" / "demo",
+    "refluxo.examples": ROOT / "core" / "refluxo" / "examples",
+}
 """Workflow modules that ship with refluxo: bundled without --app-src."""
 
 Ignore = Callable[[Any, list[str]], set[str]]

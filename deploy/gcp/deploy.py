@@ -13,6 +13,8 @@ deployment. Standard library only. deploy/gcp/README.md says what it needs and d
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -317,7 +319,85 @@ def deploy(args: argparse.Namespace, cloud: Cloud | None = None) -> None:
         else "create"
     )
     cloud.run("gcloud", "scheduler", "jobs", verb, "http", name, *job)
+    # One job per schedule of the workflows: Cloud Scheduler keeps the time zone and calls
+    # /_cron like the reconciler; the route starts the tick's run once.
+    for plan in list_schedules(bundle, args.app):
+        body = json.dumps({"workflow": plan["workflow"], "schedule": plan["name"]})
+        cron_job = [
+            "--location",
+            region,
+            "--schedule",
+            plan["cron"],
+            "--time-zone",
+            plan["timezone"],
+            "--uri",
+            f"{url}/_cron",
+            "--http-method",
+            "POST",
+            "--headers",
+            "Content-Type=application/json",
+            "--message-body",
+            body,
+            "--oidc-service-account-email",
+            sa_email,
+            "--oidc-token-audience",
+            url,
+            *p,
+        ]
+        name = f"{args.function}-cron-{plan['workflow']}-{plan['name']}"
+        verb = (
+            "update"
+            if cloud.exists(
+                "gcloud", "scheduler", "jobs", "describe", name, "--location", region, *p
+            )
+            else "create"
+        )
+        cloud.run("gcloud", "scheduler", "jobs", verb, "http", name, *cron_job)
     print(f"deployed: {url}")
+
+
+_LIST_SCHEDULES = """
+import json, sys
+from refluxo.core.dispatcher import load_workflows
+print(json.dumps([
+    {"workflow": w.name, "name": n, "cron": s.cron, "timezone": s.timezone}
+    for w in load_workflows(sys.argv[1]) for n, s in w.schedules.items()
+]))
+"""
+
+
+def list_schedules(bundle: Path, app: str) -> list[dict[str, str]]:
+    """The schedules of the bundled workflows: the workflows are imported from the bundle here
+    when this Python has refluxo's dependencies, else in a child Python (this script itself
+    needs no third-party package)."""
+    sys.path.insert(0, str(bundle))
+    try:
+        from refluxo.core.dispatcher import load_workflows
+
+        return [
+            {"workflow": w.name, "name": n, "cron": s.cron, "timezone": s.timezone}
+            for w in load_workflows(app)
+            for n, s in w.schedules.items()
+        ]
+    except ImportError:
+        pass
+    finally:
+        sys.path.remove(str(bundle))
+    env = {**os.environ, "PYTHONPATH": str(bundle)}
+    # Popen, not run: this reads the bundle, it is not a cloud command (a dry run runs it too).
+    with subprocess.Popen(
+        [sys.executable, "-c", _LIST_SCHEDULES, app],
+        env=env,
+        cwd=bundle,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        out, err = child.communicate(timeout=120)
+    if child.returncode != 0:
+        raise SystemExit(f"deploy: cannot read the schedules of {app!r}:\n{err}")
+    listed: list[dict[str, str]] = json.loads(out)
+    return listed
 
 
 def main(argv: list[str] | None = None) -> int:
