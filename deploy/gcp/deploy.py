@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -24,7 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _bundle import MARKER, copy_app, copy_packages, prepare_out  # shared, one folder up
+from _bundle import (
+    MARKER,
+    copy_app,
+    copy_packages,
+    list_schedules,
+    prepare_out,
+)  # shared, one folder up
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -354,50 +359,6 @@ def deploy(args: argparse.Namespace, cloud: Cloud | None = None) -> None:
         )
         cloud.run("gcloud", "scheduler", "jobs", verb, "http", name, *cron_job)
     print(f"deployed: {url}")
-
-
-_LIST_SCHEDULES = """
-import json, sys
-from refluxo.core.dispatcher import load_workflows
-print(json.dumps([
-    {"workflow": w.name, "name": n, "cron": s.cron, "timezone": s.timezone}
-    for w in load_workflows(sys.argv[1]) for n, s in w.schedules.items()
-]))
-"""
-
-
-def list_schedules(bundle: Path, app: str) -> list[dict[str, str]]:
-    """The schedules of the bundled workflows: the workflows are imported from the bundle here
-    when this Python has refluxo's dependencies, else in a child Python (this script itself
-    needs no third-party package)."""
-    sys.path.insert(0, str(bundle))
-    try:
-        from refluxo.core.dispatcher import load_workflows
-
-        return [
-            {"workflow": w.name, "name": n, "cron": s.cron, "timezone": s.timezone}
-            for w in load_workflows(app)
-            for n, s in w.schedules.items()
-        ]
-    except ImportError:
-        pass
-    finally:
-        sys.path.remove(str(bundle))
-    env = {**os.environ, "PYTHONPATH": str(bundle)}
-    # Popen, not run: this reads the bundle, it is not a cloud command (a dry run runs it too).
-    with subprocess.Popen(
-        [sys.executable, "-c", _LIST_SCHEDULES, app],
-        env=env,
-        cwd=bundle,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as child:
-        out, err = child.communicate(timeout=120)
-    if child.returncode != 0:
-        raise SystemExit(f"deploy: cannot read the schedules of {app!r}:\n{err}")
-    listed: list[dict[str, str]] = json.loads(out)
-    return listed
 
 
 def main(argv: list[str] | None = None) -> int:
