@@ -90,18 +90,23 @@ print(json.dumps([
 def list_schedules(bundle: Path, app: str) -> list[dict[str, str]]:
     """The schedules of the bundled workflows: the workflows are imported from the bundle here
     when this Python has refluxo's dependencies, else in a child Python (this script itself
-    needs no third-party package)."""
+    needs no third-party package). Workflows that cannot be loaded have none: a warning says
+    so on stderr (their deployment would then start no scheduled run)."""
     sys.path.insert(0, str(bundle))
     try:
-        from refluxo.core.dispatcher import load_workflows
-
-        return [
-            {"workflow": w.name, "name": n, "cron": s.cron, "timezone": s.timezone}
-            for w in load_workflows(app)
-            for n, s in w.schedules.items()
-        ]
-    except ImportError:
-        pass
+        try:
+            from refluxo.core.dispatcher import load_workflows
+        except ImportError:
+            pass
+        else:
+            try:
+                return [
+                    {"workflow": w.name, "name": n, "cron": s.cron, "timezone": s.timezone}
+                    for w in load_workflows(app)
+                    for n, s in w.schedules.items()
+                ]
+            except Exception as exc:
+                return _no_schedules(app, str(exc))
     finally:
         sys.path.remove(str(bundle))
     env = {**os.environ, "PYTHONPATH": str(bundle)}
@@ -116,6 +121,11 @@ def list_schedules(bundle: Path, app: str) -> list[dict[str, str]]:
     ) as child:
         out, err = child.communicate(timeout=120)
     if child.returncode != 0:
-        raise SystemExit(f"deploy: cannot read the schedules of {app!r}:\n{err}")
+        return _no_schedules(app, err.strip().splitlines()[-1] if err.strip() else "failed")
     listed: list[dict[str, str]] = json.loads(out)
     return listed
+
+
+def _no_schedules(app: str, why: str) -> list[dict[str, str]]:
+    print(f"deploy: warning: cannot read the schedules of {app!r} ({why})", file=sys.stderr)
+    return []
