@@ -340,9 +340,9 @@ async def test_a_handle_without_an_edge_completes_the_run() -> None:
         ),
         (
             lambda wf: wf["edges"].append(
-                {"id": "3", "source": "check", "target": "minor", "sourceHandle": "yes"}
+                {"id": "3", "source": "check", "target": "adult", "sourceHandle": "yes"}
             ),
-            "already has an edge for 'yes'",
+            "already has an edge for 'yes' to 'adult'",
         ),
         (
             lambda wf: wf["edges"].append({"id": "1", "source": "adult", "target": "minor"}),
