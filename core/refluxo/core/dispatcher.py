@@ -47,6 +47,7 @@ from .errors import (
     PayloadTooLarge,
     RunFinished,
     RunNotFound,
+    StoreError,
     VersionConflict,
     WorkflowMismatch,
     WorkflowNotFound,
@@ -91,11 +92,16 @@ WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """What a workflow name may be, matched whole."""
 
 _MAX_CONFLICT_RETRIES = 5
+_MAX_BRANCH_REAPPLIES = 64  # a save losing to other branches this often is delivered again
 _AGAIN_HOP = 1 << 42  # hops of deliveries sent again start here: never a step's own hop count
 _MAX_REASON_CHARS = 1000
 
 DEFAULT_REFUSED_RETRY_MS = 10 * 60 * 1000
 """How often a refused run's delivery comes back to see whether its definition is deployed."""
+
+
+_EXHAUSTED = Snapshot(workflow_id="-", status="failed", current_node_id=None)
+"""What :meth:`Dispatcher._save_step` answers when every re-application lost its save."""
 
 
 def check_run_id(run_id: str) -> str:
@@ -462,7 +468,7 @@ class Dispatcher:
         if workflow.archive and node_id is not None:
             await self._archive_trimmed(base, new, node_id)
         saved = await self._save_step(snapshot, new, node_id, self._merge_events(snapshot))
-        if saved is None:
+        if saved is None or saved is _EXHAUSTED:
             self._log_step(new, node_id, "conflict", duration_ms)
             return self._result("conflict", message.run_id, snapshot)
         self._log_step(saved, node_id, "stepped", duration_ms)
@@ -542,7 +548,17 @@ class Dispatcher:
             return self._apply_branch(workflow, stored, bid, view, out, node_id)
 
         new = reapply(snapshot, snapshot, snapshot)
-        saved = None if new is None else await self._save_step(snapshot, new, node_id, reapply)
+        saved = None
+        if new is not None:
+            saved = await self._save_step(
+                snapshot, new, node_id, reapply, retries=_MAX_BRANCH_REAPPLIES
+            )
+            if saved is _EXHAUSTED:
+                raise StoreError(
+                    f"run {run_id!r}: the step of branch {bid!r} lost "
+                    f"{_MAX_BRANCH_REAPPLIES} saves in a row to other branches; deliver it again",
+                    transient=True,
+                )
         if saved is None:
             self._log_step(out, node_id, "conflict", duration_ms)
             return self._result("conflict", run_id, view)
@@ -808,7 +824,13 @@ class Dispatcher:
         return reapply
 
     async def _save_step(
-        self, loaded: Snapshot, new: Snapshot, node_id: str | None, reapply: Reapply
+        self,
+        loaded: Snapshot,
+        new: Snapshot,
+        node_id: str | None,
+        reapply: Reapply,
+        *,
+        retries: int = _MAX_CONFLICT_RETRIES,
     ) -> Snapshot | None:
         """Save a step's snapshot; the saved snapshot, or None when another step won.
 
@@ -817,9 +839,10 @@ class Dispatcher:
         branch's step when only other branches or events moved. It answers None when the step
         really lost. A snapshot the store refuses (too large, or not readable back) fails the
         run instead, keeping the state it had; retrying could not change the step's result.
+        After ``retries`` re-applications that all lost, :data:`_EXHAUSTED`.
         """
         current, failure = loaded, None
-        for _ in range(_MAX_CONFLICT_RETRIES + 1):
+        for _ in range(retries + 1):
             try:
                 await self.store.save(new, expected_version=current.version)
                 return new
@@ -836,7 +859,7 @@ class Dispatcher:
                     return None
                 new = again if failure is None else self._failed(stored, failure)
                 current = stored
-        return None
+        return _EXHAUSTED
 
     async def _refuse(
         self, snapshot: Snapshot, message: DispatchMessage, reason: str
