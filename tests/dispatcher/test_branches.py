@@ -482,3 +482,43 @@ def test_the_mermaid_graph_draws_forks_and_joins() -> None:
     assert 'n0["start<br/><i>work</i><br/>fork"]' in drawing
     assert 'n3{{"merge<br/><i>collect</i><br/>join: any"}}' in drawing
     assert "n1 --> n3" in drawing
+
+
+class Contended(YieldingStore):
+    """Moves the run on (as other branches' saves would) before each of ``moves`` saves."""
+
+    def __init__(self, inner: StateStore, moves: int) -> None:
+        super().__init__(inner)
+        self.moves = moves
+
+    async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
+        if self.moves > 0 and snapshot.branches is not None:
+            self.moves -= 1
+            stored = await self.inner.load(snapshot.run_id)
+            bumped = stored.model_copy(update={"version": stored.version + 1})
+            await self.inner.save(bumped, expected_version=stored.version)
+        await super().save(snapshot, expected_version=expected_version)
+
+
+async def test_a_branch_step_that_keeps_losing_its_save_is_delivered_again_not_dropped(
+    light_store: StateStore, clock: FakeClock
+) -> None:
+    from refluxo.core.errors import StoreError
+
+    clean = await clean_run(clock, fan())
+    contended = Contended(light_store, moves=0)
+    rig = Rig(contended, clock, fan())
+    await rig.dispatcher.start("fan", run_id="r1")
+    for message in rig.scheduler.pop_due():
+        await rig.deliver(message)  # the fork
+    first, second = rig.scheduler.pop_due()
+    contended.moves = 1000
+    with pytest.raises(StoreError) as raised:
+        await rig.deliver(first)
+    assert raised.value.transient
+    contended.moves = 0
+    for message in (first, second):  # the queue delivers the failed one again
+        await rig.deliver(message)
+    await rig.crank()
+    snap = await light_store.load("r1")
+    assert snap.status == "completed" and recorded(snap) == recorded(clean)
