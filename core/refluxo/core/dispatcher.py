@@ -649,9 +649,10 @@ class Dispatcher:
                 }
             )
         elif out.branches:
+            # Named after the save that adds them: unique in the run, and short.
             del branches[bid]
-            for cid, child in out.branches.items():
-                branches[f"{bid}_{cid}"] = child.model_copy(
+            for i, child in enumerate(out.branches.values()):
+                branches[f"{fresh.version + 1}-{i}"] = child.model_copy(
                     update={"on_failure": child.on_failure or branch.on_failure}
                 )
         else:
