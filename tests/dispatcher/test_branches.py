@@ -522,3 +522,32 @@ async def test_a_branch_step_that_keeps_losing_its_save_is_delivered_again_not_d
     await rig.crank()
     snap = await light_store.load("r1")
     assert snap.status == "completed" and recorded(snap) == recorded(clean)
+
+
+async def test_a_branch_whose_delivery_was_lost_is_delivered_again_by_reconcile(
+    light_store: StateStore, clock: FakeClock
+) -> None:
+    clean = await clean_run(clock, fan())
+    rig = Rig(light_store, clock, fan())
+    await rig.dispatcher.start("fan", run_id="r1")
+    for message in rig.scheduler.pop_due():
+        await rig.deliver(message)  # the fork
+    first, _lost = rig.scheduler.pop_due()
+    await rig.deliver(first)
+    await rig.crank()
+    assert (await light_store.load("r1")).status == "active"  # stuck: one branch never ran
+    clock.advance(600_000)
+    assert await rig.dispatcher.reconcile() == ["r1"]
+    await rig.crank()
+    snap = await light_store.load("r1")
+    assert snap.status == "completed" and recorded(snap) == recorded(clean)
+
+
+async def test_a_dispatch_message_names_a_branch_by_a_short_safe_id() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        DispatchMessage.model_validate({"runId": "r", "version": 1, "branch": "x/" * 40})
+    assert DispatchMessage.model_validate({"runId": "r", "version": 1, "branch": "12-0"}).key == (
+        "r.1.0.b12-0"
+    )

@@ -414,7 +414,7 @@ class DispatchMessage(WireModel):
     run_id: str
     version: int
     hop: int = 0
-    branch: str | None = _optional()
+    branch: str | None = Field(default=None, exclude_if=_is_none, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     """The parallel branch to step (``version`` is then the branch's), or None for the run."""
 
     @property
