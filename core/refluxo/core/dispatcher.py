@@ -543,6 +543,8 @@ class Dispatcher:
                 view, self._scope(workflow), max_depth=self.limits.max_depth, branch=True
             )
         duration_ms = (time.perf_counter() - started) * 1000
+        if workflow.archive and node_id is not None:
+            await self._archive_trimmed(view, out, node_id)
 
         def reapply(stored: Snapshot, _previous: Snapshot, _new: Snapshot) -> Snapshot | None:
             return self._apply_branch(workflow, stored, bid, view, out, node_id)
