@@ -71,6 +71,7 @@ class Rig:
         clock: FakeClock,
         definition: dict[str, Any],
         nodes: dict[str, NodeDefinition] | None = None,
+        **workflow: Any,
     ) -> None:
         self.clock = clock
         self.store = store
@@ -91,7 +92,7 @@ class Rig:
             "collect": NodeDefinition(executor=collect),
             **(nodes or {}),
         }
-        self.workflow = Workflow("fan", definition, found, clock=clock)
+        self.workflow = Workflow("fan", definition, found, clock=clock, **workflow)
         self.dispatcher = Dispatcher([self.workflow], store, self.scheduler, clock=clock)
 
     async def deliver(self, message: DispatchMessage, copies: int = 1) -> list[DispatchResult]:
@@ -551,3 +552,52 @@ async def test_a_dispatch_message_names_a_branch_by_a_short_safe_id() -> None:
     assert DispatchMessage.model_validate({"runId": "r", "version": 1, "branch": "12-0"}).key == (
         "r.1.0.b12-0"
     )
+
+
+async def test_the_timeline_shows_where_each_branch_stands(
+    light_store: StateStore, clock: FakeClock
+) -> None:
+    from refluxo.core.timeline import render_timeline
+
+    async def slow(data: Any, ctx: Any, payload: Any, g: Any) -> Any:
+        return StepResult.sleep(3600, data="slow")
+
+    definition = fan()
+    definition["nodes"][1]["type"] = "slow"
+    rig = Rig(light_store, clock, definition, {"slow": NodeDefinition(slow)})
+    await rig.dispatcher.start("fan", run_id="r1")
+    await rig.crank(advance=False)
+    text = render_timeline(await light_store.load("r1"))
+    assert "now: active" in text
+    assert "branch 1-0: paused at merge, sleeping until" in text
+    assert "branch 1-1: joined at merge" in text
+
+
+async def test_results_a_branch_trims_are_archived(
+    light_store: StateStore, clock: FakeClock
+) -> None:
+    from refluxo.core.ports import ResultArchive
+
+    attempts: list[int] = []
+
+    async def twice(data: Any, ctx: Any, payload: Any, g: Any) -> Any:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RuntimeError(f"try {len(attempts)}")
+        return "ok"
+
+    definition = fan()
+    definition["nodes"][1]["type"] = "twice"
+    policy = RetryPolicy(max_attempts=3, interval=1000)
+    nodes = {"twice": NodeDefinition(twice, retry_policy=policy)}
+    rig = Rig(light_store, clock, definition, nodes, retention=1, archive=True)
+    snap = await rig.run()
+    assert snap.status == "completed"
+    assert isinstance(light_store, ResultArchive)
+    archived = await light_store.archived_results("r1", "a")
+    kept = snap.results("a")
+    assert [r.error for r in [*archived, *kept]] == [
+        "RuntimeError: try 1",
+        "RuntimeError: try 2",
+        None,
+    ]

@@ -55,6 +55,17 @@ def render_timeline(snapshot: Snapshot) -> str:
     if snapshot.status == "failed" and "failedReason" in snapshot.metadata:
         now += f" ({snapshot.metadata['failedReason']})"
     lines.append(now)
+    for bid, branch in (snapshot.branches or {}).items():
+        line = f"    branch {bid}: {branch.status} at {branch.node_id or '-'}"
+        if branch.status == "error" and branch.retry_state:
+            rs = branch.retry_state
+            line += f", retry {rs.attempts + 1} at {_time(rs.next_retry_at)}"
+        if branch.wait is not None:
+            waits = "sleeping" if branch.wait.kind == "sleep" else "waiting for an event"
+            line += f", {waits} until {_time(branch.wait.until)}"
+        if branch.error:
+            line += f" ({branch.error})"
+        lines.append(line)
     if snapshot.total_execution_time is not None:
         lines.append(f"  time spent in steps: {snapshot.total_execution_time} ms")
     return "\n".join(lines)
