@@ -416,7 +416,8 @@ class WorkflowEngine:
         """Run steps until the run is no longer ``active`` (paused, retry pending, finished).
 
         The first step gets ``external_payload``. After ``step_limit`` steps a still active run
-        is returned ``failed`` with the reason in ``metadata["failedReason"]``.
+        is returned ``failed`` with the reason in ``metadata["failedReason"]``. A run that forks
+        is returned as it forked: its branches step through a :class:`Dispatcher`.
         """
         current = snapshot
         if current.is_terminal:
@@ -442,7 +443,7 @@ class WorkflowEngine:
             current = await self.execute_step(current, payload, globals)
             payload = None
             steps += 1
-            if current.status != "active":
+            if current.status != "active" or current.branches:
                 return current
 
     async def advance(
@@ -509,6 +510,11 @@ class WorkflowEngine:
     ) -> Snapshot:
         if snapshot.is_terminal:
             raise RunFinished(f"run {snapshot.workflow_id!r} is {snapshot.status}")
+        if snapshot.branches:
+            raise DefinitionError(
+                f"run {snapshot.workflow_id!r} has parallel branches: step each one "
+                "(Snapshot.branch_view) through a Dispatcher"
+            )
         start = self.clock()
         if snapshot.last_step_version == 0 and not branch:
             await self._hook("on_workflow_start", snapshot)
