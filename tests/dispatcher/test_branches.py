@@ -601,3 +601,25 @@ async def test_results_a_branch_trims_are_archived(
         "RuntimeError: try 2",
         None,
     ]
+
+
+async def test_an_event_a_branch_waits_for_is_taken_even_when_the_inbox_is_full(
+    light_store: StateStore, clock: FakeClock
+) -> None:
+    from refluxo.core.codec import Limits
+
+    async def wait(data: Any, ctx: Any, payload: Any, g: Any) -> Any:
+        return StepResult.wait_for_event("go") if payload is None else payload
+
+    definition = fan()
+    definition["nodes"][1]["type"] = "wait"
+    rig = Rig(light_store, clock, definition, {"wait": NodeDefinition(wait)})
+    rig.dispatcher.limits = Limits(max_inbox_events=2)
+    await rig.dispatcher.start("fan", run_id="r1")
+    await rig.crank()
+    for i in range(2):
+        await rig.dispatcher.send_event("r1", i, "junk")
+    await rig.dispatcher.send_event("r1", "yes", "go")
+    await rig.crank()
+    snap = await light_store.load("r1")
+    assert snap.status == "completed" and snap.results("a")[-1].output == "yes"

@@ -358,7 +358,10 @@ class Dispatcher:
             inbox = current.inbox or []
             # An event the run waits for now is taken even when the inbox is full: the next
             # step consumes it at once, and junk must not lock out the awaited event.
-            awaited = current.model_copy(update={"inbox": [event]}).next_event() is not None
+            probe = current.model_copy(update={"inbox": [event]})
+            awaited = probe.next_event() is not None or any(
+                probe.branch_view(b).next_event() is not None for b in probe.branches or {}
+            )
             if not awaited and len(inbox) >= limits.max_inbox_events:
                 raise InboxFull(
                     f"run {run_id!r} holds {len(inbox)} unconsumed events, the limit "
