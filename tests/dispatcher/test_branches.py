@@ -623,3 +623,20 @@ async def test_an_event_a_branch_waits_for_is_taken_even_when_the_inbox_is_full(
     await rig.crank()
     snap = await light_store.load("r1")
     assert snap.status == "completed" and snap.results("a")[-1].output == "yes"
+
+
+async def test_a_branch_sleeping_past_the_schedulers_longest_delay_wakes_in_hops(
+    light_store: StateStore, clock: FakeClock
+) -> None:
+    async def slow(data: Any, ctx: Any, payload: Any, g: Any) -> Any:
+        return StepResult.sleep(3600, data="slow")
+
+    definition = fan()
+    definition["nodes"][1]["type"] = "slow"
+    nodes = {"slow": NodeDefinition(slow)}
+    clean = await clean_run(clock, definition, nodes=nodes)
+    rig = Rig(light_store, clock, definition, nodes)
+    rig.scheduler = rig.dispatcher.scheduler = MemoryScheduler(clock=clock, max_delay_ms=600_000)
+    snap = await rig.run(copies=2)
+    assert rig.outcomes.count("early") >= 5  # an hour in hops of ten minutes
+    assert snap.status == "completed" and recorded(snap) == recorded(clean)
