@@ -640,3 +640,45 @@ async def test_a_branch_sleeping_past_the_schedulers_longest_delay_wakes_in_hops
     snap = await rig.run(copies=2)
     assert rig.outcomes.count("early") >= 5  # an hour in hops of ten minutes
     assert snap.status == "completed" and recorded(snap) == recorded(clean)
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_shuffled_duplicated_racing_deliveries_end_as_a_clean_run(
+    seed: int, clock: FakeClock
+) -> None:
+    import random
+
+    from refluxo.core.memory import MemoryStateStore
+
+    async def flaky(data: Any, ctx: Any, payload: Any, g: Any) -> Any:
+        if len(ctx.get("a1", [])) < 1:
+            raise RuntimeError("first try fails")
+        return "a1!"
+
+    definition = fan(branches=("a", "b", "c"))
+    definition["nodes"].append({"id": "a1", "type": "flaky", "data": "a1"})
+    definition["edges"] = [e for e in definition["edges"] if e["id"] != "am"]
+    definition["edges"] += [
+        {"id": "aa1", "source": "a", "target": "a1"},
+        {"id": "a1m", "source": "a1", "target": "merge"},
+    ]
+    definition["nodes"][4]["data"]["a"] = "{{ a1.last.data }}"
+    nodes = {"flaky": NodeDefinition(flaky, retry_policy=RetryPolicy(max_attempts=2))}
+    clean = await clean_run(clock, definition, nodes=nodes)
+    rng = random.Random(seed)
+    rig = Rig(YieldingStore(MemoryStateStore(clock=clock)), clock, definition, nodes)
+    await rig.dispatcher.start("fan", run_id="r1")
+    for _ in range(500):
+        due = rig.scheduler.pop_due()
+        if not due:
+            nxt = rig.scheduler.next_due()
+            if nxt is None:
+                break
+            clock.now = max(clock.now, nxt)
+            continue
+        copies = [m for m in due for _ in range(rng.choice((1, 1, 2, 3)))]
+        rng.shuffle(copies)
+        await asyncio.gather(*(rig.dispatcher.dispatch(m) for m in copies))
+    snap = await rig.store.load("r1")
+    assert snap.status == "completed"
+    assert recorded(snap) == recorded(clean)
