@@ -682,3 +682,25 @@ async def test_shuffled_duplicated_racing_deliveries_end_as_a_clean_run(
     snap = await rig.store.load("r1")
     assert snap.status == "completed"
     assert recorded(snap) == recorded(clean)
+
+
+async def test_a_crash_between_the_fork_save_and_its_schedules_is_recovered(
+    light_store: StateStore, clock: FakeClock
+) -> None:
+    clean = await clean_run(clock, fan())
+    rig = Rig(light_store, clock, fan())
+    rig.scheduler = rig.dispatcher.scheduler = CrashingScheduler(clock, 0)
+    await rig.dispatcher.start("fan", run_id="r1")
+    for _ in range(100):
+        due = rig.scheduler.pop_due()
+        if not due:
+            break
+        for message in due:
+            try:
+                await rig.dispatcher.dispatch(message)
+            except CrashAfterSave:
+                assert message.branch is None  # the fork's own delivery comes again
+                rig.outcomes.extend(r.outcome for r in await rig.deliver(message))
+    assert rig.scheduler.crashed and "recovered" in rig.outcomes
+    snap = await light_store.load("r1")
+    assert snap.status == "completed" and recorded(snap) == recorded(clean)
