@@ -704,3 +704,30 @@ async def test_a_crash_between_the_fork_save_and_its_schedules_is_recovered(
     assert rig.scheduler.crashed and "recovered" in rig.outcomes
     snap = await light_store.load("r1")
     assert snap.status == "completed" and recorded(snap) == recorded(clean)
+
+
+async def test_a_run_whose_branches_all_end_without_a_join_completes_once(
+    light_store: StateStore, clock: FakeClock
+) -> None:
+    from refluxo.core.plugins import Plugin
+
+    completed: list[str] = []
+    started: list[str] = []
+
+    class Watch(Plugin):
+        name = "watch"
+
+        async def on_workflow_start(self, snapshot: Snapshot) -> None:
+            started.append(snapshot.run_id)
+
+        async def on_workflow_complete(self, snapshot: Snapshot) -> None:
+            completed.append(snapshot.run_id)
+
+    definition = fan()
+    definition["nodes"] = [n for n in definition["nodes"] if n["id"] in ("start", "a", "b")]
+    definition["edges"] = [e for e in definition["edges"] if e["target"] in ("a", "b")]
+    rig = Rig(light_store, clock, definition, plugins=[Watch()])
+    snap = await rig.run(copies=2)
+    assert snap.status == "completed" and snap.branches is None
+    assert sorted(rig.calls) == ["a", "b", "start"]
+    assert completed == ["r1"] and started == ["r1"]

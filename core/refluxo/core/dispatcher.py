@@ -568,6 +568,8 @@ class Dispatcher:
             self._log_step(out, node_id, "conflict", duration_ms)
             return self._result("conflict", run_id, view)
         self._log_step(out, node_id, "stepped", duration_ms)
+        if saved.status == "completed":  # every branch ended without a join
+            await engine._hook("on_workflow_complete", saved)
         if saved.branches:
             started_ids = [b for b in saved.branches if b not in (snapshot.branches or {})]
             await self._schedule_next(saved, only=[bid, *started_ids])
