@@ -61,8 +61,13 @@ def test_a_tick_triggered_twice_runs_the_digest_and_its_child_once(api: Api) -> 
     trigger(api, "*/5 * * * *", TICK_MS)  # the reconciler's trigger of the same minute
     run_id = tick_run_id("digest", "weekdays", TICK_MS)
     done = api.wait_until(run_id, lambda s: s["status"] == "completed")
-    assert done["context"]["publish"][-1]["output"] == {"text": "ops: 3 open, first ops-ticket-1"}
-    assert [len(done["context"][n]) for n in ("collect", "summarize", "publish")] == [1, 1, 1]
+    assert done["context"]["publish"][-1]["output"] == {
+        "text": "ops: 3 open, 4 closed, first ops-ticket-1"
+    }
+    assert [
+        len(done["context"][n])
+        for n in ("collect", "open_items", "closed_items", "merge", "summarize", "publish")
+    ] == [1] * 6
     child = api.get(child_run_id(run_id, "summarize", 1))
     assert child["status"] == "completed"
     assert child["metadata"]["parent"]["runId"] == run_id

@@ -78,9 +78,14 @@ def test_a_cloud_scheduler_tick_twice_runs_the_digest_and_its_child_once(
     assert again == (200, {"runId": run_id, "created": False, "tick": tick_ms}), again
     done = api.wait(run_id, finished, "finished")
     assert done.status == "completed", json.dumps(done.metadata)
-    assert done.context["publish"][-1].output == {"text": "ops: 3 open, first ops-ticket-1"}
+    assert done.context["publish"][-1].output == {
+        "text": "ops: 3 open, 4 closed, first ops-ticket-1"
+    }
     child = api.run(child_run_id(run_id, "summarize", 1))
     assert child.status == "completed"
     assert child.metadata["parent"]["runId"] == run_id
-    assert [len(done.context[n]) for n in ("collect", "summarize", "publish")] == [1, 1, 1]
+    assert [
+        len(done.context[n])
+        for n in ("collect", "open_items", "closed_items", "merge", "summarize", "publish")
+    ] == [1] * 6
     assert api.request("POST", "/_cron", body)[0] == 401  # only the scheduler may call

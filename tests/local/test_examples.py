@@ -34,7 +34,11 @@ async def test_the_scheduled_digest_runs_its_summary_child_to_the_end(tmp_path: 
             await asyncio.sleep(0.02)
         child = await runtime.store.load(child_run_id(run_id, "summarize", 1))
     assert run.status == "completed", run.metadata
-    assert run.context["publish"][-1].output == {"text": "ops: 3 open, first ops-ticket-1"}
+    assert run.context["publish"][-1].output == {
+        "text": "ops: 3 open, 4 closed, first ops-ticket-1"
+    }
     assert run.metadata["children"] == [child.run_id]
+    # The two branches ran, and met at the join before the sub-workflow.
+    assert run.context["merge"][-1].output == {"branches": ["closed_items", "open_items"]}
     assert child.status == "completed"
     assert child.metadata["parent"] == {"runId": run_id, "node": "summarize", "depth": 1}

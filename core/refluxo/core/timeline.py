@@ -63,6 +63,17 @@ def render_timeline(snapshot: Snapshot) -> str:
     if snapshot.status == "failed" and "failedReason" in snapshot.metadata:
         now += f" ({snapshot.metadata['failedReason']})"
     lines.append(now)
+    for bid, branch in (snapshot.branches or {}).items():
+        line = f"    branch {bid}: {branch.status} at {branch.node_id or '-'}"
+        if branch.status == "error" and branch.retry_state:
+            rs = branch.retry_state
+            line += f", retry {rs.attempts + 1} at {_time(rs.next_retry_at)}"
+        if branch.wait is not None:
+            waits = "sleeping" if branch.wait.kind == "sleep" else "waiting for an event"
+            line += f", {waits} until {_time(branch.wait.until)}"
+        if branch.error:
+            line += f" ({branch.error})"
+        lines.append(line)
     if snapshot.total_execution_time is not None:
         lines.append(f"  time spent in steps: {snapshot.total_execution_time} ms")
     return "\n".join(lines)
@@ -73,12 +84,33 @@ def _label(text: str) -> str:
 
 
 def to_mermaid(definition: WorkflowDefinition) -> str:
-    """The workflow as a Mermaid flowchart: one box per node (id and type), edges with handles."""
+    """The workflow as a Mermaid flowchart: one box per node (id and type), edges with handles.
+
+    A fork (several edges for one handle) is marked ``fork`` and its edges drawn thick; a join
+    (where branches meet) is a hexagon saying how it waits (``join: all`` or ``join: any``).
+    """
     ids = {node.id: f"n{i}" for i, node in enumerate(definition.nodes)}
+    fanout: dict[tuple[str, str | None], int] = {}
+    sources: dict[str, set[str]] = {}
+    for edge in definition.edges:
+        key = (edge.source, edge.source_handle)
+        fanout[key] = fanout.get(key, 0) + 1
+        sources.setdefault(edge.target, set()).add(edge.source)
+    forks = {source for (source, _), n in fanout.items() if n > 1}
     lines = ["flowchart TD"]
     for node in definition.nodes:
-        lines.append(f'    {ids[node.id]}["{_label(node.id)}<br/><i>{_label(node.type)}</i>"]')
+        label = f"{_label(node.id)}<br/><i>{_label(node.type)}</i>"
+        if node.id in forks:
+            label += "<br/>fork"
+        join = node.join or ("all" if forks and len(sources.get(node.id, ())) > 1 else None)
+        if join is not None:
+            lines.append(f'    {ids[node.id]}{{{{"{label}<br/>join: {join}"}}}}')
+        else:
+            lines.append(f'    {ids[node.id]}["{label}"]')
     for edge in definition.edges:
-        arrow = f"-- {_label(edge.source_handle)} -->" if edge.source_handle else "-->"
+        parallel = fanout[(edge.source, edge.source_handle)] > 1
+        line = "==" if parallel else "--"
+        tip = "==>" if parallel else "-->"
+        arrow = f"{line} {_label(edge.source_handle)} {tip}" if edge.source_handle else tip
         lines.append(f"    {ids[edge.source]} {arrow} {ids[edge.target]}")
     return "\n".join(lines)
