@@ -300,3 +300,36 @@ async def test_a_workflow_that_calls_itself_stops_at_the_nesting_limit(clock: Fa
     top = await store.load("l0")
     assert top.status == "failed"
     assert len(store.run_ids()) == 9
+
+
+async def test_a_child_whose_branches_end_without_a_join_still_resumes_its_parent(
+    clock: FakeClock,
+) -> None:
+    forking = {
+        "nodes": [
+            {"id": "take", "type": "take"},
+            {"id": "a", "type": "echo", "data": {"side": "a"}},
+            {"id": "b", "type": "echo", "data": {"side": "b"}},
+        ],
+        "edges": [
+            {"id": "f1", "source": "take", "target": "a"},
+            {"id": "f2", "source": "take", "target": "b"},
+        ],
+    }
+    store = MemoryStateStore(clock=clock)
+    scheduler = MemoryScheduler(clock=clock)
+    workflows = [
+        Workflow("parent", _parent(child="forking"), NODES, clock=clock),
+        Workflow("forking", forking, NODES, clock=clock),
+    ]
+    d = Dispatcher(workflows, store, scheduler, clock=clock)
+    await d.start("parent", run_id="p1")
+    for _ in range(200):
+        due = scheduler.pop_due()
+        if not due:
+            break
+        for message in due:
+            await d.dispatch(message)
+    child = await store.load(child_run_id("p1", "call", 1))
+    assert child.status == "completed"
+    assert (await store.load("p1")).status == "completed"
