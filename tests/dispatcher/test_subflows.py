@@ -333,3 +333,44 @@ async def test_a_child_whose_branches_end_without_a_join_still_resumes_its_paren
     child = await store.load(child_run_id("p1", "call", 1))
     assert child.status == "completed"
     assert (await store.load("p1")).status == "completed"
+
+
+async def test_a_subworkflow_node_in_a_branch_joins_with_the_childs_output(
+    clock: FakeClock,
+) -> None:
+    forked = {
+        "nodes": [
+            {"id": "start", "type": "echo", "data": {"n": 5}},
+            {
+                "id": "call",
+                "type": "subworkflow",
+                "data": {"workflow": "child", "input": {"n": "{{ start.last.data.n }}"}},
+            },
+            {"id": "side", "type": "echo", "data": {"side": True}},
+            {"id": "join", "type": "echo", "join": "all", "data": {"got": "{{ call.last.data }}"}},
+        ],
+        "edges": [
+            {"id": "f1", "source": "start", "target": "call"},
+            {"id": "f2", "source": "start", "target": "side"},
+            {"id": "j1", "source": "call", "target": "join"},
+            {"id": "j2", "source": "side", "target": "join"},
+        ],
+    }
+    store = MemoryStateStore(clock=clock)
+    scheduler = MemoryScheduler(clock=clock)
+    workflows = [
+        Workflow("forked", forked, NODES, clock=clock),
+        Workflow("child", CHILD, NODES, clock=clock),
+    ]
+    d = Dispatcher(workflows, store, scheduler, clock=clock)
+    await d.start("forked", run_id="p1")
+    for _ in range(200):
+        due = scheduler.pop_due()
+        if not due:
+            break
+        for message in due:
+            await d.dispatch(message)
+    run = await store.load("p1")
+    assert run.status == "completed", run.metadata
+    assert run.context["join"][-1].output == {"got": {"total": 10}}
+    assert run.metadata["children"] == [child_run_id("p1", "call", 1)]

@@ -652,6 +652,7 @@ class Dispatcher:
         engine = workflow.engine
         started = time.perf_counter()
         wait = view.wait
+        out_of_join: Snapshot | None = None
         if (
             wait is not None
             and wait.kind == "sleep"
@@ -659,19 +660,31 @@ class Dispatcher:
             and engine.join_mode(node_id) is not None
         ):
             # Slept on the way to a join: it joins without running the join node.
-            out = view.model_copy(
+            out_of_join = view.model_copy(
                 update={"status": "active", "wait": None, "version": view.version + 1}
             )
+        scope = StepScope(
+            snapshot=view, node_id=node_id or "", start=self.start, load=self.store.load
+        )
+        if out_of_join is None:
+            token = set_scope(scope)
+            try:
+                out = await engine.advance(
+                    view, self._scope(workflow), max_depth=self.limits.max_depth, branch=True
+                )
+            finally:
+                reset_scope(token)
         else:
-            out = await engine.advance(
-                view, self._scope(workflow), max_depth=self.limits.max_depth, branch=True
-            )
+            out = out_of_join
         duration_ms = (time.perf_counter() - started) * 1000
         if workflow.archive and node_id is not None:
             await self._archive_trimmed(view, out, node_id)
 
         def reapply(stored: Snapshot, _previous: Snapshot, _new: Snapshot) -> Snapshot | None:
-            return self._apply_branch(workflow, stored, bid, view, out, node_id)
+            applied = self._apply_branch(workflow, stored, bid, view, out, node_id)
+            if applied is None or not scope.started:
+                return applied
+            return self._link_children(applied, scope.started, None)
 
         new = reapply(snapshot, snapshot, snapshot)
         saved = None
