@@ -374,3 +374,11 @@ async def test_a_subworkflow_node_in_a_branch_joins_with_the_childs_output(
     assert run.status == "completed", run.metadata
     assert run.context["join"][-1].output == {"got": {"total": 10}}
     assert run.metadata["children"] == [child_run_id("p1", "call", 1)]
+
+
+def test_the_graph_names_the_workflow_a_subworkflow_node_runs() -> None:
+    from refluxo.core.model import WorkflowDefinition
+    from refluxo.core.timeline import to_mermaid
+
+    drawn = to_mermaid(WorkflowDefinition.model_validate(_parent()))
+    assert 'n1["call<br/><i>subworkflow</i><br/>runs child"]' in drawn

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .model import Snapshot, WorkflowDefinition
-from .subflows import child_of_event
+from .subflows import SUBWORKFLOW_TYPE, child_of_event
 
 
 def _time(ms: int | None) -> str:
@@ -88,6 +88,7 @@ def to_mermaid(definition: WorkflowDefinition) -> str:
 
     A fork (several edges for one handle) is marked ``fork`` and its edges drawn thick; a join
     (where branches meet) is a hexagon saying how it waits (``join: all`` or ``join: any``).
+    A sub-workflow node names the workflow it runs.
     """
     ids = {node.id: f"n{i}" for i, node in enumerate(definition.nodes)}
     fanout: dict[tuple[str, str | None], int] = {}
@@ -102,6 +103,9 @@ def to_mermaid(definition: WorkflowDefinition) -> str:
         label = f"{_label(node.id)}<br/><i>{_label(node.type)}</i>"
         if node.id in forks:
             label += "<br/>fork"
+        child = node.data.get("workflow") if isinstance(node.data, dict) else None
+        if node.type == SUBWORKFLOW_TYPE and isinstance(child, str):
+            label += f"<br/>runs {_label(child)}"
         join = node.join or ("all" if forks and len(sources.get(node.id, ())) > 1 else None)
         if join is not None:
             lines.append(f'    {ids[node.id]}{{{{"{label}<br/>join: {join}"}}}}')
