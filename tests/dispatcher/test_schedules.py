@@ -110,3 +110,9 @@ def test_two_schedules_of_one_name_are_refused() -> None:
             NODES,
             schedules=[Schedule(cron="0 9 * * *", name="a"), Schedule(cron="0 10 * * *", name="a")],
         )
+
+
+def test_a_trigger_a_little_early_or_late_stands_for_the_nearest_tick() -> None:
+    every_minute = Schedule(cron="* * * * *")
+    assert nearest_tick(every_minute, ms(2026, 11, 30, 9, 0, 40)) == ms(2026, 11, 30, 9, 1)
+    assert nearest_tick(every_minute, ms(2026, 11, 30, 9, 0, 20)) == ms(2026, 11, 30, 9, 0)

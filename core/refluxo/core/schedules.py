@@ -116,12 +116,23 @@ def last_tick(schedule: Schedule, at_ms: int) -> int | None:
     return None
 
 
+def next_tick(schedule: Schedule, after_ms: int) -> int | None:
+    """The first tick of ``schedule`` after ``after_ms`` (None if it has none)."""
+    zone = ZoneInfo(schedule.timezone)
+    start = datetime.fromtimestamp(after_ms / 1000, UTC).astimezone(zone)
+    for moment in _iterate(schedule.cron, start):
+        tick = _to_ms(moment)
+        if tick > after_ms:
+            return tick
+    return None
+
+
 def nearest_tick(schedule: Schedule, at_ms: int) -> int | None:
     """The tick of ``schedule`` closest to ``at_ms``: what a trigger a little early or late
     at ``at_ms`` stands for."""
     before = last_tick(schedule, at_ms)
-    after = ticks_between(schedule, at_ms, at_ms + 366 * 24 * 3600 * 1000)[:1]
-    candidates = [t for t in (before, *after) if t is not None]
+    after = next_tick(schedule, at_ms)
+    candidates = [t for t in (before, after) if t is not None]
     return min(candidates, key=lambda t: abs(t - at_ms)) if candidates else None
 
 
