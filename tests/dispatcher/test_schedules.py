@@ -116,3 +116,13 @@ def test_a_trigger_a_little_early_or_late_stands_for_the_nearest_tick() -> None:
     every_minute = Schedule(cron="* * * * *")
     assert nearest_tick(every_minute, ms(2026, 11, 30, 9, 0, 40)) == ms(2026, 11, 30, 9, 1)
     assert nearest_tick(every_minute, ms(2026, 11, 30, 9, 0, 20)) == ms(2026, 11, 30, 9, 0)
+
+
+async def test_a_long_absence_starts_only_the_newest_missed_ticks(clock: FakeClock) -> None:
+    d, store = deployment(clock, Schedule(cron="* * * * *", name="minutely"))
+    clock.now = ms(2026, 11, 30, 12, 0, 30)
+    await d.fire_due({"report.minutely": ms(2025, 11, 30, 12)})  # a year down
+    started = sorted(store.run_ids())
+    assert len(started) == 24
+    assert started[0] == "report.minutely.20261130T113700Z"
+    assert started[-1] == "report.minutely.20261130T120000Z"

@@ -405,11 +405,10 @@ class Dispatcher:
             key = f"{workflow}.{name}"
             since = checked.get(key)
             if since is not None and since < now:
-                ticks = ticks_between(plan, since, now)
                 if plan.catch_up:
-                    ticks = ticks[-MAX_CATCH_UP:]
+                    ticks = ticks_between(plan, since, now, newest=MAX_CATCH_UP)
                 else:
-                    ticks = [t for t in ticks if now - t <= ON_TIME_MS]
+                    ticks = ticks_between(plan, max(since, now - ON_TIME_MS - 1), now)
                 for tick in ticks:
                     await self.fire_tick(workflow, name, tick)
             marks[key] = max(now, since or now)

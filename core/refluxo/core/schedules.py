@@ -92,11 +92,22 @@ def _to_ms(moment: datetime) -> int:
     return round(moment.timestamp() * 1000)
 
 
-def ticks_between(schedule: Schedule, after_ms: int, until_ms: int) -> list[int]:
-    """The ticks (epoch ms) of ``schedule`` in ``(after_ms, until_ms]``, oldest first."""
+def ticks_between(
+    schedule: Schedule, after_ms: int, until_ms: int, *, newest: int | None = None
+) -> list[int]:
+    """The ticks (epoch ms) of ``schedule`` in ``(after_ms, until_ms]``, oldest first; with
+    ``newest``, only that many of the latest (found walking back from ``until_ms``)."""
     zone = ZoneInfo(schedule.timezone)
-    start = datetime.fromtimestamp(after_ms / 1000, UTC).astimezone(zone)
     ticks: list[int] = []
+    if newest is not None:
+        start = datetime.fromtimestamp((until_ms + 1) / 1000, UTC).astimezone(zone)
+        for moment in _iterate(schedule.cron, start, reverse=True):
+            tick = _to_ms(moment)
+            if tick <= after_ms or len(ticks) >= newest:
+                break
+            ticks.append(tick)
+        return ticks[::-1]
+    start = datetime.fromtimestamp(after_ms / 1000, UTC).astimezone(zone)
     for moment in _iterate(schedule.cron, start):
         tick = _to_ms(moment)
         if tick > until_ms:
