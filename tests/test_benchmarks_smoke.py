@@ -58,3 +58,14 @@ def test_the_section_list_names_every_section(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     for section in [*SECTIONS, "platform", "postgres"]:
         assert section in out
+
+
+def test_the_branches_benchmark_runs_and_prints_its_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import branches
+
+    branches.main(["--store", "memory", "--store", "sqlite", "--branches", "3", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| store | branches |")
+    assert [row.split("|")[1:3] for row in rows[2:]] == [[" memory ", " 3 "], [" sqlite ", " 3 "]]

@@ -869,3 +869,34 @@ async def test_a_chain_of_follow_ups_needs_no_lease_transactions_of_the_worker(
         assert {m.state for m in await scheduler.list_messages()} == {"done"}
     finally:
         scheduler.close()
+
+
+async def test_a_messages_file_from_before_branches_takes_branch_deliveries(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "messages.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(
+            "CREATE TABLE messages (key TEXT PRIMARY KEY, run_id TEXT NOT NULL, version INTEGER"
+            " NOT NULL, hop INTEGER NOT NULL, due_at INTEGER NOT NULL, state TEXT NOT NULL, "
+            "lease_until INTEGER, lease_token TEXT, attempts INTEGER NOT NULL DEFAULT 0, "
+            "last_error TEXT, created_at INTEGER NOT NULL, done_at INTEGER)"
+        )
+        db.execute(
+            "INSERT INTO messages (key, run_id, version, hop, due_at, state, created_at)"
+            " VALUES ('old.1.0', 'old', 1, 0, 0, 'pending', 0)"
+        )
+        db.commit()
+    scheduler = SQLiteScheduler(path)
+    try:
+        branch = DispatchMessage(run_id="new", version=0, branch="4-1")
+        await scheduler.schedule(branch)
+        got: list[DispatchMessage] = []
+
+        async def handle(message: DispatchMessage) -> None:
+            got.append(message)
+
+        await scheduler.drain(handle)
+        assert got == [DispatchMessage(run_id="old", version=1), branch]
+    finally:
+        scheduler.close()

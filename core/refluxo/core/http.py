@@ -8,6 +8,7 @@ Routes::
     POST /runs/{id}/cancel        {"reason"?: str}               200
     POST /_dispatch               a DispatchMessage              200 with the outcome
     POST /_reconcile              {"graceMs"?: int, "limit"?: int} 200 {"scheduled": [ids]}
+    POST /_cron                   {"workflow", "schedule", "tick"?} 200 {"runId", "created"}
     GET  /healthz                                                200
     GET  /openapi.json                                           200 the OpenAPI 3.1 document
 
@@ -235,6 +236,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), "cancel"),
     ("POST", re.compile(r"/_dispatch"), "dispatch"),
     ("POST", re.compile(r"/_reconcile"), "reconcile"),
+    ("POST", re.compile(r"/_cron"), "cron"),
     ("GET", re.compile(r"/healthz"), "health"),
     ("GET", re.compile(r"/openapi\.json"), "openapi"),
 ]
@@ -345,6 +347,8 @@ class HttpApi:
                 return await self._dispatch(request)
             if action == "reconcile":
                 return await self._reconcile(request)
+            if action == "cron":
+                return await self._cron(request)
             if self._api_auth is not None and not await self._api_auth(request):
                 raise HttpError(401, "unauthorized", "a valid bearer token is required")
             handler = getattr(self, f"_{action}")
@@ -471,6 +475,44 @@ class HttpApi:
             raise HttpError(501, "not_implemented", f"{store} cannot find due runs")
         scheduled = await self.dispatcher.reconcile(**options)
         return HttpResponse.json(200, {"scheduled": scheduled})
+
+    async def _cron(self, request: HttpRequest) -> HttpResponse:
+        """Start the run of one tick of a schedule (Cloud Scheduler's job calls this).
+
+        The tick is the body's, else Cloud Scheduler's ``X-CloudScheduler-ScheduleTime``
+        header, else the schedule's tick nearest to now; it must be a tick of the schedule
+        and not in the future. The run's id derives from the tick: a call repeated for the
+        same tick starts nothing.
+        """
+        from datetime import datetime
+
+        from .schedules import last_tick, nearest_tick
+
+        await self._check_scheduler(request, "cron")
+        body = self._body(_schema().CronTick, self._json(request))
+        try:
+            plan = self.dispatcher.workflow(body.workflow).schedules[body.schedule]
+        except (WorkflowNotFound, KeyError):
+            raise HttpError(
+                404, "unknown_schedule", f"no schedule {body.schedule!r} of {body.workflow!r}"
+            ) from None
+        now = self.dispatcher.clock()
+        tick = body.tick
+        stamp = request.header("x-cloudscheduler-scheduletime")
+        if tick is None and stamp:
+            try:
+                moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            except ValueError:
+                raise HttpError(400, "invalid_tick", "X-CloudScheduler-ScheduleTime") from None
+            if moment.tzinfo is None:
+                raise HttpError(400, "invalid_tick", "X-CloudScheduler-ScheduleTime needs a zone")
+            tick = round(moment.timestamp() * 1000)
+        if tick is None:
+            tick = nearest_tick(plan, now)
+        if tick is None or tick > now + 60_000 or last_tick(plan, tick) != tick:
+            raise HttpError(400, "invalid_tick", "not a past tick of the schedule")
+        snapshot, created = await self.dispatcher.fire_tick(body.workflow, body.schedule, tick)
+        return HttpResponse.json(200, {"runId": snapshot.run_id, "created": created, "tick": tick})
 
     async def _dispatch(self, request: HttpRequest) -> HttpResponse:
         await self._check_scheduler(request, "dispatch")

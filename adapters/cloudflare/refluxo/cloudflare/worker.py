@@ -1,5 +1,5 @@
 """The Worker's composition root and handlers: HTTP API on ``fetch``, steps on ``queue``, the
-reconciler on ``scheduled``.
+workflows' schedules and the reconciler on ``scheduled``.
 
 A Worker's main module only delegates (``deploy/cloudflare/entry.py``)::
 
@@ -80,8 +80,9 @@ from refluxo.core.delivery import Redelivery
 from refluxo.core.dispatcher import DispatchResult
 from refluxo.core.http import HttpApi, HttpRequest, HttpResponse, LimitedBody
 from refluxo.core.logs import configure_logging
-from refluxo.core.model import DispatchMessage
+from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.core.ports import Scheduler, StateStore
+from refluxo.core.schedules import last_tick
 from refluxo.core.settings import ConfigurationError, Environment, Settings, build_api
 from refluxo.core.settings import load_app as _load_app
 
@@ -393,6 +394,24 @@ class RefluxoWorker:
 
     # --- scheduled -------------------------------------------------------------------------
 
+    async def fire_schedules(self, scheduled_time: int) -> list[str]:
+        """Start the runs of the schedules' ticks that fall in the minute of ``scheduled_time``.
+
+        A cron trigger fires at the start of a minute (``controller.scheduledTime``); every
+        schedule whose tick is that minute starts that tick's run. Two triggers of one minute
+        (the reconciler's and a schedule's, or one delivered twice) start it once: the run id
+        derives from the tick. Returns the ids of the runs started now.
+        """
+        started: list[str] = []
+        for workflow, name, plan in self.dispatcher.schedules():
+            tick = last_tick(plan, scheduled_time)
+            if tick is None or scheduled_time - tick >= 60_000:
+                continue
+            snapshot, created = await self.dispatcher.fire_tick(workflow, name, tick)
+            if created:
+                started.append(snapshot.run_id)
+        return started
+
     async def scheduled(self) -> list[str]:
         """The cron trigger: schedule again the runs due for longer than the grace period.
 
@@ -516,7 +535,8 @@ async def queue(batch: Any, env: Any) -> None:
 
 
 async def scheduled(controller: Any, env: Any) -> None:
-    """A Worker's ``scheduled`` handler (a cron trigger): reconcile the runs of ``env``.
+    """A Worker's ``scheduled`` handler (a cron trigger): start the runs of the schedules'
+    ticks of ``controller.scheduledTime``'s minute, then reconcile the runs of ``env``.
 
     A failure is logged and raised, so the platform records the invocation as failed; the next
     trigger tries again.
@@ -526,6 +546,11 @@ async def scheduled(controller: Any, env: Any) -> None:
     except ConfigurationError as exc:
         logging.getLogger("refluxo.cloudflare").error("misconfigured Worker: %s", exc)
         raise
+    at = getattr(controller, "scheduledTime", None)
+    at = int(at) if isinstance(at, int | float) else now_ms()
+    fired = await worker.fire_schedules(at)
+    if fired:
+        logger.info("cron: started %s", ", ".join(fired), extra={"refluxo": {"started": fired}})
     found = await worker.scheduled()
     logger.info(
         "cron %s: %d run(s) scheduled again",

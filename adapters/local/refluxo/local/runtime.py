@@ -20,6 +20,7 @@ from ._sqlite import sqlite_clock
 from .scheduler import DEFAULT_LEASE_MS, SQLiteScheduler
 from .server import LocalServer
 from .store import SQLiteStateStore
+from .ticks import SQLiteScheduleMarks
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,12 @@ class LocalRuntime:
     dropped) and frees its slot. A step running in another process on the same file runs to
     its end or its timeout, and its result is dropped.
 
+    Every ``schedule_every_s`` seconds it starts the runs of the schedules' ticks that came
+    (see :meth:`~refluxo.core.dispatcher.Dispatcher.fire_due`). Up to when each schedule's
+    ticks were started is kept in the same file, so the ticks missed while the runtime was
+    down are started when it comes back (unless a schedule says ``catch_up=False``); a tick's
+    run starts once, whichever process on the file sees it first.
+
     Args:
         concurrency: steps that run at once.
         lease_ms: how long a step's message stays leased to this process without a renewal
@@ -83,6 +90,7 @@ class LocalRuntime:
         lease_ms: int = DEFAULT_LEASE_MS,
         store: StateStore | None = None,
         scheduler: SQLiteScheduler | None = None,
+        schedule_every_s: float = 1.0,
     ) -> None:
         path = Path(db_path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +118,9 @@ class LocalRuntime:
         self.reconcile_every_s = reconcile_every_s
         self.reconcile_grace_ms = reconcile_grace_ms
         self._reconciler: asyncio.Task[None] | None = None
+        self.schedule_every_s = schedule_every_s
+        self.marks = SQLiteScheduleMarks(path)
+        self._ticker: asyncio.Task[None] | None = None
         self._servers: list[LocalServer] = []
         # The tasks delivering each run's messages, and those cancelled because their run was.
         self._delivering: dict[str, set[asyncio.Task[Any]]] = {}
@@ -150,6 +161,21 @@ class LocalRuntime:
             except Exception:  # the next round tries again
                 logger.exception("reconcile failed")
 
+    async def fire_schedules(self) -> None:
+        """Start the runs of the ticks due since the last call (or the last process's)."""
+        marks = await self.dispatcher.fire_due(self.marks.load())
+        self.marks.save(marks)
+
+    async def _fire_schedules_periodically(self, every_s: float) -> None:
+        while True:
+            try:
+                await self.fire_schedules()
+            except Exception:  # the next round tries again
+                logger.exception("starting the scheduled runs failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), every_s)
+                return
+
     async def __aenter__(self) -> LocalRuntime:
         self._stop.clear()
         self._worker = asyncio.create_task(
@@ -158,6 +184,10 @@ class LocalRuntime:
         if self.reconcile_every_s is not None:
             self._reconciler = asyncio.create_task(
                 self._reconcile_periodically(self.reconcile_every_s)
+            )
+        if self.dispatcher.schedules():
+            self._ticker = asyncio.create_task(
+                self._fire_schedules_periodically(self.schedule_every_s)
             )
         return self
 
@@ -170,9 +200,10 @@ class LocalRuntime:
         for server in self._servers:
             await server.stop()
         self._stop.set()
-        if self._reconciler is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._reconciler, 10)
+        for timer in (self._reconciler, self._ticker):
+            if timer is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(timer, 10)
         if self._worker is not None:
             try:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -183,7 +214,7 @@ class LocalRuntime:
                 logger.warning(
                     "steps still running %g s after the stop were cancelled", SHUTDOWN_GRACE_S
                 )
-        for resource in (self.scheduler, self.store):
+        for resource in (self.scheduler, self.store, self.marks):
             close = getattr(resource, "close", None)
             if close is not None:
                 close()

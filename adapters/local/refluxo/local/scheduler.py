@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS messages (
     run_id TEXT NOT NULL,
     version INTEGER NOT NULL,
     hop INTEGER NOT NULL,
+    branch TEXT,  -- the parallel branch the delivery steps, if any (added by _migrate)
     due_at INTEGER NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'leased', 'done', 'dead')),
     lease_until INTEGER,
@@ -110,15 +111,24 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 """
 
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add ``branch`` to files made before parallel branches existed."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+    if "branch" not in columns:
+        db.execute("ALTER TABLE messages ADD COLUMN branch TEXT")
+
+
 # A key seen before collapses into the existing row, unless that row is a done tombstone
 # older than tombstone_ms: then the message is new again (the prune may not have run yet).
 # A new row is pending, or leased at once to the worker it is handed to (see schedule).
 _SCHEDULE = """
 INSERT INTO messages (
-    key, run_id, version, hop, due_at, state, lease_until, lease_token, attempts, created_at
+    key, run_id, version, hop, branch, due_at, state, lease_until, lease_token, attempts,
+    created_at
 )
 VALUES (
-    :key, :run_id, :version, :hop, :due_at, :state, :lease_until, :lease_token, 0, :now
+    :key, :run_id, :version, :hop, :branch, :due_at, :state, :lease_until, :lease_token, 0, :now
 )
 ON CONFLICT (key) DO UPDATE SET
     due_at = excluded.due_at, state = excluded.state, attempts = 0, last_error = NULL,
@@ -305,7 +315,9 @@ class SQLiteScheduler(Scheduler):
         self.redelivery = Redelivery(
             base_ms=retry_base_ms, max_ms=retry_max_ms, max_attempts=max_attempts
         )
-        self._database = Database(path, busy_timeout_ms=busy_timeout_ms, schema=_SCHEMA)
+        self._database = Database(
+            path, busy_timeout_ms=busy_timeout_ms, schema=_SCHEMA, migrate=_migrate
+        )
         self._last_prune: int | None = None
         self._last_expiry_check: int | None = None
         # The worker loops running on this object (each with its event loop and wake-up event).
@@ -363,6 +375,7 @@ class SQLiteScheduler(Scheduler):
             "run_id": message.run_id,
             "version": message.version,
             "hop": message.hop,
+            "branch": message.branch,
             "due_at": due_at,
             "state": "pending",
             "lease_until": None,
@@ -597,7 +610,10 @@ class SQLiteScheduler(Scheduler):
             state: only messages in this state (``dead`` lists the dead letters).
             limit: at most this many.
         """
-        sql = "SELECT key, run_id, version, hop, state, due_at, attempts, last_error FROM messages"
+        sql = (
+            "SELECT key, run_id, version, hop, branch, state, due_at, attempts, last_error"
+            " FROM messages"
+        )
         if state is not None:
             if state not in _STATES:
                 raise ValueError(f"state must be one of {', '.join(_STATES)}, not {state!r}")
@@ -608,13 +624,13 @@ class SQLiteScheduler(Scheduler):
         return [
             MessageInfo(
                 key=key,
-                message=DispatchMessage(run_id=run_id, version=version, hop=hop),
+                message=DispatchMessage(run_id=run_id, version=version, hop=hop, branch=branch),
                 state=row_state,
                 due_at=due_at,
                 attempts=attempts,
                 last_error=last_error,
             )
-            for key, run_id, version, hop, row_state, due_at, attempts, last_error in rows
+            for key, run_id, version, hop, branch, row_state, due_at, attempts, last_error in rows
         ]
 
     # Internals -------------------------------------------------------------------------
@@ -714,7 +730,7 @@ class SQLiteScheduler(Scheduler):
                 self._expire(db, now, expired)
             self._last_expiry_check = now
         rows = db.execute(
-            "SELECT key, run_id, version, hop, due_at, attempts FROM messages"
+            "SELECT key, run_id, version, hop, branch, due_at, attempts FROM messages"
             " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, key LIMIT ?",
             (now, limit),
         ).fetchall()
@@ -727,12 +743,12 @@ class SQLiteScheduler(Scheduler):
         return [
             _Lease(
                 key=key,
-                message=DispatchMessage(run_id=run_id, version=version, hop=hop),
+                message=DispatchMessage(run_id=run_id, version=version, hop=hop, branch=branch),
                 due_at=due_at,
                 attempts=attempts,
                 token=token,
             )
-            for key, run_id, version, hop, due_at, attempts in rows
+            for key, run_id, version, hop, branch, due_at, attempts in rows
         ]
 
     def _expire(self, db: sqlite3.Connection, now: int, expired: list[tuple[str, int]]) -> None:

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS refluxo_messages (
     run_id text NOT NULL,
     version bigint NOT NULL,
     hop bigint NOT NULL,
+    branch text,  -- the parallel branch the delivery steps, if any
     due_at bigint NOT NULL,
     state text NOT NULL CHECK (state IN ('pending', 'leased', 'done', 'dead')),
     lease_until bigint,
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS refluxo_messages (
     created_at bigint NOT NULL DEFAULT {NOW},
     done_at bigint  -- when it became done or dead
 );
+ALTER TABLE refluxo_messages ADD COLUMN IF NOT EXISTS branch text;
 CREATE INDEX IF NOT EXISTS refluxo_messages_pending
     ON refluxo_messages (due_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS refluxo_messages_leased
@@ -74,8 +76,10 @@ CREATE INDEX IF NOT EXISTS refluxo_messages_done
 # tombstone_ms (the prune may not have run yet): then the message is new again.
 _SCHEDULE = f"""
 WITH added AS (
-    INSERT INTO refluxo_messages AS m (key, run_id, version, hop, due_at, state)
-    VALUES (%(key)s, %(run_id)s, %(version)s, %(hop)s, coalesce(%(at)s, {NOW}), 'pending')
+    INSERT INTO refluxo_messages AS m (key, run_id, version, hop, branch, due_at, state)
+    VALUES (
+        %(key)s, %(run_id)s, %(version)s, %(hop)s, %(branch)s, coalesce(%(at)s, {NOW}), 'pending'
+    )
     ON CONFLICT (key) DO UPDATE SET
         due_at = excluded.due_at, state = 'pending', attempts = 0, last_error = NULL,
         lease_until = NULL, lease_token = NULL, created_at = {NOW}, done_at = NULL
@@ -93,7 +97,7 @@ FROM (
     ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE m.key = due.key
-RETURNING m.key, m.run_id, m.version, m.hop, m.attempts
+RETURNING m.key, m.run_id, m.version, m.hop, m.branch, m.attempts
 """
 
 # A lease that ran out counts as one attempt: a message that kills every worker it reaches
@@ -228,6 +232,7 @@ class PostgresScheduler(Scheduler):
                 "run_id": message.run_id,
                 "version": message.version,
                 "hop": message.hop,
+                "branch": message.branch,
                 "at": at,
                 "tombstone_ms": self.tombstone_ms,
             },
@@ -325,13 +330,15 @@ class PostgresScheduler(Scheduler):
         """The stored messages (those in ``state``), earliest due first."""
         rows = await self._sql(
             "list messages",
-            "SELECT key, run_id, version, hop, state, due_at, attempts, last_error"
+            "SELECT key, run_id, version, hop, branch, state, due_at, attempts, last_error"
             " FROM refluxo_messages WHERE %(state)s::text IS NULL OR state = %(state)s"
             " ORDER BY due_at, key",
             {"state": state},
         )
         return [
-            MessageInfo(r[0], DispatchMessage(run_id=r[1], version=r[2], hop=r[3]), *r[4:])
+            MessageInfo(
+                r[0], DispatchMessage(run_id=r[1], version=r[2], hop=r[3], branch=r[4]), *r[5:]
+            )
             for r in rows
         ]
 
@@ -353,8 +360,13 @@ class PostgresScheduler(Scheduler):
             "lease messages", _LEASE, {"token": token, "lease_ms": self.lease_ms, "limit": limit}
         )
         return [
-            _Lease(key, DispatchMessage(run_id=run_id, version=version, hop=hop), attempts, token)
-            for key, run_id, version, hop, attempts in rows
+            _Lease(
+                key,
+                DispatchMessage(run_id=run_id, version=version, hop=hop, branch=branch),
+                attempts,
+                token,
+            )
+            for key, run_id, version, hop, branch, attempts in rows
         ]
 
     async def _deliver(self, handler: Handler, lease: _Lease) -> None:
