@@ -518,8 +518,8 @@ async def test_two_deployments_with_nested_prefixes_cannot_read_each_other() -> 
     staging = KVStateStore(kv, prefix="run/staging/")
     from refluxo.core import RunNotFound, Snapshot
 
-    await staging.create(Snapshot(workflow_id="x", status="active", current_node_id=None))
-    assert (await staging.load("x")).workflow_id == "x"
+    await staging.create(Snapshot(run_id="x", status="active", current_node_id=None))
+    assert (await staging.load("x")).run_id == "x"
     with pytest.raises(RunNotFound):
         await prod.load("staging/x")  # the key staging keeps run x under
     assert KVStateStore(kv, prefix="run:").prefix == "run:"  # the former default still loads

@@ -371,14 +371,14 @@ def test_the_start_node_is_the_one_without_incoming_edges() -> None:
 
 async def test_a_snapshot_at_an_unknown_node_is_refused() -> None:
     engine = WorkflowEngine(linear("a"), ECHO)
-    snap = Snapshot(workflow_id="r", status="active", current_node_id="gone")
+    snap = Snapshot(run_id="r", status="active", current_node_id="gone")
     with pytest.raises(DefinitionError, match="'gone'"):
         await engine.execute_step(snap)
 
 
 async def test_no_current_node_completes() -> None:
     engine = WorkflowEngine(linear("a"), ECHO)
-    snap = Snapshot(workflow_id="r", status="active", current_node_id=None, version=3)
+    snap = Snapshot(run_id="r", status="active", current_node_id=None, version=3)
     done = await engine.execute_step(snap)
     assert done.status == "completed" and done.version == 4
 

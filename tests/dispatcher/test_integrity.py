@@ -217,7 +217,7 @@ async def test_an_output_that_is_not_strict_json_fails_the_node_once_with_the_re
 async def test_no_answer_or_snapshot_carries_a_non_standard_json_token(
     store: StateStore, clock: FakeClock
 ) -> None:
-    snap = Snapshot(workflow_id="r1", status="active", current_node_id="a", input={"x": math.inf})
+    snap = Snapshot(run_id="r1", status="active", current_node_id="a", input={"x": math.inf})
     with pytest.raises(NotStrictJson):
         snap.to_json()
     with pytest.raises(NotStrictJson):
@@ -231,7 +231,7 @@ async def test_no_answer_or_snapshot_carries_a_non_standard_json_token(
 async def test_a_store_never_saves_a_snapshot_that_would_not_read_back(
     store: StateStore,
 ) -> None:
-    good = Snapshot(workflow_id="r1", status="active", current_node_id="a", input=[1])
+    good = Snapshot(run_id="r1", status="active", current_node_id="a", input=[1])
     assert await store.create(good)
     for bad in (deep(250), {1: "a", "1": "b"}, "\ud800", math.nan):
         with pytest.raises(NotStrictJson):

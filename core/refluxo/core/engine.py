@@ -355,7 +355,7 @@ class WorkflowEngine:
 
     def create_initial_snapshot(
         self,
-        workflow_id: str,
+        run_id: str,
         start_node_id: str | None = None,
         *,
         input: Any = None,
@@ -366,7 +366,7 @@ class WorkflowEngine:
         if start not in self._nodes:
             raise DefinitionError(f"start node {start!r} is not in the workflow")
         return Snapshot(
-            workflow_id=workflow_id,
+            run_id=run_id,
             status="active",
             current_node_id=start,
             version=0,
@@ -467,7 +467,7 @@ class WorkflowEngine:
         max_depth: int,
     ) -> Snapshot:
         if snapshot.is_terminal:
-            raise RunFinished(f"run {snapshot.workflow_id!r} is {snapshot.status}")
+            raise RunFinished(f"run {snapshot.run_id!r} is {snapshot.status}")
         start = self.clock()
         if snapshot.last_step_version == 0:
             await self._hook("on_workflow_start", snapshot)
@@ -492,8 +492,7 @@ class WorkflowEngine:
         node = self._nodes.get(node_id)
         if node is None:
             raise DefinitionError(
-                f"run {snapshot.workflow_id!r} is at node {node_id!r}, "
-                "which is not in this workflow"
+                f"run {snapshot.run_id!r} is at node {node_id!r}, which is not in this workflow"
             )
         definition = self.node_definitions[node.type]
         retry = base.retry_state

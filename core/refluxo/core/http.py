@@ -205,7 +205,7 @@ def _refuse_constant(token: str) -> Any:
 
 def _summary(snapshot: Any) -> dict[str, Any]:
     return {
-        "workflowId": snapshot.workflow_id,
+        "workflowId": snapshot.run_id,
         "status": snapshot.status,
         "version": snapshot.version,
     }

@@ -27,7 +27,7 @@ async def main() -> None:
         last = snap.context.get(node or "", [None])[-1] if node else None
         detail = (last.error or last.output) if last is not None else ""
         print(f"v{snap.version:<3} {node or '-':<10} -> {snap.status:<9} {detail}")
-    print(f"run {snap.workflow_id} {snap.status}")
+    print(f"run {snap.run_id} {snap.status}")
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ class KVStateStore(StateStore, DueRuns):
     # --- the port --------------------------------------------------------------------------
 
     async def create(self, snapshot: Snapshot) -> bool:
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         key = self._key(run_id)
         if key is None:
             raise ValueError(
@@ -189,7 +189,7 @@ class KVStateStore(StateStore, DueRuns):
         return _parse(run_id, raw, f"KV key {key!r}")
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         key = self._key(run_id)
         if key is None:
             raise RunNotFound(run_id)
@@ -438,7 +438,7 @@ class D1StateStore(StateStore, ResultArchive, DueRuns):
     # --- the port --------------------------------------------------------------------------
 
     async def create(self, snapshot: Snapshot) -> bool:
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         args = self._row(snapshot)
         result = await self._run(
             lambda: self._db.prepare(self._insert).bind(*args).run(), f"create run {run_id!r}"
@@ -454,7 +454,7 @@ class D1StateStore(StateStore, ResultArchive, DueRuns):
         return _parse(run_id, _field(row, "snapshot"), f"D1 table {self.table!r}")
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         args = self._row(snapshot)
         update = (*args[1:], run_id, expected_version)
         result = await self._run(
@@ -520,10 +520,10 @@ class D1StateStore(StateStore, ResultArchive, DueRuns):
         too big."""
         raw = _encoded(snapshot, self.max_bytes)
         workflow = snapshot.definition.name if snapshot.definition is not None else None
-        row = (snapshot.workflow_id, snapshot.version, snapshot.status, workflow, raw)
+        row = (snapshot.run_id, snapshot.version, snapshot.status, workflow, raw)
         size = sum(len(v.encode("utf-8")) for v in row if isinstance(v, str)) + 16
         if size > D1_MAX_ROW_BYTES:
-            raise PayloadTooLarge(f"D1 row of run {snapshot.workflow_id!r}", size, D1_MAX_ROW_BYTES)
+            raise PayloadTooLarge(f"D1 row of run {snapshot.run_id!r}", size, D1_MAX_ROW_BYTES)
         now = self._clock()
         return (*row, now, stored_due_time(snapshot, now))
 

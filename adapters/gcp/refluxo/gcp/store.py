@@ -193,10 +193,10 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
     # --- the port --------------------------------------------------------------------------
 
     async def create(self, snapshot: Snapshot) -> bool:
-        doc_id = document_id(snapshot.workflow_id)
+        doc_id = document_id(snapshot.run_id)
         if doc_id is None:
             raise ValueError(
-                f"cannot store run id {snapshot.workflow_id!r}: a run id must be non-empty "
+                f"cannot store run id {snapshot.run_id!r}: a run id must be non-empty "
                 f"and at most {_MAX_ID_BYTES} bytes of UTF-8 (encoded)"
             )
         ref = self._collection.document(doc_id)
@@ -207,7 +207,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
             # Not every Conflict: ABORTED is one too, and means "try again", not "exists".
             if isinstance(exc, gexc.AlreadyExists) or type(exc) is gexc.Conflict:
                 return False
-            raise store_error(exc, f"create run {snapshot.workflow_id!r}") from exc
+            raise store_error(exc, f"create run {snapshot.run_id!r}") from exc
         return True
 
     async def load(self, run_id: str) -> Snapshot:
@@ -233,7 +233,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
             self._seen.popitem(last=False)
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         doc_id = document_id(run_id)
         if doc_id is None:
             raise RunNotFound(run_id)
@@ -369,9 +369,9 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
         Raises:
             ValueError: no document id can hold the snapshot's run id.
         """
-        doc_id = document_id(snapshot.workflow_id)
+        doc_id = document_id(snapshot.run_id)
         if doc_id is None:
-            raise ValueError(f"cannot store run id {snapshot.workflow_id!r}")
+            raise ValueError(f"cannot store run id {snapshot.run_id!r}")
         raw = snapshot.to_json()
         fields = _layout(snapshot, raw, self.clock())
         return document_size(self._collection.document(doc_id).path, fields)
@@ -385,7 +385,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
         doc_size = document_size(path, fields)
         if doc_size > FIRESTORE_MAX_DOCUMENT_BYTES:
             raise PayloadTooLarge(
-                f"Firestore document of run {snapshot.workflow_id!r}",
+                f"Firestore document of run {snapshot.run_id!r}",
                 doc_size,
                 FIRESTORE_MAX_DOCUMENT_BYTES,
             )

@@ -155,12 +155,12 @@ class SQLiteStateStore(StateStore, ResultArchive, DueRuns):
             StoreError: SQLite failed; ``transient`` when the file was locked.
         """
         columns = self._columns(snapshot)
-        with self._use(f"create {snapshot.workflow_id!r}") as db:
+        with self._use(f"create {snapshot.run_id!r}") as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO runs"
                 " (id, workflow, status, version, updated_at, snapshot, due_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (snapshot.workflow_id, *columns),
+                (snapshot.run_id, *columns),
             )
             return cur.rowcount == 1
 
@@ -186,7 +186,7 @@ class SQLiteStateStore(StateStore, ResultArchive, DueRuns):
             PayloadTooLarge: the snapshot's JSON is over ``max_bytes``; nothing was written.
             StoreError: SQLite failed; ``transient`` when the file was locked.
         """
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         workflow = snapshot.definition.name if snapshot.definition is not None else None
         raw = self._encode(snapshot)
         now = self.clock()
