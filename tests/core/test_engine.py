@@ -663,6 +663,37 @@ async def test_a_raising_plugin_is_logged_and_does_not_break_the_step(
     assert "plugin broken: hook on_before_node raised" in caplog.text
 
 
+async def test_a_plugin_without_a_name_is_logged_under_its_class_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Nameless(Plugin):
+        def on_before_node(self, ctx: NodeContext) -> None:
+            raise ValueError("plugin bug")
+
+    engine = WorkflowEngine(linear("a"), ECHO, plugins=[Nameless()])
+    with caplog.at_level(logging.ERROR, logger="refluxo.engine"):
+        await engine.execute_step(engine.create_initial_snapshot("r", "a"))
+    assert "plugin Nameless: hook on_before_node raised" in caplog.text
+
+
+async def test_a_run_that_fails_calls_the_plugins_on_workflow_fail() -> None:
+    failed: list[str] = []
+
+    class OnFail(Plugin):
+        async def on_workflow_fail(self, snapshot: Snapshot) -> None:
+            failed.append(snapshot.metadata["failedReason"])
+
+    async def boom(data: Any, ctx: Context, payload: Any, g: Any) -> Any:
+        raise RuntimeError("boom")
+
+    engine = WorkflowEngine(
+        linear("a"), {"echo": NodeDefinition(executor=boom)}, plugins=[OnFail()]
+    )
+    snap = await engine.execute(snapshot=engine.create_initial_snapshot("r", "a"))
+    assert snap.status == "failed"
+    assert failed == [snap.metadata["failedReason"]]
+
+
 # --- 9. step limit ------------------------------------------------------------------------
 
 
@@ -702,3 +733,23 @@ async def test_retention_bounds_results_and_keeps_counts() -> None:
     assert [r.output for r in snap.context["a"]] == [47, 48, 49]
     assert snap.counts == {"a": 50, "b": 1}
     assert snap.context["b"][0].output["data"] == 50
+
+
+async def test_the_step_limit_calls_the_plugins_on_workflow_fail() -> None:
+    async def loop(data: Any, ctx: Context, payload: Any, g: Any) -> Any:
+        return StepResult(data=ctx.count("a"), next_handle="again")
+
+    failed: list[Snapshot] = []
+
+    class OnFail(Plugin):
+        async def on_workflow_fail(self, snapshot: Snapshot) -> None:
+            failed.append(snapshot)
+
+    wf = {
+        "nodes": [{"id": "a", "type": "loop"}],
+        "edges": [{"id": "1", "source": "a", "target": "a", "sourceHandle": "again"}],
+    }
+    engine = WorkflowEngine(wf, {"loop": NodeDefinition(executor=loop)}, plugins=[OnFail()])
+    snap = await engine.execute(snapshot=engine.create_initial_snapshot("r", "a"), step_limit=3)
+    assert snap.status == "failed"
+    assert failed == [snap]

@@ -40,7 +40,7 @@ from .model import (
     WorkflowDefinition,
 )
 from .nodes import Context, NodeDefinition, RetryPolicy, StepResult
-from .plugins import NodeContext, Plugin
+from .plugins import NodeContext, Plugin, PluginHooks
 from .ports import Scheduler, StateStore
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "NotStrictJson",
     "PayloadTooLarge",
     "Plugin",
+    "PluginHooks",
     "RefluxoError",
     "RetryPolicy",
     "RetryState",

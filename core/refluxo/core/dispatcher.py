@@ -57,7 +57,7 @@ from .model import (
     now_ms,
 )
 from .nodes import NodeDefinition
-from .plugins import Plugin
+from .plugins import PluginHooks
 from .ports import DueRuns, ResultArchive, Scheduler, StateStore
 
 logger = logging.getLogger("refluxo.steps")
@@ -125,7 +125,7 @@ class Workflow:
         definition: WorkflowDefinition | Mapping[str, Any],
         nodes: Mapping[str, NodeDefinition],
         *,
-        plugins: Sequence[Plugin] = (),
+        plugins: Sequence[PluginHooks] = (),
         transform_engines: Sequence[TransformEngine] | None = None,
         retention: int | None = None,
         archive: bool = False,

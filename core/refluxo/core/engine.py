@@ -31,7 +31,7 @@ from .model import (
     now_ms,
 )
 from .nodes import Context, Executor, NodeDefinition, StepResult
-from .plugins import NodeContext, Plugin
+from .plugins import NodeContext, PluginHooks, plugin_name
 from .secrets import redactor
 
 logger = logging.getLogger("refluxo.engine")
@@ -267,7 +267,7 @@ class WorkflowEngine:
         self,
         workflow: WorkflowDefinition | Mapping[str, Any],
         node_definitions: Mapping[str, NodeDefinition],
-        plugins: Sequence[Plugin] = (),
+        plugins: Sequence[PluginHooks] = (),
         *,
         transform_engines: Sequence[TransformEngine] | None = None,
         clock: Callable[[], int] = now_ms,
@@ -388,30 +388,30 @@ class WorkflowEngine:
         """Run steps until the run is no longer ``active`` (paused, retry pending, finished).
 
         The first step gets ``external_payload``. After ``step_limit`` steps a still active run
-        is returned ``failed`` with the reason in ``metadata["failedReason"]``.
+        is returned ``failed`` with the reason in ``metadata["failedReason"]``, and the
+        plugins' ``on_workflow_fail`` hooks are called as for any other failure.
         """
         current = snapshot
         if current.is_terminal:
             return current
         payload = external_payload
-        steps = 0
-        while True:
-            if steps >= step_limit:
-                return current.model_copy(
-                    update={
-                        "status": "failed",
-                        "version": current.version + 1,
-                        "metadata": {
-                            **current.metadata,
-                            "failedReason": f"step limit of {step_limit} exceeded",
-                        },
-                    }
-                )
+        for _ in range(step_limit):
             current = await self.execute_step(current, payload, globals)
             payload = None
-            steps += 1
             if current.status != "active":
                 return current
+        failed = current.model_copy(
+            update={
+                "status": "failed",
+                "version": current.version + 1,
+                "metadata": {
+                    **current.metadata,
+                    "failedReason": f"step limit of {step_limit} exceeded",
+                },
+            }
+        )
+        await self._hook("on_workflow_fail", lambda p: p.on_workflow_fail(failed))
+        return failed
 
     async def advance(
         self, snapshot: Snapshot, globals: Any = None, *, max_depth: int = DEFAULT_MAX_DEPTH
@@ -470,7 +470,7 @@ class WorkflowEngine:
             raise RunFinished(f"run {snapshot.run_id!r} is {snapshot.status}")
         start = self.clock()
         if snapshot.last_step_version == 0:
-            await self._hook("on_workflow_start", snapshot)
+            await self._hook("on_workflow_start", lambda p: p.on_workflow_start(snapshot))
 
         base = snapshot
         payload = external_payload
@@ -507,7 +507,7 @@ class WorkflowEngine:
             globals=globals,
             attempt=attempt,
         )
-        await self._hook("on_before_node", ctx)
+        await self._hook("on_before_node", lambda p: p.on_before_node(ctx))
 
         data: Any = node.data
         try:
@@ -561,15 +561,15 @@ class WorkflowEngine:
                 if until is None and wait_request.delay_ms is not None:
                     until = start + wait_request.delay_ms
                 new_wait = WaitState(kind="event", event=wait_request.event, until=until)
-            await self._hook("on_after_node", after)
+            await self._hook("on_after_node", lambda p: p.on_after_node(after))
             paused = self._finish(base, start, status="paused", context=base.context, wait=new_wait)
-            await self._hook("on_workflow_pause", paused)
+            await self._hook("on_workflow_pause", lambda p: p.on_workflow_pause(paused))
             return paused
 
         entry = NodeResult(output=output, timestamp=self.clock(), attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
         next_id = self.next_node_id(node_id, result.next_handle)
-        await self._hook("on_after_node", after)
+        await self._hook("on_after_node", lambda p: p.on_after_node(after))
         if wait_request is not None:
             until = wait_request.until
             if until is None:
@@ -583,7 +583,7 @@ class WorkflowEngine:
                 current=next_id,
                 wait=WaitState(kind="sleep", until=until),
             )
-            await self._hook("on_workflow_pause", slept)
+            await self._hook("on_workflow_pause", lambda p: p.on_workflow_pause(slept))
             return slept
         done = self._finish(
             base,
@@ -594,7 +594,7 @@ class WorkflowEngine:
             current=next_id,
         )
         if done.status == "completed":
-            await self._hook("on_workflow_complete", done)
+            await self._hook("on_workflow_complete", lambda p: p.on_workflow_complete(done))
         return done
 
     def _output(self, definition: NodeDefinition, data: Any, node_id: str, max_depth: int) -> Any:
@@ -623,7 +623,7 @@ class WorkflowEngine:
         )
         new_context, counts = self._record(snapshot, node_id, entry)
         if target is None:
-            return self._finish(
+            failed = self._finish(
                 snapshot,
                 start,
                 status="failed",
@@ -631,6 +631,8 @@ class WorkflowEngine:
                 counts=counts,
                 metadata={**snapshot.metadata, "failedReason": f"timed out waiting for {what}"},
             )
+            await self._hook("on_workflow_fail", lambda p: p.on_workflow_fail(failed))
+            return failed
         return self._finish(
             snapshot, start, status="active", context=new_context, counts=counts, current=target
         )
@@ -653,19 +655,17 @@ class WorkflowEngine:
             message = message[: MAX_ERROR_CHARS - 1] + "…"
         entry = NodeResult(output=None, timestamp=self.clock(), error=message, attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
-        await self._hook(
-            "on_node_error",
-            NodeContext(
-                node=ctx.node,
-                definition=ctx.definition,
-                snapshot=snapshot,
-                input=data,
-                external_payload=ctx.external_payload,
-                globals=ctx.globals,
-                error=exc,
-                attempt=attempt,
-            ),
+        failed_ctx = NodeContext(
+            node=ctx.node,
+            definition=ctx.definition,
+            snapshot=snapshot,
+            input=data,
+            external_payload=ctx.external_payload,
+            globals=ctx.globals,
+            error=exc,
+            attempt=attempt,
         )
+        await self._hook("on_node_error", lambda p: p.on_node_error(failed_ctx))
         policy = ctx.definition.retry_policy
         if retryable and policy is not None and attempt < policy.max_attempts:
             next_at = self.clock() + policy.delay_ms(attempt, self.rng)
@@ -677,7 +677,7 @@ class WorkflowEngine:
                 counts=counts,
                 retry_state=RetryState(node_id=node_id, attempts=attempt, next_retry_at=next_at),
             )
-        return self._finish(
+        failed = self._finish(
             base,
             start,
             status="failed",
@@ -685,6 +685,8 @@ class WorkflowEngine:
             counts=counts,
             metadata={**base.metadata, "failedReason": f"node {node_id!r} failed: {message}"},
         )
+        await self._hook("on_workflow_fail", lambda p: p.on_workflow_fail(failed))
+        return failed
 
     def _record(
         self, snapshot: Snapshot, node_id: str, entry: NodeResult
@@ -733,18 +735,13 @@ class WorkflowEngine:
             update["metadata"] = metadata
         return base.model_copy(update=update)
 
-    async def _hook(self, name: str, arg: Any) -> None:
+    async def _hook(self, name: str, call: Callable[[PluginHooks], Awaitable[None] | None]) -> None:
         for plugin in self.plugins:
-            hook = getattr(plugin, name, None)
-            if hook is None:
-                continue
             try:
-                outcome = hook(arg)
+                outcome = call(plugin)
                 if isinstance(outcome, Awaitable):
                     await outcome
             except Exception:
                 logger.exception(
-                    "plugin %s: hook %s raised; the step goes on",
-                    getattr(plugin, "name", type(plugin).__name__),
-                    name,
+                    "plugin %s: hook %s raised; the step goes on", plugin_name(plugin), name
                 )

@@ -1,13 +1,16 @@
 """Plugins: hooks around the engine's lifecycle.
 
-Subclass :class:`Plugin` and override the hooks you need; each may be async or plain. A hook
-that raises is logged and the step goes on as if it had not been there.
+A plugin implements :class:`PluginHooks`, the typed protocol the engine calls. Subclass
+:class:`Plugin` and override the hooks you need (the others do nothing); each may be async or
+plain. A hook that raises is logged under the plugin's ``name`` (its class name when it has
+none) and the step goes on as if it had not been there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .model import Node, Snapshot
@@ -41,10 +44,46 @@ class NodeContext:
     attempt: int = 1
 
 
-class Plugin:
-    """Base class for plugins; every hook does nothing unless overridden."""
+class PluginHooks(Protocol):
+    """What the engine calls on a plugin. Each hook may return an awaitable or None."""
 
-    name: str = "plugin"
+    def on_workflow_start(self, snapshot: Snapshot) -> Awaitable[None] | None:
+        """Before the first step of a run (the snapshot at version 0)."""
+
+    def on_before_node(self, ctx: NodeContext) -> Awaitable[None] | None:
+        """Before a node's transforms and executor run."""
+
+    def on_after_node(self, ctx: NodeContext) -> Awaitable[None] | None:
+        """After a node's executor returned (also when it paused)."""
+
+    def on_node_error(self, ctx: NodeContext) -> Awaitable[None] | None:
+        """After a node's executor, transforms or validation raised."""
+
+    def on_workflow_complete(self, snapshot: Snapshot) -> Awaitable[None] | None:
+        """After the step that completed the run."""
+
+    def on_workflow_pause(self, snapshot: Snapshot) -> Awaitable[None] | None:
+        """After a step that paused the run (pause, event wait or sleep)."""
+
+    def on_workflow_fail(self, snapshot: Snapshot) -> Awaitable[None] | None:
+        """After the run failed for good: a node out of attempts, an event wait past its
+        deadline with no timeout edge, or :meth:`WorkflowEngine.execute`'s step limit."""
+
+
+def plugin_name(plugin: object) -> str:
+    """The name a plugin is logged under: its ``name``, else its class name."""
+    name = getattr(plugin, "name", None)
+    return name if isinstance(name, str) and name else type(plugin).__name__
+
+
+class Plugin(PluginHooks):
+    """Base class for plugins; every hook does nothing unless overridden.
+
+    Attributes:
+        name: the name logs use for this plugin; None means its class name.
+    """
+
+    name: str | None = None
 
     async def on_workflow_start(self, snapshot: Snapshot) -> None:
         """Before the first step of a run (the snapshot at version 0)."""
@@ -63,3 +102,6 @@ class Plugin:
 
     async def on_workflow_pause(self, snapshot: Snapshot) -> None:
         """After a step that paused the run (pause, event wait or sleep)."""
+
+    async def on_workflow_fail(self, snapshot: Snapshot) -> None:
+        """After the run failed for good (see :meth:`PluginHooks.on_workflow_fail`)."""
