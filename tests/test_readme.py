@@ -25,3 +25,17 @@ def test_the_complete_example_runs() -> None:
 def test_the_readme_shows_the_two_commands() -> None:
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+def test_every_retry_policy_argument_the_readme_names_exists() -> None:
+    import dataclasses
+
+    from refluxo.core import RetryPolicy
+
+    fields = {f.name for f in dataclasses.fields(RetryPolicy)}
+    calls = re.findall(r"RetryPolicy\(([^)]*)\)", README.read_text())
+    assert calls
+    for args in calls:
+        named = re.findall(r"(\w+)\s*=", args)
+        positional = [a.strip() for a in args.split(",") if a.strip() and "=" not in a]
+        assert set(named) | set(positional) <= fields, args
