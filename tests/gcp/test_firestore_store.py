@@ -24,8 +24,8 @@ from refluxo.gcp.store import (
     FirestoreStateStore,
     document_id,
 )
-from tests.contract.due_runs import DueRunsContract
-from tests.contract.store import StateStoreContract, padded, snapshot, wire
+from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.store import StateStoreContract, padded, snapshot, wire
 
 # Small enough to keep the contract's padded snapshots quick; the real limit is tested below.
 CONTRACT_MAX_BYTES = 64 * 1024

@@ -21,8 +21,8 @@ import refluxo.local.scheduler as scheduler_module
 from refluxo.core import Dispatcher, SchedulerError
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.local import SQLiteScheduler, SQLiteStateStore
+from refluxo.testing.scheduler import NextDelivery, SchedulerContract
 from tests.conftest import FakeClock
-from tests.contract.scheduler import NextDelivery, SchedulerContract
 
 HOUR_MS = 3_600_000
 # How long a test waits for something that should happen within milliseconds.

@@ -16,9 +16,10 @@ import pytest
 from refluxo.core import DefinitionRef, StoreError, VersionConflict
 from refluxo.local import SQLiteStateStore
 from refluxo.local.store import DEFAULT_MAX_BYTES, RunSummary
+from refluxo.testing.archive import ResultArchiveContract
+from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.store import StateStoreContract, snapshot
 from tests.conftest import FakeClock
-from tests.contract.due_runs import DueRunsContract
-from tests.contract.store import StateStoreContract, snapshot
 
 
 class TestSQLiteStateStore(StateStoreContract):
@@ -38,6 +39,14 @@ class TestSQLiteStateStore(StateStoreContract):
 
 
 class TestSQLiteDueRuns(DueRunsContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SQLiteStateStore]:
+        store = SQLiteStateStore(tmp_path / "runs.db")
+        yield store
+        store.close()
+
+
+class TestSQLiteResultArchive(ResultArchiveContract):
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[SQLiteStateStore]:
         store = SQLiteStateStore(tmp_path / "runs.db")

@@ -30,9 +30,9 @@ from refluxo.core import (
 )
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.demo import workflows
-from tests.contract.due_runs import DueRunsContract
-from tests.contract.scheduler import SchedulerContract
-from tests.contract.store import StateStoreContract, padded, snapshot, wire
+from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.scheduler import SchedulerContract
+from refluxo.testing.store import StateStoreContract, padded, snapshot, wire
 from tests.dispatcher.longrun import loop_workflow, run_loop
 
 CONTRACT_MAX_BYTES = 64 * 1024
