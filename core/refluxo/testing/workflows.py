@@ -15,6 +15,7 @@ from refluxo.core import (
     NodeDefinition,
     RetryPolicy,
     StepResult,
+    Workflow,
     WorkflowDefinition,
 )
 
@@ -106,3 +107,8 @@ NODES = {
     "decide": NodeDefinition(executor=decide),
     "note": NodeDefinition(executor=note),
 }
+
+
+def workflows() -> list[Workflow]:
+    """The order workflow, hosted as ``demo`` (the name the scenarios start runs of)."""
+    return [Workflow("demo", DEFINITION, NODES)]
