@@ -30,6 +30,7 @@ from refluxo.core.http import HttpApi, HttpRequest
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import StateStore
+from refluxo.testing import run_to_end
 from tests.conftest import FakeClock
 
 
@@ -76,16 +77,11 @@ class Rig:
 
     async def crank(self, *, advance: bool = True, max_messages: int = 200) -> None:
         """Deliver until nothing is pending (moving the clock to each due message)."""
-        for _ in range(max_messages):
-            due = self.scheduler.next_due()
-            if due is None:
-                return
-            if due > self.clock.now:
-                if not advance:
-                    return
-                self.clock.now = due
-            await self.deliver_due()
-        raise AssertionError("the run did not settle")
+        clock = self.clock if advance else None
+        results = await run_to_end(
+            self.dispatcher, self.scheduler, clock=clock, max_messages=max_messages
+        )
+        self.outcomes.extend(result.outcome for result in results)
 
 
 def deep(levels: int) -> Any:
