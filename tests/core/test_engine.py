@@ -558,7 +558,7 @@ async def test_custom_transform_engines_run_in_a_pipeline() -> None:
     engine = WorkflowEngine(
         {"nodes": [{"id": "a", "type": "echo", "data": "hi"}]},
         ECHO,
-        transform_engines=[Upper(), Suffix()],
+        transforms=[Upper(), Suffix()],
     )
     snap = await engine.execute_step(engine.create_initial_snapshot("r", "a"), globals={"s": "?"})
     # The second transform saw globals; as a secret, the value is masked where it is recorded.
@@ -570,9 +570,7 @@ async def test_without_transforms_executors_cannot_mutate_the_definition() -> No
         data["n"] = "changed"
         return data
 
-    engine = WorkflowEngine(
-        linear("a"), {"echo": NodeDefinition(executor=mutate)}, transform_engines=[]
-    )
+    engine = WorkflowEngine(linear("a"), {"echo": NodeDefinition(executor=mutate)}, transforms=[])
     await engine.execute_step(engine.create_initial_snapshot("r", "a"))
     assert engine.node("a").data == {"n": "a"}
 
@@ -753,3 +751,14 @@ async def test_the_step_limit_calls_the_plugins_on_workflow_fail() -> None:
     snap = await engine.execute(snapshot=engine.create_initial_snapshot("r", "a"), step_limit=3)
     assert snap.status == "failed"
     assert failed == [snap]
+
+
+def test_the_old_names_transform_engine_and_transform_engines_still_work_and_warn() -> None:
+    import refluxo.core
+    from refluxo.core import Transform
+
+    with pytest.warns(DeprecationWarning, match="use Transform"):
+        assert refluxo.core.TransformEngine is Transform
+    with pytest.warns(DeprecationWarning, match="use transforms="):
+        engine = WorkflowEngine(linear("a"), ECHO, transform_engines=[])
+    assert engine.transforms == []

@@ -24,7 +24,7 @@ from .errors import (
     WorkflowMismatch,
     WorkflowNotFound,
 )
-from .expressions import ExpressionLimits, ExpressionTransform, TransformEngine
+from .expressions import ExpressionLimits, ExpressionTransform, Transform
 from .memory import MemoryScheduler, MemoryStateStore
 from .model import (
     DefinitionRef,
@@ -42,6 +42,19 @@ from .model import (
 from .nodes import Context, NodeDefinition, RetryPolicy, StepResult
 from .plugins import NodeContext, Plugin, PluginHooks
 from .ports import Scheduler, StateStore
+
+_DEPRECATED = {"TransformEngine": ("Transform", Transform)}
+
+
+def __getattr__(name: str) -> object:
+    if name in _DEPRECATED:
+        import warnings
+
+        new, value = _DEPRECATED[name]
+        warnings.warn(f"{name} is deprecated: use {new}", DeprecationWarning, stacklevel=2)
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "TIMEOUT_HANDLE",
@@ -82,7 +95,7 @@ __all__ = [
     "Status",
     "StepResult",
     "StoreError",
-    "TransformEngine",
+    "Transform",
     "VersionConflict",
     "WaitState",
     "Workflow",

@@ -47,7 +47,7 @@ from .errors import (
     WorkflowMismatch,
     WorkflowNotFound,
 )
-from .expressions import TransformEngine
+from .expressions import Transform
 from .model import (
     DefinitionRef,
     DispatchMessage,
@@ -106,12 +106,13 @@ class Workflow:
         name: the name runs are started under (``POST /workflows/{name}/runs``).
         definition: the graph, or its plain JSON form.
         nodes: node type -> :class:`NodeDefinition`.
-        plugins, transform_engines, retention, step_timeout: passed to
+        plugins, transforms, retention, step_timeout: passed to
             :class:`WorkflowEngine`. ``step_timeout`` (seconds, default 240) bounds each
             executor call whose node sets no ``timeout``; keep it below the platform's limit
             on one delivery.
             ``retention=N`` keeps the newest N results per node in the snapshot, so a run's
             snapshot (and each step's write) stays the same size however long the run is.
+        transform_engines: deprecated name of ``transforms``.
         archive: with a retention, keep the trimmed results in the store (which must then
             be a :class:`~refluxo.core.ports.ResultArchive`) instead of dropping them.
         start: the start node; defaults to the one node without incoming edges.
@@ -126,7 +127,8 @@ class Workflow:
         nodes: Mapping[str, NodeDefinition],
         *,
         plugins: Sequence[PluginHooks] = (),
-        transform_engines: Sequence[TransformEngine] | None = None,
+        transforms: Sequence[Transform] | None = None,
+        transform_engines: Sequence[Transform] | None = None,
         retention: int | None = None,
         archive: bool = False,
         start: str | None = None,
@@ -145,6 +147,7 @@ class Workflow:
             definition,
             nodes,
             plugins,
+            transforms=transforms,
             transform_engines=transform_engines,
             retention=retention,
             clock=clock,

@@ -11,6 +11,7 @@ import queue
 import random
 import sys
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from .codec import DEFAULT_MAX_DEPTH, strict_json
 from .errors import DefinitionError, ExpressionError, NonRetryableError, NotStrictJson, RunFinished
-from .expressions import ExpressionTransform, TransformEngine
+from .expressions import ExpressionTransform, Transform
 from .model import (
     DefinitionRef,
     Node,
@@ -249,8 +250,9 @@ class WorkflowEngine:
         workflow: the graph, a :class:`WorkflowDefinition` or its plain JSON form.
         node_definitions: node type -> :class:`NodeDefinition`.
         plugins: lifecycle hooks, called in order.
-        transform_engines: a pipeline run over each node's data before its executor;
-            defaults to the built-in ``{{ ... }}`` expressions (pass ``[]`` for none).
+        transforms: a pipeline run over each node's data before its executor; defaults to
+            the built-in ``{{ ... }}`` expressions (pass ``[]`` for none).
+        transform_engines: deprecated name of ``transforms``.
         clock: epoch milliseconds; injectable for tests.
         rng: the random source for retry jitter.
         retention: keep at most this many results per node in the snapshot (the newest);
@@ -269,7 +271,8 @@ class WorkflowEngine:
         node_definitions: Mapping[str, NodeDefinition],
         plugins: Sequence[PluginHooks] = (),
         *,
-        transform_engines: Sequence[TransformEngine] | None = None,
+        transforms: Sequence[Transform] | None = None,
+        transform_engines: Sequence[Transform] | None = None,
         clock: Callable[[], int] = now_ms,
         rng: random.Random | None = None,
         retention: int | None = None,
@@ -285,15 +288,22 @@ class WorkflowEngine:
         self.workflow = workflow
         self.node_definitions = dict(node_definitions)
         self.plugins = list(plugins)
-        self.transform_engines: list[TransformEngine] = (
-            [ExpressionTransform()] if transform_engines is None else list(transform_engines)
+        if transform_engines is not None:
+            warnings.warn(
+                "transform_engines= is deprecated: use transforms=",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            transforms = transform_engines if transforms is None else transforms
+        self.transforms: list[Transform] = (
+            [ExpressionTransform()] if transforms is None else list(transforms)
         )
         self.clock = clock
         self._rng = rng
         self.retention = retention
         self.step_timeout = _seconds(step_timeout)
         self._nodes, self._edges = self._index(workflow)
-        self._copy_data = not self.transform_engines
+        self._copy_data = not self.transforms
 
     @property
     def rng(self) -> random.Random:
@@ -513,7 +523,7 @@ class WorkflowEngine:
         try:
             try:
                 data = copy.deepcopy(node.data) if self._copy_data else node.data
-                for transform in self.transform_engines:
+                for transform in self.transforms:
                     data = await transform.transform(data, context, globals)
                 if definition.input_model is not None:
                     data = definition.input_model.model_validate(data)
