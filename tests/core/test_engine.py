@@ -762,3 +762,10 @@ def test_the_old_names_transform_engine_and_transform_engines_still_work_and_war
     with pytest.warns(DeprecationWarning, match="use transforms="):
         engine = WorkflowEngine(linear("a"), ECHO, transform_engines=[])
     assert engine.transforms == []
+
+
+def test_dispatcher_is_kept_as_the_old_name_of_the_run_service() -> None:
+    from refluxo.core import Dispatcher, RunService
+    from refluxo.core.dispatcher import Dispatcher as Old
+
+    assert Dispatcher is RunService and Old is RunService

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from refluxo.core import Dispatcher, MemoryScheduler, MemoryStateStore, RunNotFound
+from refluxo.core import MemoryScheduler, MemoryStateStore, RunNotFound, RunService
 from refluxo.core.http import MAX_JSON_DEPTH, HttpApi, HttpRequest, bearer_token
 from refluxo.core.schema import CancelRun, SendEvent, StartRun, openapi_document
 from refluxo.testing.workflows import workflows
@@ -19,7 +19,7 @@ from refluxo.testing.workflows import workflows
 
 @pytest.fixture
 def api() -> HttpApi:
-    dispatcher = Dispatcher(workflows(), MemoryStateStore(), MemoryScheduler())
+    dispatcher = RunService(workflows(), MemoryStateStore(), MemoryScheduler())
     return HttpApi(dispatcher, dispatch_auth=bearer_token("sched"))
 
 

@@ -10,12 +10,12 @@ from urllib.parse import quote
 import pytest
 
 from refluxo.core import (
-    Dispatcher,
     ExpressionError,
     MemoryScheduler,
     MemoryStateStore,
     NodeDefinition,
     NodeResult,
+    RunService,
     Snapshot,
     Workflow,
     WorkflowEngine,
@@ -218,7 +218,7 @@ async def test_a_workflow_sees_only_the_secrets_it_lists() -> None:
     store = MemoryStateStore()
     scheduler = MemoryScheduler()
     wf = Workflow("mailer", definition, {"use": NodeDefinition(use)}, secrets=["mail"])
-    dispatcher = Dispatcher(
+    dispatcher = RunService(
         [wf], store, scheduler, globals={"mail": "m-token", "billing": "b-token"}
     )
     await dispatcher.start("mailer", run_id="r1")

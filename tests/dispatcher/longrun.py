@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from refluxo.core import Context, NodeDefinition, StepResult, Workflow
-from refluxo.core.dispatcher import Dispatcher, DispatchResult
+from refluxo.core.dispatcher import DispatchResult, RunService
 from refluxo.core.memory import MemoryScheduler
 from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import StateStore
@@ -49,12 +49,12 @@ async def run_loop(
     """Run the loop to its end; return step -> stored snapshot's JSON size, every ``every``
     steps (and at step 100, the baseline the flatness checks compare with)."""
     scheduler = MemoryScheduler()
-    dispatcher = Dispatcher([workflow], store, scheduler)
+    dispatcher = RunService([workflow], store, scheduler)
     await dispatcher.start(workflow.name, run_id=run_id)
     sizes: dict[int, int] = {}
     step = 0
 
-    async def measured(d: Dispatcher, message: DispatchMessage) -> list[DispatchResult]:
+    async def measured(d: RunService, message: DispatchMessage) -> list[DispatchResult]:
         nonlocal step
         result = await d.dispatch(message)
         assert result.outcome == "stepped", result

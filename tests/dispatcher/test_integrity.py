@@ -25,7 +25,7 @@ from refluxo.core import (
     StepResult,
 )
 from refluxo.core.codec import Limits
-from refluxo.core.dispatcher import Dispatcher, Workflow
+from refluxo.core.dispatcher import RunService, Workflow
 from refluxo.core.http import HttpApi, HttpRequest
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.model import DispatchMessage
@@ -60,7 +60,7 @@ class Rig:
         self.clock = clock
         self.scheduler = MemoryScheduler(clock=clock)
         self.workflow = Workflow("wf", definition, nodes, clock=clock)
-        self.dispatcher = Dispatcher(
+        self.dispatcher = RunService(
             [self.workflow], store, self.scheduler, clock=clock, limits=limits
         )
         self.api = HttpApi(self.dispatcher)

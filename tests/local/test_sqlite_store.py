@@ -364,7 +364,7 @@ async def test_a_file_with_the_old_indexes_is_migrated_and_lists_runs_by_status(
 async def test_an_unreadable_stored_run_is_reported_without_echoing_its_content(
     path: Path,
 ) -> None:
-    from refluxo.core.dispatcher import Dispatcher
+    from refluxo.core.dispatcher import RunService
     from refluxo.core.http import HttpApi, HttpRequest
     from refluxo.core.memory import MemoryScheduler
 
@@ -377,7 +377,7 @@ async def test_an_unreadable_stored_run_is_reported_without_echoing_its_content(
         await store.load("r1")
     assert raised.value.transient is False and "4111" not in str(raised.value)
     assert "status" in str(raised.value)
-    api = HttpApi(Dispatcher([], store, MemoryScheduler()))
+    api = HttpApi(RunService([], store, MemoryScheduler()))
     response = await api.handle(HttpRequest("GET", "/runs/r1"))
     assert response.status == 500 and b"4111" not in response.body
     store.close()

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from refluxo.core import NodeDefinition, RetryPolicy, RunNotFound, StepResult
 from refluxo.core.codec import Limits
-from refluxo.core.dispatcher import Dispatcher, DispatchResult, Workflow
+from refluxo.core.dispatcher import DispatchResult, RunService, Workflow
 from refluxo.core.http import HttpApi, HttpRequest
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.model import DispatchMessage
@@ -209,7 +209,7 @@ class Scenario:
         self.store = store
         self.scheduler = MemoryScheduler(clock=self.clock)
         workflow = Workflow("wf", DEFINITION, NODES, clock=self.clock)
-        self.dispatcher = Dispatcher(
+        self.dispatcher = RunService(
             [workflow], store, self.scheduler, clock=self.clock, limits=LIMITS
         )
         self.api = HttpApi(self.dispatcher, max_body_bytes=MAX_BODY_BYTES)
@@ -262,7 +262,7 @@ class Scenario:
             await self.deliver()
 
     async def drive_to_the_end(self) -> None:
-        async def checked(d: Dispatcher, message: DispatchMessage) -> list[DispatchResult]:
+        async def checked(d: RunService, message: DispatchMessage) -> list[DispatchResult]:
             self.delivered.append(message)
             result = await d.dispatch(message)
             await self.check()

@@ -5,7 +5,7 @@ unchanged under CPython and Pyodide.
 """
 
 from .codec import Limits
-from .dispatcher import Dispatcher, DispatchResult, Workflow
+from .dispatcher import Dispatcher, DispatchResult, RunService, Workflow
 from .engine import TIMEOUT_HANDLE, WorkflowEngine
 from .errors import (
     BackendError,
@@ -88,6 +88,7 @@ __all__ = [
     "RetryState",
     "RunFinished",
     "RunNotFound",
+    "RunService",
     "Scheduler",
     "SchedulerError",
     "Snapshot",

@@ -204,8 +204,10 @@ def _trimmed(snapshot: Snapshot, *, keep_outputs: bool) -> Snapshot:
     return snapshot.model_copy(update={"context": context, "metadata": metadata})
 
 
-class Dispatcher:
-    """Ties the engine to a :class:`StateStore` and a :class:`Scheduler`, one step per call.
+class RunService:
+    """The service layer of runs: starts them, takes their events and cancels, and delivers
+    their steps (:meth:`dispatch`, one step per message), over a :class:`StateStore` and a
+    :class:`Scheduler`. Every front door (the HTTP API, the CLI, a queue handler) calls it.
 
     Args:
         workflows: the workflows this deployment hosts.
@@ -716,3 +718,8 @@ class Dispatcher:
             outcome,
             extra={"refluxo": fields},
         )
+
+
+Dispatcher = RunService
+"""Deprecated name of :class:`RunService` (its delivery half, :meth:`RunService.dispatch`,
+keeps the name "dispatch"). Kept without a warning while code written against it is moved."""

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .codec import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
-from .dispatcher import Dispatcher, check_run_id
+from .dispatcher import RunService, check_run_id
 from .errors import (
     BackendError,
     InboxFull,
@@ -212,7 +212,7 @@ def _summary(snapshot: Any) -> dict[str, Any]:
 
 
 class HttpApi:
-    """The refluxo HTTP API over a :class:`Dispatcher`.
+    """The refluxo HTTP API over a :class:`RunService`.
 
     Args:
         dispatcher: what the routes operate on.
@@ -224,7 +224,7 @@ class HttpApi:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        dispatcher: RunService,
         *,
         api_token: str | None = None,
         dispatch_auth: Authenticator | None = None,
@@ -398,7 +398,7 @@ class HttpApi:
             raise HttpError(401, "unauthorized", "the scheduler's credential is missing or wrong")
 
     async def _reconcile(self, request: HttpRequest) -> HttpResponse:
-        """Schedule again the runs whose delivery was lost (see ``Dispatcher.reconcile``).
+        """Schedule again the runs whose delivery was lost (see ``RunService.reconcile``).
 
         Called by the platform's timer (Cloud Scheduler) with the scheduler's credential.
         """

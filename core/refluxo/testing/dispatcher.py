@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from refluxo.core import RunFinished, RunNotFound, StoreError, WorkflowMismatch
-from refluxo.core.dispatcher import Dispatcher, DispatchResult, Workflow
+from refluxo.core.dispatcher import DispatchResult, RunService, Workflow
 from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import StateStore
 
@@ -70,7 +70,7 @@ async def test_a_clean_run_of_the_demo_completes_with_retries_sleep_event_and_br
 async def test_every_message_delivered_twice_changes_nothing(
     store: StateStore, clock: FakeClock
 ) -> None:
-    async def twice(d: Dispatcher, m: DispatchMessage) -> list[DispatchResult]:
+    async def twice(d: RunService, m: DispatchMessage) -> list[DispatchResult]:
         return [await d.dispatch(m), await d.dispatch(m)]
 
     h = Harness(store, clock)
@@ -83,7 +83,7 @@ async def test_every_message_delivered_twice_changes_nothing(
 async def test_two_dispatchers_racing_on_one_run_record_each_step_once(
     store: StateStore, clock: FakeClock
 ) -> None:
-    async def racing(d: Dispatcher, m: DispatchMessage) -> list[DispatchResult]:
+    async def racing(d: RunService, m: DispatchMessage) -> list[DispatchResult]:
         return list(await asyncio.gather(d.dispatch(m), d.dispatch(m)))
 
     interleaving = YieldingStore(store)
@@ -117,7 +117,7 @@ async def test_a_crash_between_save_and_schedule_does_not_strand_the_run(
 
     h.scheduler.schedule = flaky_schedule  # type: ignore[method-assign]
 
-    async def redeliver_on_crash(d: Dispatcher, m: DispatchMessage) -> list[DispatchResult]:
+    async def redeliver_on_crash(d: RunService, m: DispatchMessage) -> list[DispatchResult]:
         for _ in range(5):
             try:
                 return [await d.dispatch(m)]
@@ -256,7 +256,7 @@ async def test_a_run_of_a_changed_definition_is_refused(
     await h.dispatcher.start("demo", run_id="r1")
     rewired = DEFINITION.model_copy(deep=True)
     rewired.edges[0].target = "approval"
-    other = Dispatcher(
+    other = RunService(
         [Workflow("demo", rewired, NODES, clock=clock)], store, h.scheduler, clock=clock
     )
     (message,) = h.scheduler.pop_due()
@@ -276,7 +276,7 @@ async def test_a_refused_run_resumes_when_its_definition_is_redeployed(
     rewired = DEFINITION.model_copy(deep=True)
     rewired.edges[0].target = "approval"
     original = h.dispatcher
-    h.dispatcher = Dispatcher(
+    h.dispatcher = RunService(
         [Workflow("demo", rewired, NODES, clock=clock)], store, h.scheduler, clock=clock
     )
     outcomes = []
@@ -305,7 +305,7 @@ async def test_data_changes_are_compatible_and_picked_up(
     await h.dispatcher.start("demo", run_id="r1")
     changed = DEFINITION.model_copy(deep=True)
     changed.nodes[0].data = {"order": "B-2"}
-    other = Dispatcher(
+    other = RunService(
         [Workflow("demo", changed, NODES, clock=clock)], store, h.scheduler, clock=clock
     )
     h.dispatcher = other
@@ -373,7 +373,7 @@ async def test_no_secret_from_globals_reaches_a_snapshot_or_a_log(
     from refluxo.core.memory import MemoryScheduler
 
     sched = MemoryScheduler(clock=clock)
-    d = Dispatcher([wf], store, sched, clock=clock, globals={"api_key": "sk-live-123456"})
+    d = RunService([wf], store, sched, clock=clock, globals={"api_key": "sk-live-123456"})
     await d.start("leaky", run_id="r1")
     with caplog.at_level("DEBUG"):
         for m in sched.pop_due():
@@ -434,7 +434,7 @@ async def test_a_retried_event_for_a_run_still_running_is_ignored(
     from refluxo.core.memory import MemoryScheduler
 
     sched = MemoryScheduler(clock=clock)
-    d = Dispatcher([wf], store, sched, clock=clock)
+    d = RunService([wf], store, sched, clock=clock)
     await d.start("ask-twice", run_id="r1")
     for m in sched.pop_due():
         await d.dispatch(m)
@@ -465,7 +465,7 @@ async def test_a_step_whose_snapshot_is_too_large_fails_the_run_and_keeps_the_ol
     )
     store = MemoryStateStore(max_bytes=2000)
     sched = MemoryScheduler(clock=clock)
-    d = Dispatcher([wf], store, sched, clock=clock)
+    d = RunService([wf], store, sched, clock=clock)
     await d.start("huge", run_id="r1")
     (m,) = sched.pop_due()
     result = await d.dispatch(m)

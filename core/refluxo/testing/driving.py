@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from refluxo.core.dispatcher import Dispatcher, DispatchResult
+from refluxo.core.dispatcher import DispatchResult, RunService
 from refluxo.core.memory import MemoryScheduler
 from refluxo.core.model import DispatchMessage
 
 from .clock import FakeClock
 
-Deliver = Callable[[Dispatcher, DispatchMessage], Awaitable[list[DispatchResult]]]
+Deliver = Callable[[RunService, DispatchMessage], Awaitable[list[DispatchResult]]]
 """How one message reaches the dispatcher: once, twice, racing... (the fault to simulate)."""
 
 
-async def deliver_once(dispatcher: Dispatcher, message: DispatchMessage) -> list[DispatchResult]:
+async def deliver_once(dispatcher: RunService, message: DispatchMessage) -> list[DispatchResult]:
     """Deliver ``message`` once, as a queue that never duplicates would."""
     return [await dispatcher.dispatch(message)]
 
 
 async def run_to_end(
-    dispatcher: Dispatcher,
+    dispatcher: RunService,
     scheduler: MemoryScheduler,
     *,
     clock: FakeClock | None = None,

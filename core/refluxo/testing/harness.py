@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from refluxo.core import Snapshot
-from refluxo.core.dispatcher import Dispatcher, Workflow
+from refluxo.core.dispatcher import RunService, Workflow
 from refluxo.core.memory import MemoryScheduler
 from refluxo.core.model import NodeResult
 from refluxo.core.ports import DueRuns, ResultArchive, StateStore
@@ -77,7 +77,7 @@ class Harness:
         self.store = store
         self.scheduler = MemoryScheduler(clock=clock, max_delay_ms=max_delay_ms)
         self.demo = Workflow("demo", DEFINITION, NODES, clock=clock)
-        self.dispatcher = Dispatcher(
+        self.dispatcher = RunService(
             [self.demo], store, self.scheduler, clock=clock, globals={"supplier_token": "tok-7"}
         )
         self.outcomes: list[str] = []

@@ -20,11 +20,11 @@ from refluxo.cloudflare.store import D1_MAX_ROW_BYTES, DEFAULT_D1_MAX_BYTES
 from refluxo.cloudflare.worker import RefluxoWorker, WorkerSettings, decode_message
 from refluxo.core import (
     DefinitionError,
-    Dispatcher,
     MemoryScheduler,
     NodeResult,
     PayloadTooLarge,
     RunNotFound,
+    RunService,
     StoreError,
     VersionConflict,
 )
@@ -318,7 +318,7 @@ async def test_d1_archives_the_results_a_retention_trims():
 
 def test_kv_keeps_no_archive_and_says_so():
     with pytest.raises(DefinitionError, match="KVStateStore keeps no archive"):
-        Dispatcher(
+        RunService(
             [loop_workflow(3, retention=2, archive=True)],
             KVStateStore(env.STATE),
             MemoryScheduler(),
@@ -350,7 +350,7 @@ class FlakyStore:
 
 
 def consumer_with(store, **settings):
-    dispatcher = Dispatcher(
+    dispatcher = RunService(
         workflows(), store, QueuesScheduler(env.JOBS), globals={"supplier_token": "tok-9"}
     )
     worker = RefluxoWorker(dispatcher, WorkerSettings(app="refluxo.demo", **settings))

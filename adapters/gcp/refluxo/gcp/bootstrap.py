@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from refluxo.core import Dispatcher, Workflow
+from refluxo.core import RunService, Workflow
 from refluxo.core.dispatcher import load_workflows
 from refluxo.core.errors import DefinitionError
 from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, Authenticator, HttpApi
@@ -177,7 +177,7 @@ def bootstrap(settings: GcpSettings, workflows: list[Workflow] | None = None) ->
         headers=headers or None,
     )
     store = FirestoreStateStore(db, collection=settings.collection)
-    dispatcher = Dispatcher(
+    dispatcher = RunService(
         workflows if workflows is not None else load_app(settings.app),
         store,
         scheduler,

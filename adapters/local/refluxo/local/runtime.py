@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from refluxo.core import Dispatcher, DispatchMessage, Snapshot, Workflow
+from refluxo.core import DispatchMessage, RunService, Snapshot, Workflow
 from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, HttpApi
 from refluxo.core.model import now_ms
 
@@ -25,7 +25,7 @@ SHUTDOWN_GRACE_S = 10.0
 """How long stopping waits for the steps in flight before it cancels them."""
 
 
-class _CancellingDispatcher(Dispatcher):
+class _CancellingDispatcher(RunService):
     """A dispatcher whose :meth:`cancel` also stops the run's step in flight in this process."""
 
     def __init__(self, *args: Any, stop_run: Callable[[str], None], **kwargs: Any) -> None:
@@ -86,7 +86,7 @@ class LocalRuntime:
                 workflow.engine.clock = sqlite_clock
         self.store = SQLiteStateStore(path, clock=sqlite_clock)
         self.scheduler = SQLiteScheduler(path, lease_ms=lease_ms, clock=sqlite_clock)
-        self.dispatcher: Dispatcher = _CancellingDispatcher(
+        self.dispatcher: RunService = _CancellingDispatcher(
             hosted,
             self.store,
             self.scheduler,
