@@ -1,5 +1,13 @@
 """refluxo.core: durable, step-by-step workflows; one snapshot in, one node run, one out.
 
+What a workflow author needs: :class:`Workflow` (a named definition a deployment hosts),
+:class:`WorkflowDefinition`, :class:`NodeDefinition` with :class:`RetryPolicy`,
+:class:`StepResult` and :class:`Context` for executors, :class:`Plugin` / :class:`PluginHooks`,
+:class:`Transform`, the errors, and :class:`WorkflowEngine` to run one in memory. What an
+adapter author needs (ports, messages, the snapshot codec, :class:`RunService`, the HTTP API)
+is gathered in :mod:`refluxo.core.adapter`; the names of it exported here too stay for
+existing imports.
+
 The core imports the standard library and pydantic only, does no I/O at import time, and runs
 unchanged under CPython and Pyodide.
 """
