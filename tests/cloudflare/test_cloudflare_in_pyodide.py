@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from refluxo.testing import dispatcher as test_dispatcher
+from refluxo.testing.archive import ResultArchiveContract
 from refluxo.testing.due_runs import DueRunsContract
 from refluxo.testing.scheduler import SchedulerContract
 from refluxo.testing.store import StateStoreContract
@@ -41,6 +42,7 @@ SCENARIOS = sorted(
 )
 RACING = test_dispatcher.RACING
 DUE_RUNS_TESTS = sorted(n for n in dir(DueRunsContract) if n.startswith("test_"))
+ARCHIVE_TESTS = sorted(n for n in dir(ResultArchiveContract) if n.startswith("test_"))
 SCHEDULER_TESTS = sorted(n for n in dir(SchedulerContract) if n.startswith("test_"))
 # What KVStateStore declares missing (no atomic compare-and-set), and Queues (no dedup).
 KV_SKIPPED = {
@@ -170,6 +172,11 @@ def test_d1_and_kv_stores_find_due_runs_for_the_reconciler(
     contracts: Results, store: str, name: str
 ) -> None:
     _expect(contracts, f"{store}::{name}", "PASSED")
+
+
+@pytest.mark.parametrize("name", ARCHIVE_TESTS)
+def test_d1_state_store_passes_the_result_archive_contract(contracts: Results, name: str) -> None:
+    _expect(contracts, f"TestD1ResultArchive::{name}", "PASSED")
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

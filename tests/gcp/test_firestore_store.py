@@ -24,6 +24,7 @@ from refluxo.gcp.store import (
     FirestoreStateStore,
     document_id,
 )
+from refluxo.testing.archive import ResultArchiveContract
 from refluxo.testing.due_runs import DueRunsContract
 from refluxo.testing.store import StateStoreContract, padded, snapshot, wire
 
@@ -48,6 +49,12 @@ class TestFirestoreStateStore(StateStoreContract):
 
 
 class TestFirestoreDueRuns(DueRunsContract):
+    @pytest.fixture
+    def store(self, firestore_client: Any) -> FirestoreStateStore:
+        return FirestoreStateStore(firestore_client, COLLECTION)
+
+
+class TestFirestoreResultArchive(ResultArchiveContract):
     @pytest.fixture
     def store(self, firestore_client: Any) -> FirestoreStateStore:
         return FirestoreStateStore(firestore_client, COLLECTION)

@@ -30,6 +30,7 @@ from refluxo.core import (
 )
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.demo import workflows
+from refluxo.testing.archive import ResultArchiveContract
 from refluxo.testing.due_runs import DueRunsContract
 from refluxo.testing.scheduler import SchedulerContract
 from refluxo.testing.store import StateStoreContract, padded, snapshot, wire
@@ -76,6 +77,12 @@ class TestD1StateStore(StateStoreContract, DueRunsContract):
     @pytest.fixture
     def store_max_bytes(self):
         return CONTRACT_MAX_BYTES
+
+
+class TestD1ResultArchive(ResultArchiveContract):
+    @pytest.fixture
+    def store(self):
+        return D1StateStore(env.DB, table=f"runs_{next(_fresh)}")
 
 
 class TestKVStateStore(StateStoreContract, DueRunsContract):

@@ -281,20 +281,36 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
     ) -> None:
         """Keep trimmed results in the run's ``results`` subcollection, one document each.
 
-        Document ids are ``<sha of the node id>-<index>``: writing one again writes the same
-        content (trimmed results are ones every racer loaded), so a plain ``set`` is idempotent.
+        Document ids are ``<sha of the node id>-<index>``, written with ``create``: an index
+        kept already is left as it is. One batch does them all; when it finds one that
+        exists (a racer archived it first), each is created on its own.
         """
         results_ref = self._results(run_id)
         node_key = hashlib.sha256(node_id.encode()).hexdigest()[:16]
-        batch = self._client.batch()
-        for offset, result in enumerate(results):
-            index = first_index + offset
-            batch.set(
-                results_ref.document(f"{node_key}-{index:012d}"),
-                {"node": node_id, "index": index, "result": result.to_json()},
+        docs = [
+            (
+                results_ref.document(f"{node_key}-{first_index + offset:012d}"),
+                {"node": node_id, "index": first_index + offset, "result": result.to_json()},
             )
+            for offset, result in enumerate(results)
+        ]
+        batch = self._client.batch()
+        for ref, data in docs:
+            batch.create(ref, data)
         try:
-            await batch.commit(**self._call)
+            try:
+                await batch.commit(**self._call)
+            except (gexc.AlreadyExists, gexc.Conflict) as exc:
+                if not isinstance(exc, gexc.AlreadyExists) and type(exc) is not gexc.Conflict:
+                    raise
+                for ref, data in docs:
+                    try:
+                        await ref.create(data, **self._call)
+                    except gexc.AlreadyExists:
+                        pass
+                    except gexc.Conflict as again:
+                        if type(again) is not gexc.Conflict:
+                            raise
         except BACKEND_ERRORS as exc:
             raise store_error(exc, f"archive results of run {run_id!r}") from exc
 
