@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from refluxo.testing.clock import FakeClock
+# The shipped suites assert like tests: pytest explains their failures as it does ours.
+pytest.register_assert_rewrite("refluxo.testing")
+
+from refluxo.testing.clock import FakeClock  # noqa: E402
 
 _HERE = Path(__file__).resolve().parent
 # Every test under these folders starts an emulator, Node or a server process.

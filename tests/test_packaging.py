@@ -13,7 +13,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 def test_every_adapter_is_installed_shipped_and_type_checked() -> None:
     build = PYPROJECT["tool"]["hatch"]["build"]
-    force = build["targets"]["wheel"]["force-include"]
+    wheel = build["targets"]["wheel"]
     mypy = PYPROJECT["tool"]["mypy"]
     roots = sorted(p.parents[2] for p in REPO.glob("adapters/*/refluxo/*/__init__.py"))
     assert roots, "no adapter found under adapters/"
@@ -21,9 +21,10 @@ def test_every_adapter_is_installed_shipped_and_type_checked() -> None:
         rel = root.relative_to(REPO).as_posix()
         (name,) = [p.name for p in (root / "refluxo").iterdir() if p.is_dir()]
         assert rel in build["dev-mode-dirs"], f"{rel}: add it to dev-mode-dirs"
-        assert force.get(f"{rel}/refluxo/{name}") == f"refluxo/{name}", f"{rel}: force-include"
+        assert rel in wheel["sources"], f"{rel}: add it to the wheel's sources"
+        assert (root / "refluxo" / name / "py.typed").is_file(), f"{rel}: ship a py.typed"
         assert rel in mypy["mypy_path"].split(":"), f"{rel}: add it to mypy_path"
-    assert "adapters" in mypy["files"]
+    assert "adapters" in wheel["only-include"] and "adapters" in mypy["files"]
 
 
 def test_the_wheel_ships_refluxo_testing() -> None:
