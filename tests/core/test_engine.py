@@ -584,7 +584,7 @@ class Recorder(Plugin):
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    async def on_workflow_start(self, snapshot: Snapshot) -> None:
+    async def on_run_start(self, snapshot: Snapshot) -> None:
         self.calls.append("start")
 
     async def on_before_node(self, ctx: NodeContext) -> None:
@@ -596,10 +596,10 @@ class Recorder(Plugin):
     async def on_node_error(self, ctx: NodeContext) -> None:
         self.calls.append(f"error:{ctx.node.id}:{ctx.attempt}:{type(ctx.error).__name__}")
 
-    async def on_workflow_complete(self, snapshot: Snapshot) -> None:
+    async def on_run_complete(self, snapshot: Snapshot) -> None:
         self.calls.append("complete")
 
-    async def on_workflow_pause(self, snapshot: Snapshot) -> None:
+    async def on_run_pause(self, snapshot: Snapshot) -> None:
         self.calls.append("pause")
 
 
@@ -674,11 +674,11 @@ async def test_a_plugin_without_a_name_is_logged_under_its_class_name(
     assert "plugin Nameless: hook on_before_node raised" in caplog.text
 
 
-async def test_a_run_that_fails_calls_the_plugins_on_workflow_fail() -> None:
+async def test_a_run_that_fails_calls_the_plugins_on_run_fail() -> None:
     failed: list[str] = []
 
     class OnFail(Plugin):
-        async def on_workflow_fail(self, snapshot: Snapshot) -> None:
+        async def on_run_fail(self, snapshot: Snapshot) -> None:
             failed.append(snapshot.metadata["failedReason"])
 
     async def boom(data: Any, ctx: Context, payload: Any, g: Any) -> Any:
@@ -733,14 +733,14 @@ async def test_retention_bounds_results_and_keeps_counts() -> None:
     assert snap.context["b"][0].output["data"] == 50
 
 
-async def test_the_step_limit_calls_the_plugins_on_workflow_fail() -> None:
+async def test_the_step_limit_calls_the_plugins_on_run_fail() -> None:
     async def loop(data: Any, ctx: Context, payload: Any, g: Any) -> Any:
         return StepResult(data=ctx.count("a"), next_handle="again")
 
     failed: list[Snapshot] = []
 
     class OnFail(Plugin):
-        async def on_workflow_fail(self, snapshot: Snapshot) -> None:
+        async def on_run_fail(self, snapshot: Snapshot) -> None:
             failed.append(snapshot)
 
     wf = {
@@ -769,3 +769,21 @@ def test_dispatcher_is_kept_as_the_old_name_of_the_run_service() -> None:
     from refluxo.core.dispatcher import Dispatcher as Old
 
     assert Dispatcher is RunService and Old is RunService
+
+
+async def test_a_plugin_with_the_old_hook_names_is_still_called_and_warned_about() -> None:
+    calls: list[str] = []
+
+    with pytest.warns(DeprecationWarning, match="name the hook on_run_") as warned:
+
+        class Old(Plugin):
+            async def on_workflow_start(self, snapshot: Snapshot) -> None:
+                calls.append("start")
+
+            def on_workflow_complete(self, snapshot: Snapshot) -> None:
+                calls.append("complete")
+
+    assert len(warned) == 2
+    engine = WorkflowEngine(linear("a"), ECHO, plugins=[Old()])
+    await engine.execute(snapshot=engine.create_initial_snapshot("r", "a"))
+    assert calls == ["start", "complete"]

@@ -399,7 +399,7 @@ class WorkflowEngine:
 
         The first step gets ``external_payload``. After ``step_limit`` steps a still active run
         is returned ``failed`` with the reason in ``metadata["failedReason"]``, and the
-        plugins' ``on_workflow_fail`` hooks are called as for any other failure.
+        plugins' ``on_run_fail`` hooks are called as for any other failure.
         """
         current = snapshot
         if current.is_terminal:
@@ -420,7 +420,7 @@ class WorkflowEngine:
                 },
             }
         )
-        await self._hook("on_workflow_fail", lambda p: p.on_workflow_fail(failed))
+        await self._hook("on_run_fail", lambda p: p.on_run_fail(failed))
         return failed
 
     async def advance(
@@ -480,7 +480,7 @@ class WorkflowEngine:
             raise RunFinished(f"run {snapshot.run_id!r} is {snapshot.status}")
         start = self.clock()
         if snapshot.last_step_version == 0:
-            await self._hook("on_workflow_start", lambda p: p.on_workflow_start(snapshot))
+            await self._hook("on_run_start", lambda p: p.on_run_start(snapshot))
 
         base = snapshot
         payload = external_payload
@@ -573,7 +573,7 @@ class WorkflowEngine:
                 new_wait = WaitState(kind="event", event=wait_request.event, until=until)
             await self._hook("on_after_node", lambda p: p.on_after_node(after))
             paused = self._finish(base, start, status="paused", context=base.context, wait=new_wait)
-            await self._hook("on_workflow_pause", lambda p: p.on_workflow_pause(paused))
+            await self._hook("on_run_pause", lambda p: p.on_run_pause(paused))
             return paused
 
         entry = NodeResult(output=output, timestamp=self.clock(), attempt=attempt)
@@ -593,7 +593,7 @@ class WorkflowEngine:
                 current=next_id,
                 wait=WaitState(kind="sleep", until=until),
             )
-            await self._hook("on_workflow_pause", lambda p: p.on_workflow_pause(slept))
+            await self._hook("on_run_pause", lambda p: p.on_run_pause(slept))
             return slept
         done = self._finish(
             base,
@@ -604,7 +604,7 @@ class WorkflowEngine:
             current=next_id,
         )
         if done.status == "completed":
-            await self._hook("on_workflow_complete", lambda p: p.on_workflow_complete(done))
+            await self._hook("on_run_complete", lambda p: p.on_run_complete(done))
         return done
 
     def _output(self, definition: NodeDefinition, data: Any, node_id: str, max_depth: int) -> Any:
@@ -641,7 +641,7 @@ class WorkflowEngine:
                 counts=counts,
                 metadata={**snapshot.metadata, "failedReason": f"timed out waiting for {what}"},
             )
-            await self._hook("on_workflow_fail", lambda p: p.on_workflow_fail(failed))
+            await self._hook("on_run_fail", lambda p: p.on_run_fail(failed))
             return failed
         return self._finish(
             snapshot, start, status="active", context=new_context, counts=counts, current=target
@@ -695,7 +695,7 @@ class WorkflowEngine:
             counts=counts,
             metadata={**base.metadata, "failedReason": f"node {node_id!r} failed: {message}"},
         )
-        await self._hook("on_workflow_fail", lambda p: p.on_workflow_fail(failed))
+        await self._hook("on_run_fail", lambda p: p.on_run_fail(failed))
         return failed
 
     def _record(
