@@ -9,26 +9,26 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,gcp,local]'
+	$(PY) -m pip install --quiet -e '.[dev,gcp,local,postgres]'
 	touch $@
 
 install: $(STAMP)
 
-include mk/gcp.mk mk/cloudflare.mk
+include mk/gcp.mk mk/cloudflare.mk mk/postgres.mk
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test: install lint setup-gcp setup-cloudflare
+test: install lint setup-gcp setup-cloudflare setup-postgres
 	$(PY) -m pytest
 
 demo: install
 	$(PY) -m refluxo.demo
 
 # Writes benchmarks/results/results.{md,json}; BENCH_ARGS=--quick for a fast look.
-bench: install setup-gcp setup-cloudflare
+bench: install setup-gcp setup-cloudflare setup-postgres
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean: clean-cloudflare

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,7 @@ from refluxo.testing.clock import FakeClock  # noqa: E402
 
 _HERE = Path(__file__).resolve().parent
 # Every test under these folders starts an emulator, Node or a server process.
-_EXTERNAL = (_HERE / "gcp", _HERE / "cloudflare")
+_EXTERNAL = (_HERE / "gcp", _HERE / "cloudflare", _HERE / "postgres")
 
 __all__ = ["FakeClock", "clock"]
 
@@ -29,3 +31,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster (tests/postgres/server.py), started on first use."""
+    from tests.postgres.server import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer()
+        server.start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"PostgreSQL could not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

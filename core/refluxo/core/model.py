@@ -11,13 +11,15 @@ import hashlib
 import json
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 Status = Literal["active", "paused", "error", "completed", "failed"]
 """A run's status. ``error`` means a retry is pending; ``failed`` is final."""
+
+M = TypeVar("M", bound=BaseModel)
 
 TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
 
@@ -298,33 +300,8 @@ class Snapshot(WireModel):
 
     @classmethod
     def from_stored(cls, run_id: str, raw: Any, where: str = "the store") -> Snapshot:
-        """Load a snapshot a store kept; what is not snapshot JSON becomes a (final) StoreError.
-
-        The error names what is wrong and where, never the stored content: it reaches HTTP
-        answers and logs.
-        """
-        from pydantic import ValidationError
-
-        from .errors import StoreError
-
-        if isinstance(raw, bytes | bytearray | memoryview):
-            raw = bytes(raw).decode("utf-8")
-        if not isinstance(raw, str):
-            raise StoreError(
-                f"{where} holds a {type(raw).__name__} for run {run_id!r}, not snapshot JSON",
-                transient=False,
-            )
-        try:
-            return cls.model_validate_json(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                for e in exc.errors(include_url=False, include_input=False, include_context=False)
-            )
-            raise StoreError(
-                f"{where}: the stored snapshot of run {run_id!r} is not valid ({problems})",
-                transient=False,
-            ) from exc
+        """Load a snapshot a store kept: :func:`decode_snapshot`."""
+        return decode_snapshot(run_id, raw, where)
 
 
 FINISH_HEADROOM_BYTES = 8192
@@ -356,6 +333,45 @@ def encode_snapshot(snapshot: Snapshot, max_bytes: int | None, what: str | None 
                 label += f" (a run not finished keeps {max_bytes - limit} of {max_bytes} free)"
             raise PayloadTooLarge(label, size, limit)
     return raw
+
+
+def decode_snapshot(run_id: str, raw: Any, where: str = "the store") -> Snapshot:
+    """The snapshot of ``run_id`` from what a store kept (JSON text or UTF-8 bytes).
+
+    Raises:
+        StoreError: (not transient) ``raw`` is not snapshot JSON. The error names what is
+            wrong and where, never the stored content: it reaches HTTP answers and logs.
+    """
+    return _decode(Snapshot, raw, f"the stored snapshot of run {run_id!r}", where)
+
+
+def decode_result(run_id: str, raw: Any, where: str = "the store") -> NodeResult:
+    """An archived :class:`NodeResult` of ``run_id`` from what a store kept.
+
+    Raises:
+        StoreError: (not transient) ``raw`` is not a result's JSON; the error does not repeat
+            the stored content.
+    """
+    return _decode(NodeResult, raw, f"an archived result of run {run_id!r}", where)
+
+
+def _decode(model: type[M], raw: Any, what: str, where: str) -> M:
+    from pydantic import ValidationError
+
+    from .errors import StoreError
+
+    if isinstance(raw, bytes | bytearray | memoryview):
+        raw = bytes(raw).decode("utf-8", "replace")
+    if not isinstance(raw, str):
+        raise StoreError(f"{where}: {what} is a {type(raw).__name__}, not JSON", transient=False)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        )
+        raise StoreError(f"{where}: {what} is not valid ({problems})", transient=False) from exc
 
 
 class DispatchMessage(WireModel):

@@ -1,7 +1,8 @@
 """``refluxo``: run the embedded runtime and talk to any refluxo deployment.
 
-    refluxo dev [--app refluxo.demo] [--db .refluxo/dev.db] [--port 8000] [--lease 60]
-                [--allowed-host H]
+    refluxo dev [--app refluxo.demo] [--db .refluxo/dev.db | --postgres URL] [--port 8000]
+                [--lease 60] [--allowed-host H]
+    refluxo worker --postgres URL [--app refluxo.demo] [--concurrency 8] [--lease 60]
     refluxo start WORKFLOW [--id ID] [--input JSON]
     refluxo event RUN_ID [--payload JSON] [--name NAME] [--id EVENT_ID]
     refluxo cancel RUN_ID [--reason TEXT]
@@ -92,30 +93,68 @@ def _print(value: Any) -> None:
     _say(json.dumps(value, indent=2))
 
 
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _postgres_runtime(args: argparse.Namespace, concurrency: int) -> Any:
+    try:
+        from refluxo.postgres.runtime import PostgresRuntime
+    except ImportError as exc:
+        raise SystemExit(
+            f"refluxo: --postgres needs the postgres extra (pip install 'refluxo[postgres]'): {exc}"
+        ) from None
+    from refluxo.core.dispatcher import load_workflows
+
+    return PostgresRuntime(
+        load_workflows(args.app),
+        url=args.postgres,
+        api_token=args.token,
+        globals=_json_arg(os.environ.get("REFLUXO_GLOBALS")),
+        concurrency=concurrency,
+        lease_ms=round(args.lease * 1000),
+    )
+
+
 async def _dev(args: argparse.Namespace) -> None:
     from refluxo.core.dispatcher import load_workflows
 
     from .runtime import LocalRuntime
 
     configure_logging(args.log)
-    globals_ = _json_arg(os.environ.get("REFLUXO_GLOBALS"))
-    async with LocalRuntime(
-        load_workflows(args.app),
-        db_path=args.db,
-        api_token=args.token,
-        globals=globals_,
-        lease_ms=round(args.lease * 1000),
-    ) as runtime:
+    if args.postgres:
+        runtime: Any = _postgres_runtime(args, 8)
+        where = "PostgreSQL"
+    else:
+        runtime = LocalRuntime(
+            load_workflows(args.app),
+            db_path=args.db,
+            api_token=args.token,
+            globals=_json_arg(os.environ.get("REFLUXO_GLOBALS")),
+            lease_ms=round(args.lease * 1000),
+        )
+        where = args.db
+    async with runtime:
         server = await runtime.serve(args.host, args.port, allowed_hosts=args.allowed_host)
         names = ", ".join(runtime.dispatcher.workflows)
-        _say(f"refluxo dev: serving {names} on {server.url} (state in {args.db})")
+        _say(f"refluxo dev: serving {names} on {server.url} (state in {where})")
         sys.stdout.flush()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await _until_signalled()
         print("refluxo dev: stopping", flush=True)
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    configure_logging(args.log)
+    async with _postgres_runtime(args, args.concurrency) as runtime:
+        names = ", ".join(runtime.dispatcher.workflows)
+        _say(f"refluxo worker: running {names}, {args.concurrency} steps at a time")
+        sys.stdout.flush()
+        await _until_signalled()
+        print("refluxo worker: stopping", flush=True)
 
 
 def _seconds(text: str) -> float:
@@ -125,6 +164,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
 
 
@@ -145,16 +194,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a Host name to answer (repeatable; default: the --host address, and the "
         "loopback names when it is a loopback address)",
     )
-    dev.add_argument("--log", choices=["text", "json"], default="text")
     dev.add_argument(
-        "--lease",
-        type=_seconds,
-        default=DEFAULT_LEASE_MS / 1000,
-        metavar="SECONDS",
-        help="how long a step's message stays leased to a process that stopped renewing it "
-        "(one that died) before another takes it over; a restart on the same host takes "
-        "back its dead predecessor's leases at once (default: %(default)g)",
+        "--postgres",
+        metavar="URL",
+        default=os.environ.get("REFLUXO_POSTGRES"),
+        help="keep runs and messages in this PostgreSQL database instead of --db "
+        "(the postgres extra); `refluxo worker` processes may share it",
     )
+    worker = sub.add_parser(
+        "worker", help="run steps from a PostgreSQL database (any number, on any machine)"
+    )
+    worker.add_argument("--postgres", metavar="URL", default=os.environ.get("REFLUXO_POSTGRES"))
+    worker.add_argument("--app", default=os.environ.get("REFLUXO_APP", "refluxo.demo"))
+    worker.add_argument("--concurrency", type=_positive, default=8, help="steps at once")
+    for command in (dev, worker):
+        command.add_argument("--log", choices=["text", "json"], default="text")
+        command.add_argument(
+            "--lease",
+            type=_seconds,
+            default=DEFAULT_LEASE_MS / 1000,
+            metavar="SECONDS",
+            help="how long a step's message stays leased to a process that stopped renewing "
+            "it (one that died) before another takes it over; with SQLite, a restart on the "
+            "same host takes back its dead predecessor's leases at once (default: %(default)g)",
+        )
 
     start = sub.add_parser("start", help="start a run")
     start.add_argument("workflow")
@@ -192,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "dev":
             asyncio.run(_dev(args))
+        elif args.command == "worker":
+            if not args.postgres:
+                parser.error("worker needs --postgres URL (or $REFLUXO_POSTGRES)")
+            asyncio.run(_worker(args))
         elif args.command == "start":
             _print(_client(args).start(args.workflow, args.id, _json_arg(args.input)))
         elif args.command == "event":

@@ -11,8 +11,10 @@ from types import TracebackType
 from typing import Any
 
 from refluxo.core import DispatchMessage, RunService, Snapshot, Workflow
-from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, HttpApi
+from refluxo.core.http import DEFAULT_MAX_BODY_BYTES
 from refluxo.core.model import now_ms
+from refluxo.core.ports import StateStore
+from refluxo.core.settings import Settings, build_api
 
 from ._sqlite import sqlite_clock
 from .scheduler import DEFAULT_LEASE_MS, SQLiteScheduler
@@ -62,6 +64,9 @@ class LocalRuntime:
         concurrency: steps that run at once.
         lease_ms: how long a step's message stays leased to this process without a renewal
             before another process takes it over (see :class:`SQLiteScheduler`).
+        store: a state store to use instead of the SQLite store on ``db_path``.
+        scheduler: a scheduler to use instead of the one on ``db_path`` (its ``lease_ms``
+            then applies).
     """
 
     def __init__(
@@ -76,6 +81,8 @@ class LocalRuntime:
         reconcile_every_s: float | None = 60.0,
         reconcile_grace_ms: int = 300_000,
         lease_ms: int = DEFAULT_LEASE_MS,
+        store: StateStore | None = None,
+        scheduler: SQLiteScheduler | None = None,
     ) -> None:
         path = Path(db_path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,17 +91,19 @@ class LocalRuntime:
             # One clock for every process on the file: SQLite's, not this process's Python.
             if workflow.engine.clock is now_ms:
                 workflow.engine.clock = sqlite_clock
-        self.store = SQLiteStateStore(path, clock=sqlite_clock)
-        self.scheduler = SQLiteScheduler(path, lease_ms=lease_ms, clock=sqlite_clock)
-        self.dispatcher: RunService = _CancellingDispatcher(
+        self.store: StateStore = store or SQLiteStateStore(path, clock=sqlite_clock)
+        self.scheduler = scheduler or SQLiteScheduler(path, lease_ms=lease_ms, clock=sqlite_clock)
+        settings = Settings(globals=globals, api_token=api_token, max_body_bytes=max_body_bytes)
+        self.api = build_api(
             hosted,
             self.store,
             self.scheduler,
-            globals=globals,
+            settings,
+            dispatcher=_CancellingDispatcher,
             stop_run=self._stop_run,
             clock=sqlite_clock,
         )
-        self.api = HttpApi(self.dispatcher, api_token=api_token, max_body_bytes=max_body_bytes)
+        self.dispatcher: RunService = self.api.dispatcher
         self.concurrency = concurrency
         self._stop = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
