@@ -25,7 +25,7 @@ test: install lint setup-gcp setup-cloudflare setup-postgres
 	$(PY) -m pytest
 
 demo: install
-	$(PY) -m refluxo.local.demo
+	$(PY) -m refluxo.demo
 
 # Writes benchmarks/results/results.{md,json}; BENCH_ARGS=--quick for a fast look.
 bench: install setup-gcp setup-cloudflare setup-postgres

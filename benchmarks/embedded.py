@@ -2,7 +2,7 @@
 
 100 runs of 100 steps each (a loop with retention) are started on a SQLiteStateStore and a
 SQLiteScheduler sharing one file, then the scheduler's worker loop (``run(handler, stop=,
-concurrency=8)``, what LocalRuntime runs) delivers every step to the Dispatcher until all have
+concurrency=8)``, what LocalRuntime runs) delivers every step to the RunService until all have
 completed. Our cost per step is compared with a floor measured in the same run on the same
 kind of file (WAL, ``synchronous=NORMAL``, autocommit): one raw compare-and-set of a row the
 size of our snapshots (``UPDATE ... WHERE id = ? AND version = ?``) plus one enqueue (``INSERT``
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from refluxo.core import Dispatcher, DispatchMessage, Snapshot
+from refluxo.core import DispatchMessage, RunService, Snapshot
 from refluxo.local.scheduler import SQLiteScheduler
 from refluxo.local.store import SQLiteStateStore
 
@@ -113,7 +113,7 @@ class _Timer:
 
 
 def _instrument(
-    timer: _Timer, store: SQLiteStateStore, scheduler: SQLiteScheduler, dispatcher: Dispatcher
+    timer: _Timer, store: SQLiteStateStore, scheduler: SQLiteScheduler, dispatcher: RunService
 ) -> None:
     """Time the parts of a step by wrapping the objects' methods (instance attributes)."""
     obj: Any
@@ -143,7 +143,7 @@ async def _throughput(path: Path, sz: Sizes, runs: int, timer: _Timer | None = N
     workflow = loop_workflow(sz.steps, RETENTION, name="embedded")
     store = SQLiteStateStore(path)
     scheduler = SQLiteScheduler(path)
-    dispatcher = Dispatcher([workflow], store, scheduler)
+    dispatcher = RunService([workflow], store, scheduler)
     if timer is not None:
         _instrument(timer, store, scheduler, dispatcher)
     stop = asyncio.Event()

@@ -1,6 +1,6 @@
 """Section 2, flatness: time and bytes per step at step 100 and at step 10,000 of a loop.
 
-Through the Dispatcher, on the memory store (messages delivered by hand from a
+Through the RunService, on the memory store (messages delivered by hand from a
 MemoryScheduler) and on SQLite (SQLiteStateStore and SQLiteScheduler on one file, one message
 leased, dispatched and marked done per step with ``drain(max_messages=1)``).
 
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refluxo.core import (
-    Dispatcher,
     DispatchMessage,
     MemoryScheduler,
     MemoryStateStore,
+    RunService,
     Scheduler,
     StateStore,
     Workflow,
@@ -48,7 +48,7 @@ from .common import (
 from .workflows import loop_workflow
 
 SECTION = "flatness"
-TITLE = "2. Flatness (per step at step 100 vs step 10,000, through the Dispatcher)"
+TITLE = "2. Flatness (per step at step 100 vs step 10,000, through the RunService)"
 RETENTION = 10
 GOAL = 1.2
 RUN_ID = "flat"
@@ -89,7 +89,7 @@ class _Rig:
         self.workflow = workflow
         self.store = store
         self.scheduler = scheduler
-        self.dispatcher = Dispatcher([workflow], store, scheduler)
+        self.dispatcher = RunService([workflow], store, scheduler)
         self.step: Callable[[], Awaitable[None]] = self._no_step
 
     async def _no_step(self) -> None:
@@ -299,7 +299,7 @@ async def _run(cfg: Config) -> SectionResult:
         "alternately (one after the other without retention, where a far step's garbage "
         f"would land in the near steps); the ratio is the median over {sz.repeats} such pairs. "
         "A step's time "
-        "covers delivery too: MemoryScheduler.pop_due + Dispatcher.dispatch, or "
+        "covers delivery too: MemoryScheduler.pop_due + RunService.dispatch, or "
         "SQLiteScheduler.drain(max_messages=1) (lease, dispatch, mark done). The far run's "
         "SQLite file holds its 10,000 delivered messages (tombstones kept for an hour), so a "
         "growing messages table would show."

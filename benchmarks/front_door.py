@@ -31,12 +31,12 @@ server's own share of the cost."""
 
 def _serve(kind: str) -> None:
     """Run one server until stdin closes (the benchmark's child process)."""
-    from refluxo.core import Dispatcher, MemoryScheduler, MemoryStateStore
+    from refluxo.core import MemoryScheduler, MemoryStateStore, RunService
     from refluxo.core.http import HttpApi
     from refluxo.demo import workflows
 
     async def main() -> None:
-        api = HttpApi(Dispatcher(workflows(), MemoryStateStore(), MemoryScheduler()))
+        api = HttpApi(RunService(workflows(), MemoryStateStore(), MemoryScheduler()))
         await api.dispatcher.start("demo", run_id="bench-1", input={"customer": "Ada"})
         if kind in ("asgi", "bare"):
             from refluxo.local.server import LocalServer

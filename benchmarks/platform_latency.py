@@ -1,6 +1,6 @@
 """Section 5, platform per-step latency: Firestore and Cloud Tasks, through their emulators.
 
-One run of the loop workflow (retention on) is stepped by hand through the Dispatcher on a
+One run of the loop workflow (retention on) is stepped by hand through the RunService on a
 FirestoreStateStore and a CloudTasksScheduler: each step is ``dispatch(message)``, i.e. a
 Firestore load, a compare-and-set save (``FirestoreStateStore.save`` reads the version, then
 writes with an ``update_time`` precondition) and a ``create_task``. The queue is paused, so the
@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 from unittest import mock
 
-from refluxo.core import Dispatcher, DispatchMessage
+from refluxo.core import DispatchMessage, RunService
 
 from .common import ROOT, Config, Figure, SectionResult, fmt_us, median, now, spread
 from .workflows import loop_workflow
@@ -113,7 +113,7 @@ async def _measure(firestore_env: dict[str, str], tasks_address: str, sz: Sizes)
         sched_any.schedule = parts.wrap("scheduler.schedule (create_task)", scheduler.schedule)
         total_steps = sz.warmup + sz.steps * sz.blocks
         workflow = loop_workflow(total_steps + 10, RETENTION, name="platform")
-        dispatcher = Dispatcher([workflow], store, scheduler)
+        dispatcher = RunService([workflow], store, scheduler)
         run_id = f"bench-{uuid.uuid4().hex[:8]}"
         await dispatcher.start(workflow.name, run_id=run_id)
         version = 0
@@ -232,7 +232,7 @@ def run(cfg: Config) -> SectionResult:
     result.figures.append(
         Figure(
             id="platform.gcp.step_latency",
-            name="Platform, GCP emulators: one step through the Dispatcher (load + CAS save + "
+            name="Platform, GCP emulators: one step through the RunService (load + CAS save + "
             "create_task)",
             value=round(ours, 6),
             unit="s",

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from refluxo.core import Dispatcher
+from refluxo.core import RunService
 
 from . import embedded
 from .common import ROOT, Config, Figure, SectionResult, clean, fmt_num, median, now, spread
@@ -62,7 +62,7 @@ async def _throughput(url: str, workers: int, runs: int, steps: int) -> float:
     await store.ensure_schema()
     await scheduler.create_schema()
     os.environ["REFLUXO_BENCH_STEPS"] = str(steps)
-    dispatcher = Dispatcher(workflows(), store, scheduler)
+    dispatcher = RunService(workflows(), store, scheduler)
     procs = [_start_worker(url, steps) for _ in range(workers)]
     try:
         for proc in procs:  # ready: each says so once its loop is listening

@@ -8,9 +8,16 @@ from typing import Any
 
 import pytest
 
+# The shipped suites assert like tests: pytest explains their failures as it does ours.
+pytest.register_assert_rewrite("refluxo.testing")
+
+from refluxo.testing.clock import FakeClock  # noqa: E402
+
 _HERE = Path(__file__).resolve().parent
 # Every test under these folders starts an emulator, Node or a server process.
 _EXTERNAL = (_HERE / "gcp", _HERE / "cloudflare", _HERE / "postgres")
+
+__all__ = ["FakeClock", "clock"]
 
 
 @pytest.hookimpl(tryfirst=True)  # Before -m deselection looks at the marks.
@@ -19,19 +26,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parents = Path(str(item.path)).resolve().parents
         if any(folder in parents for folder in _EXTERNAL):
             item.add_marker(pytest.mark.external_service)
-
-
-class FakeClock:
-    """A settable clock in epoch milliseconds, for engines, stores and schedulers."""
-
-    def __init__(self, start: int = 1_700_000_000_000) -> None:
-        self.now = start
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms
 
 
 @pytest.fixture

@@ -40,3 +40,17 @@ def test_the_parallel_branches_example_runs_and_joins_both_branches() -> None:
         "completed {'branches': {'stock': 'stock ok', 'payment': 'payment ok'}, "
         "'paid': 'payment ok'}"
     )
+
+
+def test_every_retry_policy_argument_the_readme_names_exists() -> None:
+    import dataclasses
+
+    from refluxo.core import RetryPolicy
+
+    fields = {f.name for f in dataclasses.fields(RetryPolicy)}
+    calls = re.findall(r"RetryPolicy\(([^)]*)\)", README.read_text())
+    assert calls
+    for args in calls:
+        named = re.findall(r"(\w+)\s*=", args)
+        positional = [a.strip() for a in args.split(",") if a.strip() and "=" not in a]
+        assert set(named) | set(positional) <= fields, args

@@ -31,7 +31,7 @@ from refluxo.cloudflare.worker import (
     decode_message,
     to_http_request,
 )
-from refluxo.core import Dispatcher, MemoryStateStore, SchedulerError, StoreError
+from refluxo.core import MemoryStateStore, RunService, SchedulerError, StoreError
 from refluxo.core.http import HttpRequest, HttpResponse
 from refluxo.core.model import DispatchMessage
 from refluxo.demo import workflows as demo_workflows
@@ -230,7 +230,7 @@ def test_decode_message_refuses_what_is_not_a_dispatch_message(body: Any) -> Non
 
 
 def test_backoff_doubles_from_the_base_up_to_the_cap() -> None:
-    dispatcher = Dispatcher([], MemoryStateStore(), QueuesScheduler(RecordingQueue()))
+    dispatcher = RunService([], MemoryStateStore(), QueuesScheduler(RecordingQueue()))
     worker = RefluxoWorker(
         dispatcher, WorkerSettings(app="x", retry_base_seconds=1, retry_max_seconds=20)
     )
@@ -452,7 +452,7 @@ def test_deploy_refuses_without_a_token_unless_the_api_is_declared_public(
 
 
 def worker(**settings: Any) -> RefluxoWorker:
-    dispatcher = Dispatcher(demo_workflows(), MemoryStateStore(), QueuesScheduler(RecordingQueue()))
+    dispatcher = RunService(demo_workflows(), MemoryStateStore(), QueuesScheduler(RecordingQueue()))
     return RefluxoWorker(dispatcher, WorkerSettings(app="refluxo.demo", **settings))
 
 
@@ -518,8 +518,8 @@ async def test_two_deployments_with_nested_prefixes_cannot_read_each_other() -> 
     staging = KVStateStore(kv, prefix="run/staging/")
     from refluxo.core import RunNotFound, Snapshot
 
-    await staging.create(Snapshot(workflow_id="x", status="active", current_node_id=None))
-    assert (await staging.load("x")).workflow_id == "x"
+    await staging.create(Snapshot(run_id="x", status="active", current_node_id=None))
+    assert (await staging.load("x")).run_id == "x"
     with pytest.raises(RunNotFound):
         await prod.load("staging/x")  # the key staging keeps run x under
     assert KVStateStore(kv, prefix="run:").prefix == "run:"  # the former default still loads

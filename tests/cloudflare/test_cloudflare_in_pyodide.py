@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from tests.contract.due_runs import DueRunsContract
-from tests.contract.scheduler import SchedulerContract
-from tests.contract.store import StateStoreContract
-from tests.dispatcher import test_dispatcher
+from refluxo.testing import dispatcher as test_dispatcher
+from refluxo.testing.archive import ResultArchiveContract
+from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.scheduler import SchedulerContract
+from refluxo.testing.store import StateStoreContract
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -39,8 +40,9 @@ SCENARIOS = sorted(
     for name, fn in vars(test_dispatcher).items()
     if name.startswith("test_") and callable(fn) and fn.__module__ == test_dispatcher.__name__
 )
-RACING = "test_two_dispatchers_racing_on_one_run_record_each_step_once"
+RACING = test_dispatcher.RACING
 DUE_RUNS_TESTS = sorted(n for n in dir(DueRunsContract) if n.startswith("test_"))
+ARCHIVE_TESTS = sorted(n for n in dir(ResultArchiveContract) if n.startswith("test_"))
 SCHEDULER_TESTS = sorted(n for n in dir(SchedulerContract) if n.startswith("test_"))
 # What KVStateStore declares missing (no atomic compare-and-set), and Queues (no dedup).
 KV_SKIPPED = {
@@ -88,21 +90,17 @@ def parse(stdout: str, stderr: str, duration_s: float) -> Results:
 
 @pytest.fixture(scope="session")
 def test_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A source root with the ``tests`` package parts the programs import (contracts, core)."""
+    """A source root with the ``tests`` package parts the programs import (core tests, the
+    long loop); the contract suites and scenarios come with ``refluxo.testing``."""
     root = tmp_path_factory.mktemp("pyodide-tests")
     tests = root / "tests"
     (tests / "core").mkdir(parents=True)
     for name in ("__init__.py", "conftest.py"):
         shutil.copy2(REPO / "tests" / name, tests / name)
-    shutil.copytree(
-        REPO / "tests" / "contract",
-        tests / "contract",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
     for name in ("__init__.py", *CORE_TEST_MODULES):
         shutil.copy2(REPO / "tests" / "core" / name, tests / "core" / name)
     (tests / "dispatcher").mkdir()
-    for name in ("__init__.py", "longrun.py", "harness.py", "test_dispatcher.py"):
+    for name in ("__init__.py", "longrun.py"):
         shutil.copy2(REPO / "tests" / "dispatcher" / name, tests / "dispatcher" / name)
     return root
 
@@ -176,9 +174,14 @@ def test_d1_and_kv_stores_find_due_runs_for_the_reconciler(
     _expect(contracts, f"{store}::{name}", "PASSED")
 
 
+@pytest.mark.parametrize("name", ARCHIVE_TESTS)
+def test_d1_state_store_passes_the_result_archive_contract(contracts: Results, name: str) -> None:
+    _expect(contracts, f"TestD1ResultArchive::{name}", "PASSED")
+
+
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_the_dispatcher_fault_scenarios_pass_on_d1(dispatcher_suite: Results, name: str) -> None:
-    _expect(dispatcher_suite, f"d1:test_dispatcher::{name}", "PASSED")
+    _expect(dispatcher_suite, f"d1:dispatcher::{name}", "PASSED")
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -186,9 +189,9 @@ def test_the_dispatcher_fault_scenarios_pass_on_kv_but_racing_which_it_declares_
     dispatcher_suite: Results, name: str
 ) -> None:
     if name == RACING:
-        _expect(dispatcher_suite, f"kv:test_dispatcher::{name}", "SKIPPED", "compare_and_set")
+        _expect(dispatcher_suite, f"kv:dispatcher::{name}", "SKIPPED", "compare_and_set")
     else:
-        _expect(dispatcher_suite, f"kv:test_dispatcher::{name}", "PASSED")
+        _expect(dispatcher_suite, f"kv:dispatcher::{name}", "PASSED")
 
 
 @pytest.mark.parametrize(

@@ -371,14 +371,14 @@ def test_the_start_node_is_the_one_without_incoming_edges() -> None:
 
 async def test_a_snapshot_at_an_unknown_node_is_refused() -> None:
     engine = WorkflowEngine(linear("a"), ECHO)
-    snap = Snapshot(workflow_id="r", status="active", current_node_id="gone")
+    snap = Snapshot(run_id="r", status="active", current_node_id="gone")
     with pytest.raises(DefinitionError, match="'gone'"):
         await engine.execute_step(snap)
 
 
 async def test_no_current_node_completes() -> None:
     engine = WorkflowEngine(linear("a"), ECHO)
-    snap = Snapshot(workflow_id="r", status="active", current_node_id=None, version=3)
+    snap = Snapshot(run_id="r", status="active", current_node_id=None, version=3)
     done = await engine.execute_step(snap)
     assert done.status == "completed" and done.version == 4
 
@@ -558,7 +558,7 @@ async def test_custom_transform_engines_run_in_a_pipeline() -> None:
     engine = WorkflowEngine(
         {"nodes": [{"id": "a", "type": "echo", "data": "hi"}]},
         ECHO,
-        transform_engines=[Upper(), Suffix()],
+        transforms=[Upper(), Suffix()],
     )
     snap = await engine.execute_step(engine.create_initial_snapshot("r", "a"), globals={"s": "?"})
     # The second transform saw globals; as a secret, the value is masked where it is recorded.
@@ -570,9 +570,7 @@ async def test_without_transforms_executors_cannot_mutate_the_definition() -> No
         data["n"] = "changed"
         return data
 
-    engine = WorkflowEngine(
-        linear("a"), {"echo": NodeDefinition(executor=mutate)}, transform_engines=[]
-    )
+    engine = WorkflowEngine(linear("a"), {"echo": NodeDefinition(executor=mutate)}, transforms=[])
     await engine.execute_step(engine.create_initial_snapshot("r", "a"))
     assert engine.node("a").data == {"n": "a"}
 
@@ -586,7 +584,7 @@ class Recorder(Plugin):
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    async def on_workflow_start(self, snapshot: Snapshot) -> None:
+    async def on_run_start(self, snapshot: Snapshot) -> None:
         self.calls.append("start")
 
     async def on_before_node(self, ctx: NodeContext) -> None:
@@ -598,10 +596,10 @@ class Recorder(Plugin):
     async def on_node_error(self, ctx: NodeContext) -> None:
         self.calls.append(f"error:{ctx.node.id}:{ctx.attempt}:{type(ctx.error).__name__}")
 
-    async def on_workflow_complete(self, snapshot: Snapshot) -> None:
+    async def on_run_complete(self, snapshot: Snapshot) -> None:
         self.calls.append("complete")
 
-    async def on_workflow_pause(self, snapshot: Snapshot) -> None:
+    async def on_run_pause(self, snapshot: Snapshot) -> None:
         self.calls.append("pause")
 
 
@@ -661,6 +659,37 @@ async def test_a_raising_plugin_is_logged_and_does_not_break_the_step(
     assert snap.status == "completed"
     assert "before:a" in rec.calls  # the next plugin still ran
     assert "plugin broken: hook on_before_node raised" in caplog.text
+
+
+async def test_a_plugin_without_a_name_is_logged_under_its_class_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Nameless(Plugin):
+        def on_before_node(self, ctx: NodeContext) -> None:
+            raise ValueError("plugin bug")
+
+    engine = WorkflowEngine(linear("a"), ECHO, plugins=[Nameless()])
+    with caplog.at_level(logging.ERROR, logger="refluxo.engine"):
+        await engine.execute_step(engine.create_initial_snapshot("r", "a"))
+    assert "plugin Nameless: hook on_before_node raised" in caplog.text
+
+
+async def test_a_run_that_fails_calls_the_plugins_on_run_fail() -> None:
+    failed: list[str] = []
+
+    class OnFail(Plugin):
+        async def on_run_fail(self, snapshot: Snapshot) -> None:
+            failed.append(snapshot.metadata["failedReason"])
+
+    async def boom(data: Any, ctx: Context, payload: Any, g: Any) -> Any:
+        raise RuntimeError("boom")
+
+    engine = WorkflowEngine(
+        linear("a"), {"echo": NodeDefinition(executor=boom)}, plugins=[OnFail()]
+    )
+    snap = await engine.execute(snapshot=engine.create_initial_snapshot("r", "a"))
+    assert snap.status == "failed"
+    assert failed == [snap.metadata["failedReason"]]
 
 
 # --- 9. step limit ------------------------------------------------------------------------
@@ -736,3 +765,59 @@ async def test_a_run_with_branches_is_not_stepped_as_a_whole() -> None:
         await engine.execute_step(forked)
     branch = await engine.advance(forked.branch_view(next(iter(forked.branches or {}))))
     assert branch.status == "completed" and branch.results("a")[-1].output["data"] == 2
+
+
+async def test_the_step_limit_calls_the_plugins_on_run_fail() -> None:
+    async def loop(data: Any, ctx: Context, payload: Any, g: Any) -> Any:
+        return StepResult(data=ctx.count("a"), next_handle="again")
+
+    failed: list[Snapshot] = []
+
+    class OnFail(Plugin):
+        async def on_run_fail(self, snapshot: Snapshot) -> None:
+            failed.append(snapshot)
+
+    wf = {
+        "nodes": [{"id": "a", "type": "loop"}],
+        "edges": [{"id": "1", "source": "a", "target": "a", "sourceHandle": "again"}],
+    }
+    engine = WorkflowEngine(wf, {"loop": NodeDefinition(executor=loop)}, plugins=[OnFail()])
+    snap = await engine.execute(snapshot=engine.create_initial_snapshot("r", "a"), step_limit=3)
+    assert snap.status == "failed"
+    assert failed == [snap]
+
+
+def test_the_old_names_transform_engine_and_transform_engines_still_work_and_warn() -> None:
+    import refluxo.core
+    from refluxo.core import Transform
+
+    with pytest.warns(DeprecationWarning, match="use Transform"):
+        assert refluxo.core.TransformEngine is Transform
+    with pytest.warns(DeprecationWarning, match="use transforms="):
+        engine = WorkflowEngine(linear("a"), ECHO, transform_engines=[])
+    assert engine.transforms == []
+
+
+def test_dispatcher_is_kept_as_the_old_name_of_the_run_service() -> None:
+    from refluxo.core import Dispatcher, RunService
+    from refluxo.core.dispatcher import Dispatcher as Old
+
+    assert Dispatcher is RunService and Old is RunService
+
+
+async def test_a_plugin_with_the_old_hook_names_is_still_called_and_warned_about() -> None:
+    calls: list[str] = []
+
+    with pytest.warns(DeprecationWarning, match="name the hook on_run_") as warned:
+
+        class Old(Plugin):
+            async def on_workflow_start(self, snapshot: Snapshot) -> None:
+                calls.append("start")
+
+            def on_workflow_complete(self, snapshot: Snapshot) -> None:
+                calls.append("complete")
+
+    assert len(warned) == 2
+    engine = WorkflowEngine(linear("a"), ECHO, plugins=[Old()])
+    await engine.execute(snapshot=engine.create_initial_snapshot("r", "a"))
+    assert calls == ["start", "complete"]

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from refluxo.core import Dispatcher, MemoryScheduler, MemoryStateStore, RunNotFound
+from refluxo.core import MemoryScheduler, MemoryStateStore, RunNotFound, RunService
 from refluxo.core.http import MAX_JSON_DEPTH, HttpApi, HttpRequest, bearer_token
 from refluxo.core.schema import CancelRun, SendEvent, StartRun, openapi_document
-from refluxo.demo import workflows
+from refluxo.testing.workflows import workflows
 
 
 @pytest.fixture
 def api() -> HttpApi:
-    dispatcher = Dispatcher(workflows(), MemoryStateStore(), MemoryScheduler())
+    dispatcher = RunService(workflows(), MemoryStateStore(), MemoryScheduler())
     return HttpApi(dispatcher, dispatch_auth=bearer_token("sched"))
 
 
@@ -116,7 +116,7 @@ async def test_a_run_id_with_a_trailing_newline_is_refused(api: HttpApi) -> None
 
 def test_a_workflow_name_with_a_trailing_newline_is_refused() -> None:
     from refluxo.core import DefinitionError, Workflow
-    from refluxo.demo import DEFINITION, NODES
+    from refluxo.testing.workflows import DEFINITION, NODES
 
     with pytest.raises(DefinitionError):
         Workflow("demo\n", DEFINITION, NODES)

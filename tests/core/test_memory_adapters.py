@@ -10,9 +10,10 @@ import pytest
 
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.model import DispatchMessage, now_ms
-from tests.contract.due_runs import DueRunsContract
-from tests.contract.scheduler import NextDelivery, SchedulerContract
-from tests.contract.store import StateStoreContract
+from refluxo.testing.archive import ResultArchiveContract
+from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.scheduler import NextDelivery, SchedulerContract
+from refluxo.testing.store import StateStoreContract
 
 MAX_BYTES = 64 * 1024
 # The MemoryScheduler delivers nothing by itself; this loop plays the worker. It sleeps until
@@ -36,6 +37,12 @@ class TestMemoryStateStore(StateStoreContract):
 
 
 class TestMemoryDueRuns(DueRunsContract):
+    @pytest.fixture
+    def store(self) -> MemoryStateStore:
+        return MemoryStateStore()
+
+
+class TestMemoryResultArchive(ResultArchiveContract):
     @pytest.fixture
     def store(self) -> MemoryStateStore:
         return MemoryStateStore()

@@ -10,18 +10,19 @@ from urllib.parse import quote
 import pytest
 
 from refluxo.core import (
-    Dispatcher,
     ExpressionError,
     MemoryScheduler,
     MemoryStateStore,
     NodeDefinition,
     NodeResult,
+    RunService,
     Snapshot,
     Workflow,
     WorkflowEngine,
 )
 from refluxo.core.expressions import evaluate
 from refluxo.core.nodes import Context
+from refluxo.testing import run_to_end
 
 KEY = "sk-live-123456"
 
@@ -217,13 +218,11 @@ async def test_a_workflow_sees_only_the_secrets_it_lists() -> None:
     store = MemoryStateStore()
     scheduler = MemoryScheduler()
     wf = Workflow("mailer", definition, {"use": NodeDefinition(use)}, secrets=["mail"])
-    dispatcher = Dispatcher(
+    dispatcher = RunService(
         [wf], store, scheduler, globals={"mail": "m-token", "billing": "b-token"}
     )
     await dispatcher.start("mailer", run_id="r1")
-    for _ in range(3):
-        for message in scheduler.pop_due():
-            await dispatcher.dispatch(message)
+    await run_to_end(dispatcher, scheduler)
     snap = await store.load("r1")
     assert seen == [("m-token", {"mail": "m-token"})]
     assert snap.status == "failed"

@@ -27,7 +27,7 @@ TS_SNAPSHOT = {
 
 def test_a_typescript_snapshot_loads_with_snake_case_attributes() -> None:
     snap = Snapshot.model_validate(TS_SNAPSHOT)
-    assert snap.workflow_id == "run-1"
+    assert snap.run_id == "run-1"
     assert snap.current_node_id == "fetch"
     assert snap.retry_state is not None and snap.retry_state.next_retry_at == 1700000001500
     assert snap.context["fetch"][0].error == "Error: boom"
@@ -51,7 +51,7 @@ def test_unknown_fields_are_kept_at_every_level() -> None:
 
 
 def test_null_outputs_stay_null_and_unset_optionals_stay_out() -> None:
-    snap = Snapshot(workflow_id="r", status="active", current_node_id="a")
+    snap = Snapshot(run_id="r", status="active", current_node_id="a")
     out = snap.to_dict()
     assert out == {
         "workflowId": "r",
@@ -100,6 +100,17 @@ def test_the_shape_hash_ignores_node_data_but_not_wiring() -> None:
     assert WorkflowDefinition.model_validate(retyped).shape_hash() != h
 
 
+def test_the_old_name_workflow_id_still_works_and_warns_that_it_is_deprecated() -> None:
+    import pytest
+
+    with pytest.warns(DeprecationWarning, match="run_id"):
+        snap = Snapshot(workflow_id="r", status="active", current_node_id="a")  # type: ignore[call-arg]
+    assert snap.run_id == "r"
+    assert snap.to_dict()["workflowId"] == "r"
+    with pytest.warns(DeprecationWarning, match="run_id"):
+        assert snap.workflow_id == "r"
+
+
 def test_a_stored_snapshot_that_is_not_valid_decodes_to_a_store_error_without_its_content() -> None:
     import pytest
 
@@ -112,7 +123,7 @@ def test_a_stored_snapshot_that_is_not_valid_decodes_to_a_store_error_without_it
             decode_snapshot("r1", stored, "table 'runs'")
         assert raised.value.transient is False
         assert "4111" not in str(raised.value) and "table 'runs'" in str(raised.value)
-    assert decode_snapshot("r1", json.dumps(TS_SNAPSHOT)).workflow_id == "run-1"
+    assert decode_snapshot("r1", json.dumps(TS_SNAPSHOT)).run_id == "run-1"
 
 
 def test_an_archived_result_that_is_not_valid_decodes_to_a_store_error_without_its_content() -> (

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from refluxo.core import Context, NodeDefinition, StepResult, Workflow
-from refluxo.core.dispatcher import Dispatcher
+from refluxo.core.dispatcher import DispatchResult, RunService
 from refluxo.core.memory import MemoryScheduler
+from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import StateStore
+from refluxo.testing import run_to_end
 
 
 async def tick(data: Any, context: Context, payload: Any, globals: Any) -> StepResult:
@@ -47,17 +49,19 @@ async def run_loop(
     """Run the loop to its end; return step -> stored snapshot's JSON size, every ``every``
     steps (and at step 100, the baseline the flatness checks compare with)."""
     scheduler = MemoryScheduler()
-    dispatcher = Dispatcher([workflow], store, scheduler)
+    dispatcher = RunService([workflow], store, scheduler)
     await dispatcher.start(workflow.name, run_id=run_id)
     sizes: dict[int, int] = {}
     step = 0
-    while True:
-        due = scheduler.pop_due()
-        if not due:
-            return sizes
-        for message in due:
-            result = await dispatcher.dispatch(message)
-            assert result.outcome == "stepped", result
-            step += 1
-            if step % every == 0 or step == 100:
-                sizes[step] = len((await store.load(run_id)).to_json().encode())
+
+    async def measured(d: RunService, message: DispatchMessage) -> list[DispatchResult]:
+        nonlocal step
+        result = await d.dispatch(message)
+        assert result.outcome == "stepped", result
+        step += 1
+        if step % every == 0 or step == 100:
+            sizes[step] = len((await store.load(run_id)).to_json().encode())
+        return [result]
+
+    await run_to_end(dispatcher, scheduler, deliver=measured, max_messages=10**9)
+    return sizes

@@ -17,9 +17,9 @@ from refluxo.core.model import DispatchMessage, WorkflowDefinition
 from refluxo.core.nodes import NodeDefinition, RetryPolicy, StepResult
 from refluxo.core.ports import StateStore
 from refluxo.core.timeline import to_mermaid
+from refluxo.testing.harness import YieldingStore, recorded
 from tests.conftest import FakeClock
 from tests.dispatcher.conftest import open_store
-from tests.dispatcher.harness import YieldingStore, recorded
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -717,10 +717,10 @@ async def test_a_run_whose_branches_all_end_without_a_join_completes_once(
     class Watch(Plugin):
         name = "watch"
 
-        async def on_workflow_start(self, snapshot: Snapshot) -> None:
+        async def on_run_start(self, snapshot: Snapshot) -> None:
             started.append(snapshot.run_id)
 
-        async def on_workflow_complete(self, snapshot: Snapshot) -> None:
+        async def on_run_complete(self, snapshot: Snapshot) -> None:
             completed.append(snapshot.run_id)
 
     definition = fan()

@@ -25,11 +25,12 @@ from refluxo.core import (
     StepResult,
 )
 from refluxo.core.codec import Limits
-from refluxo.core.dispatcher import Dispatcher, Workflow
+from refluxo.core.dispatcher import RunService, Workflow
 from refluxo.core.http import HttpApi, HttpRequest
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import StateStore
+from refluxo.testing import run_to_end
 from tests.conftest import FakeClock
 
 
@@ -59,7 +60,7 @@ class Rig:
         self.clock = clock
         self.scheduler = MemoryScheduler(clock=clock)
         self.workflow = Workflow("wf", definition, nodes, clock=clock)
-        self.dispatcher = Dispatcher(
+        self.dispatcher = RunService(
             [self.workflow], store, self.scheduler, clock=clock, limits=limits
         )
         self.api = HttpApi(self.dispatcher)
@@ -76,16 +77,11 @@ class Rig:
 
     async def crank(self, *, advance: bool = True, max_messages: int = 200) -> None:
         """Deliver until nothing is pending (moving the clock to each due message)."""
-        for _ in range(max_messages):
-            due = self.scheduler.next_due()
-            if due is None:
-                return
-            if due > self.clock.now:
-                if not advance:
-                    return
-                self.clock.now = due
-            await self.deliver_due()
-        raise AssertionError("the run did not settle")
+        clock = self.clock if advance else None
+        results = await run_to_end(
+            self.dispatcher, self.scheduler, clock=clock, max_messages=max_messages
+        )
+        self.outcomes.extend(result.outcome for result in results)
 
 
 def deep(levels: int) -> Any:
@@ -217,7 +213,7 @@ async def test_an_output_that_is_not_strict_json_fails_the_node_once_with_the_re
 async def test_no_answer_or_snapshot_carries_a_non_standard_json_token(
     store: StateStore, clock: FakeClock
 ) -> None:
-    snap = Snapshot(workflow_id="r1", status="active", current_node_id="a", input={"x": math.inf})
+    snap = Snapshot(run_id="r1", status="active", current_node_id="a", input={"x": math.inf})
     with pytest.raises(NotStrictJson):
         snap.to_json()
     with pytest.raises(NotStrictJson):
@@ -231,7 +227,7 @@ async def test_no_answer_or_snapshot_carries_a_non_standard_json_token(
 async def test_a_store_never_saves_a_snapshot_that_would_not_read_back(
     store: StateStore,
 ) -> None:
-    good = Snapshot(workflow_id="r1", status="active", current_node_id="a", input=[1])
+    good = Snapshot(run_id="r1", status="active", current_node_id="a", input=[1])
     assert await store.create(good)
     for bad in (deep(250), {1: "a", "1": "b"}, "\ud800", math.nan):
         with pytest.raises(NotStrictJson):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from refluxo.core import DefinitionError, NodeResult, Snapshot
-from refluxo.core.dispatcher import Dispatcher
+from refluxo.core.dispatcher import RunService
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.ports import ResultArchive, StateStore
 from tests.conftest import FakeClock
@@ -76,7 +76,7 @@ class NoArchiveStore:
 
 def test_archiving_needs_a_store_that_archives_and_a_retention() -> None:
     with pytest.raises(DefinitionError, match="keeps no archive"):
-        Dispatcher(
+        RunService(
             [loop_workflow(3, retention=2, archive=True)], NoArchiveStore(), MemoryScheduler()
         )
     with pytest.raises(DefinitionError, match="needs a retention"):

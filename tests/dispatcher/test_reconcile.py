@@ -5,9 +5,8 @@ from __future__ import annotations
 from refluxo.core.memory import MemoryStateStore
 from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import StateStore
+from refluxo.testing.harness import Harness
 from tests.conftest import FakeClock
-
-from .harness import Harness
 
 GRACE = 300_000
 

@@ -11,9 +11,8 @@ import pytest
 from refluxo.core.http import HttpApi, HttpRequest, bearer_token
 from refluxo.core.memory import MemoryStateStore
 from refluxo.core.ports import StateStore
+from refluxo.testing.harness import Harness
 from tests.conftest import FakeClock
-
-from .harness import Harness
 
 AUTH = {"authorization": "Bearer sched"}
 

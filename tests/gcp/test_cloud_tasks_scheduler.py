@@ -35,7 +35,7 @@ from refluxo.gcp.scheduler import (
     default_audience,
     task_id,
 )
-from tests.contract.scheduler import NextDelivery, SchedulerContract
+from refluxo.testing.scheduler import NextDelivery, SchedulerContract
 
 QUEUE = "projects/refluxo-test/locations/us-central1/queues/refluxo"
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")

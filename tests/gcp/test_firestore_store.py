@@ -24,8 +24,9 @@ from refluxo.gcp.store import (
     FirestoreStateStore,
     document_id,
 )
-from tests.contract.due_runs import DueRunsContract
-from tests.contract.store import StateStoreContract, padded, snapshot, wire
+from refluxo.testing.archive import ResultArchiveContract
+from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.store import StateStoreContract, padded, snapshot, wire
 
 # Small enough to keep the contract's padded snapshots quick; the real limit is tested below.
 CONTRACT_MAX_BYTES = 64 * 1024
@@ -48,6 +49,12 @@ class TestFirestoreStateStore(StateStoreContract):
 
 
 class TestFirestoreDueRuns(DueRunsContract):
+    @pytest.fixture
+    def store(self, firestore_client: Any) -> FirestoreStateStore:
+        return FirestoreStateStore(firestore_client, COLLECTION)
+
+
+class TestFirestoreResultArchive(ResultArchiveContract):
     @pytest.fixture
     def store(self, firestore_client: Any) -> FirestoreStateStore:
         return FirestoreStateStore(firestore_client, COLLECTION)

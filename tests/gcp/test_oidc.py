@@ -371,12 +371,12 @@ async def test_a_forged_stripped_token_next_to_x_serverless_authorization_is_ref
 async def test_the_forged_dispatch_request_runs_no_step(
     trusting: OidcVerifier, google_key: Key
 ) -> None:
-    from refluxo.core import Dispatcher, MemoryScheduler, MemoryStateStore
+    from refluxo.core import MemoryScheduler, MemoryStateStore, RunService
     from refluxo.core.http import HttpApi
     from refluxo.demo import workflows
 
     store = MemoryStateStore()
-    api = HttpApi(Dispatcher(workflows(), store, MemoryScheduler()), dispatch_auth=trusting)
+    api = HttpApi(RunService(workflows(), store, MemoryScheduler()), dispatch_auth=trusting)
     await api.dispatcher.start("demo", run_id="victim")
     body = json.dumps({"runId": "victim", "version": 0}).encode()
     headers = {

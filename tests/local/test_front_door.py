@@ -14,10 +14,10 @@ import pytest
 
 from refluxo.core import RunNotFound
 from refluxo.core.http import HttpApi, HttpRequest
-from refluxo.demo import workflows
 from refluxo.local.asgi import AsgiApp, hosts_for
 from refluxo.local.runtime import LocalRuntime
 from refluxo.local.server import LocalServer
+from refluxo.testing.workflows import workflows
 
 
 @pytest.fixture

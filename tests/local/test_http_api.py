@@ -18,9 +18,9 @@ import pytest
 
 from refluxo.core import Snapshot
 from refluxo.core.http import HttpApi, bearer_token
-from refluxo.demo import workflows
 from refluxo.local.runtime import LocalRuntime
 from refluxo.local.server import LocalServer
+from refluxo.testing.workflows import workflows
 
 
 class Http:

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from refluxo.core import Workflow
-from refluxo.demo import DEFINITION, NODES
 from refluxo.local.runtime import LocalRuntime
+from refluxo.testing.workflows import DEFINITION, NODES
 
 DEADLINE_S = 20.0
 

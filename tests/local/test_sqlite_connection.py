@@ -10,7 +10,7 @@ from typing import Any
 
 from refluxo.core.model import DispatchMessage
 from refluxo.local import SQLiteScheduler, SQLiteStateStore
-from tests.contract.store import snapshot
+from refluxo.testing.store import snapshot
 
 
 async def test_a_store_and_a_scheduler_on_one_file_share_one_connection_until_both_close(

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 import refluxo.local.scheduler as scheduler_module
-from refluxo.core import Dispatcher, SchedulerError
+from refluxo.core import RunService, SchedulerError
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.local import SQLiteScheduler, SQLiteStateStore
+from refluxo.testing.scheduler import NextDelivery, SchedulerContract
 from tests.conftest import FakeClock
-from tests.contract.scheduler import NextDelivery, SchedulerContract
 
 HOUR_MS = 3_600_000
 # How long a test waits for something that should happen within milliseconds.
@@ -728,14 +728,14 @@ CRASH_MID_RUN = LOOPER + textwrap.dedent(
     """
     import asyncio, sys
     import refluxo.local.scheduler as scheduler_module
-    from refluxo.core import Dispatcher
+    from refluxo.core import RunService
     from refluxo.local import SQLiteScheduler, SQLiteStateStore
 
     scheduler_module.DONE_FLUSH_S = 3600.0
 
     async def main(path):
         store, scheduler = SQLiteStateStore(path), SQLiteScheduler(path)
-        dispatcher = Dispatcher([looper(10, crash_at=5)], store, scheduler)
+        dispatcher = RunService([looper(10, crash_at=5)], store, scheduler)
         await dispatcher.start("looper", run_id="run-1")
 
         async def deliver(message):
@@ -772,7 +772,7 @@ async def test_messages_delivered_but_not_yet_marked_done_when_the_process_dies_
         ran: list[int] = []
         looper = namespace["looper"]
         assert callable(looper)
-        dispatcher = Dispatcher([looper(10, ran=ran)], store, scheduler)
+        dispatcher = RunService([looper(10, ran=ran)], store, scheduler)
         outcomes: list[tuple[int, str]] = []
 
         async def deliver(message: DispatchMessage) -> None:

@@ -16,9 +16,10 @@ import pytest
 from refluxo.core import DefinitionRef, NodeResult, StoreError, VersionConflict
 from refluxo.local import SQLiteStateStore
 from refluxo.local.store import DEFAULT_MAX_BYTES, RunSummary
+from refluxo.testing.archive import ResultArchiveContract
+from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.store import StateStoreContract, snapshot
 from tests.conftest import FakeClock
-from tests.contract.due_runs import DueRunsContract
-from tests.contract.store import StateStoreContract, snapshot
 
 
 class TestSQLiteStateStore(StateStoreContract):
@@ -38,6 +39,14 @@ class TestSQLiteStateStore(StateStoreContract):
 
 
 class TestSQLiteDueRuns(DueRunsContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SQLiteStateStore]:
+        store = SQLiteStateStore(tmp_path / "runs.db")
+        yield store
+        store.close()
+
+
+class TestSQLiteResultArchive(ResultArchiveContract):
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[SQLiteStateStore]:
         store = SQLiteStateStore(tmp_path / "runs.db")
@@ -355,7 +364,7 @@ async def test_a_file_with_the_old_indexes_is_migrated_and_lists_runs_by_status(
 async def test_an_unreadable_stored_run_is_reported_without_echoing_its_content(
     path: Path,
 ) -> None:
-    from refluxo.core.dispatcher import Dispatcher
+    from refluxo.core.dispatcher import RunService
     from refluxo.core.http import HttpApi, HttpRequest
     from refluxo.core.memory import MemoryScheduler
 
@@ -368,7 +377,7 @@ async def test_an_unreadable_stored_run_is_reported_without_echoing_its_content(
         await store.load("r1")
     assert raised.value.transient is False and "4111" not in str(raised.value)
     assert "status" in str(raised.value)
-    api = HttpApi(Dispatcher([], store, MemoryScheduler()))
+    api = HttpApi(RunService([], store, MemoryScheduler()))
     response = await api.handle(HttpRequest("GET", "/runs/r1"))
     assert response.status == 500 and b"4111" not in response.body
     store.close()

@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.postgres import PostgresScheduler, open_pool
-from tests.contract.scheduler import NextDelivery, SchedulerContract
+from refluxo.testing.scheduler import NextDelivery, SchedulerContract
 
 DEADLINE_S = 10.0
 

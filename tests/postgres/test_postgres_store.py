@@ -10,8 +10,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from refluxo.core.model import NodeResult
 from refluxo.postgres import PostgresStateStore
-from tests.contract.due_runs import DueRunsContract
-from tests.contract.store import StateStoreContract, snapshot
+from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.store import StateStoreContract, snapshot
 
 
 class TestPostgresStateStore(StateStoreContract):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from refluxo.core.dispatcher import Dispatcher
+from refluxo.core.dispatcher import RunService
 from refluxo.core.model import now_ms
 from refluxo.postgres import PostgresScheduler, PostgresStateStore
 from tests.postgres.worker_app import STEPS, workflows
@@ -46,7 +46,7 @@ async def test_three_workers_with_one_killed_mid_run_lose_nothing_and_record_not
 ) -> None:
     store = PostgresStateStore(pool)
     scheduler = PostgresScheduler(pool)
-    dispatcher = Dispatcher(workflows(), store, scheduler)
+    dispatcher = RunService(workflows(), store, scheduler)
     for i in range(RUNS):
         await dispatcher.start("chain", run_id=f"run-{i}")
     workers = [_worker(pg_url) for _ in range(3)]
@@ -57,7 +57,7 @@ async def test_three_workers_with_one_killed_mid_run_lose_nothing_and_record_not
             seen: dict[str, set[int]] = {}
             for i in range(RUNS):
                 snap = await store.load(f"run-{i}")
-                seen[snap.workflow_id] = {
+                seen[snap.run_id] = {
                     r.output["pid"] for results in snap.context.values() for r in results
                 }
             return seen

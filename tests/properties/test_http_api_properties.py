@@ -27,11 +27,12 @@ from hypothesis import strategies as st
 
 from refluxo.core import NodeDefinition, RetryPolicy, RunNotFound, StepResult
 from refluxo.core.codec import Limits
-from refluxo.core.dispatcher import Dispatcher, Workflow
+from refluxo.core.dispatcher import DispatchResult, RunService, Workflow
 from refluxo.core.http import HttpApi, HttpRequest
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import StateStore
+from refluxo.testing import run_to_end
 from tests.conftest import FakeClock
 
 RUN = "r1"
@@ -208,7 +209,7 @@ class Scenario:
         self.store = store
         self.scheduler = MemoryScheduler(clock=self.clock)
         workflow = Workflow("wf", DEFINITION, NODES, clock=self.clock)
-        self.dispatcher = Dispatcher(
+        self.dispatcher = RunService(
             [workflow], store, self.scheduler, clock=self.clock, limits=LIMITS
         )
         self.api = HttpApi(self.dispatcher, max_body_bytes=MAX_BODY_BYTES)
@@ -261,12 +262,15 @@ class Scenario:
             await self.deliver()
 
     async def drive_to_the_end(self) -> None:
-        for _ in range(100):
-            due = self.scheduler.next_due()
-            if due is None:
-                break
-            self.clock.now = max(self.clock.now, due)
-            await self.deliver()
+        async def checked(d: RunService, message: DispatchMessage) -> list[DispatchResult]:
+            self.delivered.append(message)
+            result = await d.dispatch(message)
+            await self.check()
+            return [result]
+
+        await run_to_end(
+            self.dispatcher, self.scheduler, clock=self.clock, deliver=checked, max_messages=100
+        )
         try:
             run = await self.store.load(RUN)
         except RunNotFound:

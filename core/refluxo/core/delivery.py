@@ -1,6 +1,6 @@
 """How a delivery ends: acknowledged, delivered again after a delay, or dead-lettered.
 
-Every scheduler hands a message to :meth:`Dispatcher.dispatch` and then has to say what
+Every scheduler hands a message to :meth:`RunService.dispatch` and then has to say what
 becomes of it: the local scheduler marks its row, a Worker calls ``ack()`` or ``retry()`` on
 the queue message, a Cloud Function answers Cloud Tasks with a status. They all ask
 :meth:`Redelivery.decide` (``outcome or exception, attempts -> ack | retry(delay) |

@@ -52,7 +52,7 @@ from .errors import (
     WorkflowMismatch,
     WorkflowNotFound,
 )
-from .expressions import TransformEngine
+from .expressions import Transform
 from .model import (
     BranchState,
     DefinitionRef,
@@ -63,7 +63,7 @@ from .model import (
     now_ms,
 )
 from .nodes import NodeDefinition
-from .plugins import Plugin
+from .plugins import PluginHooks
 from .ports import DueRuns, ResultArchive, Scheduler, StateStore
 from .schedules import MAX_CATCH_UP, ON_TIME_MS, Schedule, named, tick_run_id, ticks_between
 from .subflows import (
@@ -110,7 +110,7 @@ DEFAULT_REFUSED_RETRY_MS = 10 * 60 * 1000
 """How often a refused run's delivery comes back to see whether its definition is deployed."""
 
 
-_EXHAUSTED = Snapshot(workflow_id="-", status="failed", current_node_id=None)
+_EXHAUSTED = Snapshot(run_id="-", status="failed", current_node_id=None)
 """What :meth:`Dispatcher._save_step` answers when every re-application lost its save."""
 
 
@@ -131,12 +131,13 @@ class Workflow:
         name: the name runs are started under (``POST /workflows/{name}/runs``).
         definition: the graph, or its plain JSON form.
         nodes: node type -> :class:`NodeDefinition`.
-        plugins, transform_engines, retention, step_timeout: passed to
+        plugins, transforms, retention, step_timeout: passed to
             :class:`WorkflowEngine`. ``step_timeout`` (seconds, default 240) bounds each
             executor call whose node sets no ``timeout``; keep it below the platform's limit
             on one delivery.
             ``retention=N`` keeps the newest N results per node in the snapshot, so a run's
             snapshot (and each step's write) stays the same size however long the run is.
+        transform_engines: deprecated name of ``transforms``.
         archive: with a retention, keep the trimmed results in the store (which must then
             be a :class:`~refluxo.core.ports.ResultArchive`) instead of dropping them.
         start: the start node; defaults to the one node without incoming edges.
@@ -151,8 +152,9 @@ class Workflow:
         definition: WorkflowDefinition | Mapping[str, Any],
         nodes: Mapping[str, NodeDefinition],
         *,
-        plugins: Sequence[Plugin] = (),
-        transform_engines: Sequence[TransformEngine] | None = None,
+        plugins: Sequence[PluginHooks] = (),
+        transforms: Sequence[Transform] | None = None,
+        transform_engines: Sequence[Transform] | None = None,
         retention: int | None = None,
         archive: bool = False,
         start: str | None = None,
@@ -174,6 +176,7 @@ class Workflow:
             definition,
             nodes,
             plugins,
+            transforms=transforms,
             transform_engines=transform_engines,
             retention=retention,
             clock=clock,
@@ -231,8 +234,10 @@ def _trimmed(snapshot: Snapshot, *, keep_outputs: bool) -> Snapshot:
     return snapshot.model_copy(update={"context": context, "metadata": metadata})
 
 
-class Dispatcher:
-    """Ties the engine to a :class:`StateStore` and a :class:`Scheduler`, one step per call.
+class RunService:
+    """The service layer of runs: starts them, takes their events and cancels, and delivers
+    their steps (:meth:`dispatch`, one step per message), over a :class:`StateStore` and a
+    :class:`Scheduler`. Every front door (the HTTP API, the CLI, a queue handler) calls it.
 
     Args:
         workflows: the workflows this deployment hosts.
@@ -702,7 +707,7 @@ class Dispatcher:
             return self._result("conflict", run_id, view)
         self._log_step(out, node_id, "stepped", duration_ms)
         if saved.status == "completed":  # every branch ended without a join
-            await engine._hook("on_workflow_complete", saved)
+            await engine._hook("on_run_complete", lambda p: p.on_run_complete(saved))
         if saved.branches:
             started_ids = [b for b in saved.branches if b not in (snapshot.branches or {})]
             await self._schedule_next(saved, only=[bid, *started_ids])
@@ -1214,3 +1219,8 @@ class Dispatcher:
             outcome,
             extra={"refluxo": fields},
         )
+
+
+Dispatcher = RunService
+"""Deprecated name of :class:`RunService` (its delivery half, :meth:`RunService.dispatch`,
+keeps the name "dispatch"). Kept without a warning while code written against it is moved."""

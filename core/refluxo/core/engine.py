@@ -11,6 +11,7 @@ import queue
 import random
 import sys
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from .codec import DEFAULT_MAX_DEPTH, strict_json
 from .errors import DefinitionError, ExpressionError, NonRetryableError, NotStrictJson, RunFinished
-from .expressions import ExpressionTransform, TransformEngine
+from .expressions import ExpressionTransform, Transform
 from .model import (
     BranchState,
     DefinitionRef,
@@ -33,7 +34,7 @@ from .model import (
     now_ms,
 )
 from .nodes import Context, Executor, NodeDefinition, StepResult
-from .plugins import NodeContext, Plugin
+from .plugins import NodeContext, PluginHooks, plugin_name
 from .secrets import redactor
 
 logger = logging.getLogger("refluxo.engine")
@@ -251,8 +252,9 @@ class WorkflowEngine:
         workflow: the graph, a :class:`WorkflowDefinition` or its plain JSON form.
         node_definitions: node type -> :class:`NodeDefinition`.
         plugins: lifecycle hooks, called in order.
-        transform_engines: a pipeline run over each node's data before its executor;
-            defaults to the built-in ``{{ ... }}`` expressions (pass ``[]`` for none).
+        transforms: a pipeline run over each node's data before its executor; defaults to
+            the built-in ``{{ ... }}`` expressions (pass ``[]`` for none).
+        transform_engines: deprecated name of ``transforms``.
         clock: epoch milliseconds; injectable for tests.
         rng: the random source for retry jitter.
         retention: keep at most this many results per node in the snapshot (the newest);
@@ -273,9 +275,10 @@ class WorkflowEngine:
         self,
         workflow: WorkflowDefinition | Mapping[str, Any],
         node_definitions: Mapping[str, NodeDefinition],
-        plugins: Sequence[Plugin] = (),
+        plugins: Sequence[PluginHooks] = (),
         *,
-        transform_engines: Sequence[TransformEngine] | None = None,
+        transforms: Sequence[Transform] | None = None,
+        transform_engines: Sequence[Transform] | None = None,
         clock: Callable[[], int] = now_ms,
         rng: random.Random | None = None,
         retention: int | None = None,
@@ -291,8 +294,15 @@ class WorkflowEngine:
         self.workflow = workflow
         self.node_definitions = dict(node_definitions)
         self.plugins = list(plugins)
-        self.transform_engines: list[TransformEngine] = (
-            [ExpressionTransform()] if transform_engines is None else list(transform_engines)
+        if transform_engines is not None:
+            warnings.warn(
+                "transform_engines= is deprecated: use transforms=",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            transforms = transform_engines if transforms is None else transforms
+        self.transforms: list[Transform] = (
+            [ExpressionTransform()] if transforms is None else list(transforms)
         )
         self.clock = clock
         self._rng = rng
@@ -300,7 +310,7 @@ class WorkflowEngine:
         self.step_timeout = _seconds(step_timeout)
         self._nodes, self._edges = self._index(workflow)
         self._joins = self._join_modes(workflow)
-        self._copy_data = not self.transform_engines
+        self._copy_data = not self.transforms
 
     @property
     def rng(self) -> random.Random:
@@ -383,7 +393,7 @@ class WorkflowEngine:
 
     def create_initial_snapshot(
         self,
-        workflow_id: str,
+        run_id: str,
         start_node_id: str | None = None,
         *,
         input: Any = None,
@@ -394,7 +404,7 @@ class WorkflowEngine:
         if start not in self._nodes:
             raise DefinitionError(f"start node {start!r} is not in the workflow")
         return Snapshot(
-            workflow_id=workflow_id,
+            run_id=run_id,
             status="active",
             current_node_id=start,
             version=0,
@@ -416,35 +426,35 @@ class WorkflowEngine:
         """Run steps until the run is no longer ``active`` (paused, retry pending, finished).
 
         The first step gets ``external_payload``. After ``step_limit`` steps a still active run
-        is returned ``failed`` with the reason in ``metadata["failedReason"]``. A run that forks
-        is returned as it forked: its branches step through a :class:`Dispatcher`.
+        is returned ``failed`` with the reason in ``metadata["failedReason"]``, and the
+        plugins' ``on_run_fail`` hooks are called as for any other failure. A run that forks
+        is returned as it forked: its branches step through a :class:`RunService`.
         """
         current = snapshot
         if current.is_terminal:
             return current
         if current.branches:
             raise DefinitionError(
-                f"run {current.workflow_id!r} has parallel branches: step it with a Dispatcher"
+                f"run {current.run_id!r} has parallel branches: step it with a RunService"
             )
         payload = external_payload
-        steps = 0
-        while True:
-            if steps >= step_limit:
-                return current.model_copy(
-                    update={
-                        "status": "failed",
-                        "version": current.version + 1,
-                        "metadata": {
-                            **current.metadata,
-                            "failedReason": f"step limit of {step_limit} exceeded",
-                        },
-                    }
-                )
+        for _ in range(step_limit):
             current = await self.execute_step(current, payload, globals)
             payload = None
-            steps += 1
             if current.status != "active" or current.branches:
                 return current
+        failed = current.model_copy(
+            update={
+                "status": "failed",
+                "version": current.version + 1,
+                "metadata": {
+                    **current.metadata,
+                    "failedReason": f"step limit of {step_limit} exceeded",
+                },
+            }
+        )
+        await self._hook("on_run_fail", lambda p: p.on_run_fail(failed))
+        return failed
 
     async def advance(
         self,
@@ -509,15 +519,15 @@ class WorkflowEngine:
         branch: bool = False,
     ) -> Snapshot:
         if snapshot.is_terminal:
-            raise RunFinished(f"run {snapshot.workflow_id!r} is {snapshot.status}")
+            raise RunFinished(f"run {snapshot.run_id!r} is {snapshot.status}")
         if snapshot.branches:
             raise DefinitionError(
-                f"run {snapshot.workflow_id!r} has parallel branches: step each one "
-                "(Snapshot.branch_view) through a Dispatcher"
+                f"run {snapshot.run_id!r} has parallel branches: step each one "
+                "(Snapshot.branch_view) through a RunService"
             )
         start = self.clock()
         if snapshot.last_step_version == 0 and not branch:
-            await self._hook("on_workflow_start", snapshot)
+            await self._hook("on_run_start", lambda p: p.on_run_start(snapshot))
 
         base = snapshot
         payload = external_payload
@@ -539,8 +549,7 @@ class WorkflowEngine:
         node = self._nodes.get(node_id)
         if node is None:
             raise DefinitionError(
-                f"run {snapshot.workflow_id!r} is at node {node_id!r}, "
-                "which is not in this workflow"
+                f"run {snapshot.run_id!r} is at node {node_id!r}, which is not in this workflow"
             )
         definition = self.node_definitions[node.type]
         retry = base.retry_state
@@ -555,13 +564,13 @@ class WorkflowEngine:
             globals=globals,
             attempt=attempt,
         )
-        await self._hook("on_before_node", ctx)
+        await self._hook("on_before_node", lambda p: p.on_before_node(ctx))
 
         data: Any = node.data
         try:
             try:
                 data = copy.deepcopy(node.data) if self._copy_data else node.data
-                for transform in self.transform_engines:
+                for transform in self.transforms:
                     data = await transform.transform(data, context, globals)
                 if definition.input_model is not None:
                     data = definition.input_model.model_validate(data)
@@ -609,16 +618,16 @@ class WorkflowEngine:
                 if until is None and wait_request.delay_ms is not None:
                     until = start + wait_request.delay_ms
                 new_wait = WaitState(kind="event", event=wait_request.event, until=until)
-            await self._hook("on_after_node", after)
+            await self._hook("on_after_node", lambda p: p.on_after_node(after))
             paused = self._finish(base, start, status="paused", context=base.context, wait=new_wait)
-            await self._hook("on_workflow_pause", paused)
+            await self._hook("on_run_pause", lambda p: p.on_run_pause(paused))
             return paused
 
         entry = NodeResult(output=output, timestamp=self.clock(), attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
         targets = self.next_node_ids(node_id, result.next_handle)
         next_id = targets[0] if targets else None
-        await self._hook("on_after_node", after)
+        await self._hook("on_after_node", lambda p: p.on_after_node(after))
         sleep: WaitState | None = None
         if wait_request is not None:
             until = wait_request.until
@@ -640,7 +649,7 @@ class WorkflowEngine:
                 current=next_id,
                 wait=sleep,
             )
-            await self._hook("on_workflow_pause", slept)
+            await self._hook("on_run_pause", lambda p: p.on_run_pause(slept))
             return slept
         done = self._finish(
             base,
@@ -651,7 +660,7 @@ class WorkflowEngine:
             current=next_id,
         )
         if done.status == "completed" and not branch:
-            await self._hook("on_workflow_complete", done)
+            await self._hook("on_run_complete", lambda p: p.on_run_complete(done))
         return done
 
     @staticmethod
@@ -696,7 +705,7 @@ class WorkflowEngine:
         )
         new_context, counts = self._record(snapshot, node_id, entry)
         if target is None:
-            return self._finish(
+            failed = self._finish(
                 snapshot,
                 start,
                 status="failed",
@@ -704,6 +713,8 @@ class WorkflowEngine:
                 counts=counts,
                 metadata={**snapshot.metadata, "failedReason": f"timed out waiting for {what}"},
             )
+            await self._hook("on_run_fail", lambda p: p.on_run_fail(failed))
+            return failed
         return self._finish(
             snapshot, start, status="active", context=new_context, counts=counts, current=target
         )
@@ -726,19 +737,17 @@ class WorkflowEngine:
             message = message[: MAX_ERROR_CHARS - 1] + "…"
         entry = NodeResult(output=None, timestamp=self.clock(), error=message, attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
-        await self._hook(
-            "on_node_error",
-            NodeContext(
-                node=ctx.node,
-                definition=ctx.definition,
-                snapshot=snapshot,
-                input=data,
-                external_payload=ctx.external_payload,
-                globals=ctx.globals,
-                error=exc,
-                attempt=attempt,
-            ),
+        failed_ctx = NodeContext(
+            node=ctx.node,
+            definition=ctx.definition,
+            snapshot=snapshot,
+            input=data,
+            external_payload=ctx.external_payload,
+            globals=ctx.globals,
+            error=exc,
+            attempt=attempt,
         )
+        await self._hook("on_node_error", lambda p: p.on_node_error(failed_ctx))
         policy = ctx.definition.retry_policy
         if retryable and policy is not None and attempt < policy.max_attempts:
             next_at = self.clock() + policy.delay_ms(attempt, self.rng)
@@ -750,7 +759,7 @@ class WorkflowEngine:
                 counts=counts,
                 retry_state=RetryState(node_id=node_id, attempts=attempt, next_retry_at=next_at),
             )
-        return self._finish(
+        failed = self._finish(
             base,
             start,
             status="failed",
@@ -758,6 +767,8 @@ class WorkflowEngine:
             counts=counts,
             metadata={**base.metadata, "failedReason": f"node {node_id!r} failed: {message}"},
         )
+        await self._hook("on_run_fail", lambda p: p.on_run_fail(failed))
+        return failed
 
     def _record(
         self, snapshot: Snapshot, node_id: str, entry: NodeResult
@@ -807,18 +818,13 @@ class WorkflowEngine:
             update["metadata"] = metadata
         return base.model_copy(update=update)
 
-    async def _hook(self, name: str, arg: Any) -> None:
+    async def _hook(self, name: str, call: Callable[[PluginHooks], Awaitable[None] | None]) -> None:
         for plugin in self.plugins:
-            hook = getattr(plugin, name, None)
-            if hook is None:
-                continue
             try:
-                outcome = hook(arg)
+                outcome = call(plugin)
                 if isinstance(outcome, Awaitable):
                     await outcome
             except Exception:
                 logger.exception(
-                    "plugin %s: hook %s raised; the step goes on",
-                    getattr(plugin, "name", type(plugin).__name__),
-                    name,
+                    "plugin %s: hook %s raised; the step goes on", plugin_name(plugin), name
                 )

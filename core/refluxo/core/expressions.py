@@ -93,7 +93,7 @@ class ExpressionLimits:
 DEFAULT_LIMITS = ExpressionLimits()
 
 
-class TransformEngine(Protocol):
+class Transform(Protocol):
     """Rewrites a node's data before its executor runs (a pipeline; each gets the last's output).
 
     ``context`` is node id -> results; ``globals`` are the caller's secrets and settings.
@@ -104,6 +104,17 @@ class TransformEngine(Protocol):
     ) -> Any:
         """Return the transformed data; raise to fail the node."""
         ...
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TransformEngine":
+        import warnings
+
+        warnings.warn(
+            "TransformEngine is deprecated: use Transform", DeprecationWarning, stacklevel=2
+        )
+        return Transform
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ResultView:
@@ -853,7 +864,7 @@ def resolve(
 
 
 class ExpressionTransform:
-    """The built-in transform engine: resolves ``{{ ... }}`` expressions in node data.
+    """The built-in transform: resolves ``{{ ... }}`` expressions in node data.
 
     Args:
         limits: what evaluating one node's data may cost; see :class:`ExpressionLimits`.

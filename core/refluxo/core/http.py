@@ -39,7 +39,7 @@ from pydantic import BaseModel, ValidationError
 
 from .codec import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
 from .delivery import Redelivery
-from .dispatcher import Dispatcher, check_run_id
+from .dispatcher import RunService, check_run_id
 from .errors import (
     BackendError,
     InboxFull,
@@ -262,14 +262,14 @@ def _refuse_constant(token: str) -> Any:
 
 def _summary(snapshot: Any) -> dict[str, Any]:
     return {
-        "workflowId": snapshot.workflow_id,
+        "workflowId": snapshot.run_id,
         "status": snapshot.status,
         "version": snapshot.version,
     }
 
 
 class HttpApi:
-    """The refluxo HTTP API over a :class:`Dispatcher`.
+    """The refluxo HTTP API over a :class:`RunService`.
 
     Args:
         dispatcher: what the routes operate on.
@@ -281,7 +281,7 @@ class HttpApi:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        dispatcher: RunService,
         *,
         api_token: str | None = None,
         dispatch_auth: Authenticator | None = None,
@@ -459,7 +459,7 @@ class HttpApi:
             raise HttpError(401, "unauthorized", "the scheduler's credential is missing or wrong")
 
     async def _reconcile(self, request: HttpRequest) -> HttpResponse:
-        """Schedule again the runs whose delivery was lost (see ``Dispatcher.reconcile``).
+        """Schedule again the runs whose delivery was lost (see ``RunService.reconcile``).
 
         Called by the platform's timer (Cloud Scheduler) with the scheduler's credential.
         """

@@ -44,19 +44,19 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns):
     def _set_due(self, snapshot: Snapshot) -> None:
         due = stored_due_time(snapshot, self.clock())
         if due is None:
-            self._due.pop(snapshot.workflow_id, None)
+            self._due.pop(snapshot.run_id, None)
         else:
-            self._due[snapshot.workflow_id] = due
+            self._due[snapshot.run_id] = due
 
     def _encode(self, snapshot: Snapshot) -> str:
         return encode_snapshot(snapshot, self.max_bytes)
 
     async def create(self, snapshot: Snapshot) -> bool:
         raw = self._encode(snapshot)
-        if snapshot.workflow_id in self._runs:
+        if snapshot.run_id in self._runs:
             return False
-        self._runs[snapshot.workflow_id] = raw
-        self._versions[snapshot.workflow_id] = snapshot.version
+        self._runs[snapshot.run_id] = raw
+        self._versions[snapshot.run_id] = snapshot.version
         self._set_due(snapshot)
         return True
 
@@ -67,7 +67,7 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns):
         return decode_snapshot(run_id, raw, "the memory store")
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         if run_id not in self._runs:
             raise RunNotFound(run_id)
         current = self._versions[run_id]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any, Literal, TypeVar
+import warnings
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -182,7 +183,8 @@ class Snapshot(WireModel):
     unchanged and one written here loads there.
     """
 
-    workflow_id: str
+    run_id: str = Field(alias="workflowId")
+    """The run's id: ``workflowId`` on the wire, the TypeScript engine's name for it."""
     status: Status
     current_node_id: str | None
     context: dict[str, list[NodeResult]] = Field(default_factory=dict)
@@ -210,10 +212,27 @@ class Snapshot(WireModel):
     joined: dict[str, Any] | None = _optional()
     """What the join node about to run receives: ``{branch's last node id: its output}``."""
 
+    if not TYPE_CHECKING:
+        # Hidden from the type checker, which keeps the typed constructor of the fields.
+        def __init__(self, /, **data: Any) -> None:
+            if "workflow_id" in data:
+                warnings.warn(
+                    "Snapshot(workflow_id=...) is deprecated: use run_id=...",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                data.setdefault("run_id", data.pop("workflow_id"))
+            super().__init__(**data)
+
     @property
-    def run_id(self) -> str:
-        """The run's id (``workflowId`` on the wire, the TypeScript engine's name for it)."""
-        return self.workflow_id
+    def workflow_id(self) -> str:
+        """Deprecated name of :attr:`run_id`."""
+        warnings.warn(
+            "Snapshot.workflow_id is deprecated: use Snapshot.run_id",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.run_id
 
     @property
     def is_terminal(self) -> bool:
@@ -322,7 +341,7 @@ class Snapshot(WireModel):
 
         def refuse(why: str) -> NotStrictJson:
             return NotStrictJson(
-                f"the snapshot of run {self.workflow_id!r} would not read back: {why}",
+                f"the snapshot of run {self.run_id!r} would not read back: {why}",
                 "round_trip",
             )
 
@@ -373,7 +392,7 @@ def encode_snapshot(snapshot: Snapshot, max_bytes: int | None, what: str | None 
             limit -= min(FINISH_HEADROOM_BYTES, max_bytes // 4)
         size = len(raw.encode("utf-8"))
         if size > limit:
-            label = what or f"the snapshot of run {snapshot.workflow_id!r}"
+            label = what or f"the snapshot of run {snapshot.run_id!r}"
             if limit < max_bytes:
                 label += f" (a run not finished keeps {max_bytes - limit} of {max_bytes} free)"
             raise PayloadTooLarge(label, size, limit)

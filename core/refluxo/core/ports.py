@@ -1,8 +1,8 @@
 """The two ports every runtime implements: where runs live, and how steps get delivered.
 
 Adapters name the port they implement (``class SQLiteStateStore(StateStore)``) so a type
-checker catches a missing method. Every adapter passes the contract suites in
-``tests/contract/``; each contract test is named after one sentence below.
+checker catches a missing method. Every adapter passes the contract suites of
+``refluxo.testing``; each contract test is named after one sentence below.
 """
 
 from __future__ import annotations

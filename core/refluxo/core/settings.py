@@ -27,7 +27,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
-from .dispatcher import Dispatcher, Workflow, load_workflows
+from .dispatcher import RunService, Workflow, load_workflows
 from .errors import DefinitionError
 from .http import DEFAULT_MAX_BODY_BYTES, Authenticator, HttpApi
 from .ports import Scheduler, StateStore
@@ -198,7 +198,7 @@ def build_api(
     settings: Settings,
     *,
     dispatch_auth: Authenticator | None = None,
-    dispatcher: Callable[..., Dispatcher] = Dispatcher,
+    dispatcher: Callable[..., RunService] = RunService,
     **options: Any,
 ) -> HttpApi:
     """The dispatcher over ``store`` and ``scheduler``, and the HTTP API over it.

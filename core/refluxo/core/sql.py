@@ -357,7 +357,7 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns):
             NotStrictJson: the snapshot would not read back as it is; nothing was written.
             StoreError: the database failed; ``transient`` when trying again may succeed.
         """
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         workflow, values = self._columns(snapshot)
         params = (run_id, workflow, *values)
         changed = await self._run(
@@ -393,7 +393,7 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns):
             StoreError: the database failed; ``transient`` when trying again may succeed.
         """
         d = self.dialect
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         workflow, values = self._columns(snapshot)
         match = (run_id, expected_version)
         doing = f"save run {run_id!r}"

@@ -20,19 +20,20 @@ from refluxo.cloudflare.store import D1_MAX_ROW_BYTES, DEFAULT_D1_MAX_BYTES
 from refluxo.cloudflare.worker import RefluxoWorker, WorkerSettings, decode_message
 from refluxo.core import (
     DefinitionError,
-    Dispatcher,
     MemoryScheduler,
     NodeResult,
     PayloadTooLarge,
     RunNotFound,
+    RunService,
     StoreError,
     VersionConflict,
 )
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.demo import workflows
-from tests.contract.due_runs import DueRunsContract
-from tests.contract.scheduler import SchedulerContract
-from tests.contract.store import StateStoreContract, padded, snapshot, wire
+from refluxo.testing.archive import ResultArchiveContract
+from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.scheduler import SchedulerContract
+from refluxo.testing.store import StateStoreContract, padded, snapshot, wire
 from tests.dispatcher.longrun import loop_workflow, run_loop
 
 CONTRACT_MAX_BYTES = 64 * 1024
@@ -76,6 +77,12 @@ class TestD1StateStore(StateStoreContract, DueRunsContract):
     @pytest.fixture
     def store_max_bytes(self):
         return CONTRACT_MAX_BYTES
+
+
+class TestD1ResultArchive(ResultArchiveContract):
+    @pytest.fixture
+    def store(self):
+        return D1StateStore(env.DB, table=f"runs_{next(_fresh)}")
 
 
 class TestKVStateStore(StateStoreContract, DueRunsContract):
@@ -318,7 +325,7 @@ async def test_d1_archives_the_results_a_retention_trims():
 
 def test_kv_keeps_no_archive_and_says_so():
     with pytest.raises(DefinitionError, match="KVStateStore keeps no archive"):
-        Dispatcher(
+        RunService(
             [loop_workflow(3, retention=2, archive=True)],
             KVStateStore(env.STATE),
             MemoryScheduler(),
@@ -350,7 +357,7 @@ class FlakyStore:
 
 
 def consumer_with(store, **settings):
-    dispatcher = Dispatcher(
+    dispatcher = RunService(
         workflows(), store, QueuesScheduler(env.JOBS), globals={"supplier_token": "tok-9"}
     )
     worker = RefluxoWorker(dispatcher, WorkerSettings(app="refluxo.demo", **settings))

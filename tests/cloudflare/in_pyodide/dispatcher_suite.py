@@ -1,4 +1,4 @@
-"""Runs inside Pyodide: the dispatcher's fault scenarios (tests/dispatcher/test_dispatcher.py)
+"""Runs inside Pyodide: the dispatcher's fault scenarios (refluxo.testing.dispatcher)
 on D1StateStore and KVStateStore, over Miniflare's real D1 and KV.
 
 Every message delivered twice, racing dispatchers, a crash between save and schedule, early
@@ -17,11 +17,11 @@ from pytest_lite import Runner, module_of
 
 import tests.conftest
 from refluxo.cloudflare import D1StateStore, KVStateStore
-from tests.dispatcher import test_dispatcher
-from tests.dispatcher.harness import Harness, recorded
+from refluxo.testing import dispatcher as test_dispatcher
+from refluxo.testing.harness import Harness, recorded
 
 _fresh = itertools.count()
-RACING = "test_two_dispatchers_racing_on_one_run_record_each_step_once"
+RACING = test_dispatcher.RACING
 
 
 def d1_store(clock):

@@ -13,7 +13,7 @@ import harness_env
 from harness_env import env
 
 from refluxo.cloudflare.worker import RefluxoWorker, WorkerSettings
-from refluxo.core import Dispatcher, MemoryScheduler
+from refluxo.core import MemoryScheduler, RunService
 from refluxo.core.model import DispatchMessage
 
 SETTINGS = WorkerSettings.from_env(env)
@@ -23,7 +23,7 @@ DEAD_LETTERS = SETTINGS.dead_letter_queue
 def stranded_dispatcher():
     worker = RefluxoWorker.from_env(env, settings=SETTINGS)
     workflows = worker.dispatcher.workflows.values()
-    return Dispatcher(workflows, worker.dispatcher.store, MemoryScheduler())
+    return RunService(workflows, worker.dispatcher.store, MemoryScheduler())
 
 
 async def completed(dispatcher, run_id, within=30.0):

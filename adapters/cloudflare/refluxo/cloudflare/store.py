@@ -166,7 +166,7 @@ class KVStateStore(StateStore, DueRuns):
     # --- the port --------------------------------------------------------------------------
 
     async def create(self, snapshot: Snapshot) -> bool:
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         key = self._key(run_id)
         if key is None:
             raise ValueError(
@@ -191,7 +191,7 @@ class KVStateStore(StateStore, DueRuns):
         return decode_snapshot(run_id, raw, f"KV key {key!r}")
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         key = self._key(run_id)
         if key is None:
             raise RunNotFound(run_id)
@@ -490,10 +490,10 @@ class D1StateStore(SqlStateStore):
         """The snapshot's JSON; PayloadTooLarge when it, or the whole row, is too big."""
         raw = super().encode(snapshot)
         workflow = snapshot.definition.name if snapshot.definition is not None else None
-        row = (snapshot.workflow_id, snapshot.status, workflow, raw)
+        row = (snapshot.run_id, snapshot.status, workflow, raw)
         size = sum(len(v.encode("utf-8")) for v in row if isinstance(v, str)) + 16
         if size > D1_MAX_ROW_BYTES:
-            raise PayloadTooLarge(f"D1 row of run {snapshot.workflow_id!r}", size, D1_MAX_ROW_BYTES)
+            raise PayloadTooLarge(f"D1 row of run {snapshot.run_id!r}", size, D1_MAX_ROW_BYTES)
         return raw
 
 

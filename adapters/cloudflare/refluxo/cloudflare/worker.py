@@ -28,7 +28,7 @@ Configuration comes from the Worker's vars and secrets (``REFLUXO_`` prefix):
                                      must also be that queue's consumer
 ``REFLUXO_DEAD_LETTER_QUEUE``        the steps queue's dead-letter queue, which this Worker
                                      also consumes: each message there is handed to
-                                     ``Dispatcher.dead_lettered`` (the run is scheduled again)
+                                     ``RunService.dead_lettered`` (the run is scheduled again)
 ``REFLUXO_RECONCILE_GRACE_SECONDS``  how long a run may be due before the cron trigger
                                      schedules it again (300)
 ``REFLUXO_RECONCILE_LIMIT``          runs scheduled again per cron trigger, at most (100)
@@ -75,7 +75,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from refluxo.core import BackendError, Dispatcher, Workflow
+from refluxo.core import BackendError, RunService, Workflow
 from refluxo.core.delivery import Redelivery
 from refluxo.core.dispatcher import DispatchResult
 from refluxo.core.http import HttpApi, HttpRequest, HttpResponse, LimitedBody
@@ -255,7 +255,7 @@ class RefluxoWorker:
     """
 
     def __init__(
-        self, dispatcher: Dispatcher, settings: WorkerSettings, *, api: HttpApi | None = None
+        self, dispatcher: RunService, settings: WorkerSettings, *, api: HttpApi | None = None
     ) -> None:
         self.dispatcher = dispatcher
         self.settings = settings
@@ -362,7 +362,7 @@ class RefluxoWorker:
     async def handle_dead_letter(self, message: Any, queue_name: str) -> Decision:
         """A delivery the steps queue gave up on: schedule the run again if it needs it.
 
-        ``ack()`` once :meth:`Dispatcher.dead_lettered` has decided (a malformed body too);
+        ``ack()`` once :meth:`RunService.dead_lettered` has decided (a malformed body too);
         ``retry()`` with backoff on a backend failure, so the dead letter is not lost.
         """
         attempts = _attempts(message)
@@ -416,7 +416,7 @@ class RefluxoWorker:
         """The cron trigger: schedule again the runs due for longer than the grace period.
 
         Runs whose delivery was lost (dead-lettered and dropped, or never sent) are found by
-        their stored due time (:meth:`Dispatcher.reconcile`). Returns their ids.
+        their stored due time (:meth:`RunService.reconcile`). Returns their ids.
         """
         return await self.dispatcher.reconcile(
             grace_ms=self.settings.reconcile_grace_seconds * 1000,

@@ -201,10 +201,10 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
     # --- the port --------------------------------------------------------------------------
 
     async def create(self, snapshot: Snapshot) -> bool:
-        doc_id = document_id(snapshot.workflow_id)
+        doc_id = document_id(snapshot.run_id)
         if doc_id is None:
             raise ValueError(
-                f"cannot store run id {snapshot.workflow_id!r}: a run id must be non-empty "
+                f"cannot store run id {snapshot.run_id!r}: a run id must be non-empty "
                 f"and at most {_MAX_ID_BYTES} bytes of UTF-8 (encoded)"
             )
         ref = self._collection.document(doc_id)
@@ -215,7 +215,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
             # Not every Conflict: ABORTED is one too, and means "try again", not "exists".
             if isinstance(exc, gexc.AlreadyExists) or type(exc) is gexc.Conflict:
                 return False
-            raise store_error(exc, f"create run {snapshot.workflow_id!r}") from exc
+            raise store_error(exc, f"create run {snapshot.run_id!r}") from exc
         return True
 
     async def load(self, run_id: str) -> Snapshot:
@@ -241,7 +241,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
             self._seen.popitem(last=False)
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
-        run_id = snapshot.workflow_id
+        run_id = snapshot.run_id
         doc_id = document_id(run_id)
         if doc_id is None:
             raise RunNotFound(run_id)
@@ -289,20 +289,36 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
     ) -> None:
         """Keep trimmed results in the run's ``results`` subcollection, one document each.
 
-        Document ids are ``<sha of the node id>-<index>``: writing one again writes the same
-        content (trimmed results are ones every racer loaded), so a plain ``set`` is idempotent.
+        Document ids are ``<sha of the node id>-<index>``, written with ``create``: an index
+        kept already is left as it is. One batch does them all; when it finds one that
+        exists (a racer archived it first), each is created on its own.
         """
         results_ref = self._results(run_id)
         node_key = hashlib.sha256(node_id.encode()).hexdigest()[:16]
-        batch = self._client.batch()
-        for offset, result in enumerate(results):
-            index = first_index + offset
-            batch.set(
-                results_ref.document(f"{node_key}-{index:012d}"),
-                {"node": node_id, "index": index, "result": result.to_json()},
+        docs = [
+            (
+                results_ref.document(f"{node_key}-{first_index + offset:012d}"),
+                {"node": node_id, "index": first_index + offset, "result": result.to_json()},
             )
+            for offset, result in enumerate(results)
+        ]
+        batch = self._client.batch()
+        for ref, data in docs:
+            batch.create(ref, data)
         try:
-            await batch.commit(**self._call)
+            try:
+                await batch.commit(**self._call)
+            except (gexc.AlreadyExists, gexc.Conflict) as exc:
+                if not isinstance(exc, gexc.AlreadyExists) and type(exc) is not gexc.Conflict:
+                    raise
+                for ref, data in docs:
+                    try:
+                        await ref.create(data, **self._call)
+                    except gexc.AlreadyExists:
+                        pass
+                    except gexc.Conflict as again:
+                        if type(again) is not gexc.Conflict:
+                            raise
         except BACKEND_ERRORS as exc:
             raise store_error(exc, f"archive results of run {run_id!r}") from exc
 
@@ -378,9 +394,9 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
         Raises:
             ValueError: no document id can hold the snapshot's run id.
         """
-        doc_id = document_id(snapshot.workflow_id)
+        doc_id = document_id(snapshot.run_id)
         if doc_id is None:
-            raise ValueError(f"cannot store run id {snapshot.workflow_id!r}")
+            raise ValueError(f"cannot store run id {snapshot.run_id!r}")
         raw = snapshot.to_json()
         fields = _layout(snapshot, raw, self.clock())
         return document_size(self._collection.document(doc_id).path, fields)
@@ -394,7 +410,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
         doc_size = document_size(path, fields)
         if doc_size > FIRESTORE_MAX_DOCUMENT_BYTES:
             raise PayloadTooLarge(
-                f"Firestore document of run {snapshot.workflow_id!r}",
+                f"Firestore document of run {snapshot.run_id!r}",
                 doc_size,
                 FIRESTORE_MAX_DOCUMENT_BYTES,
             )

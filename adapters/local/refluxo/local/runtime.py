@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from refluxo.core import Dispatcher, DispatchMessage, Snapshot, Workflow
+from refluxo.core import DispatchMessage, RunService, Snapshot, Workflow
 from refluxo.core.http import DEFAULT_MAX_BODY_BYTES
 from refluxo.core.model import now_ms
 from refluxo.core.ports import StateStore
@@ -28,7 +28,7 @@ SHUTDOWN_GRACE_S = 10.0
 """How long stopping waits for the steps in flight before it cancels them."""
 
 
-class _CancellingDispatcher(Dispatcher):
+class _CancellingDispatcher(RunService):
     """A dispatcher whose :meth:`cancel` also stops the run's step in flight in this process."""
 
     def __init__(self, *args: Any, stop_run: Callable[[str], None], **kwargs: Any) -> None:
@@ -111,7 +111,7 @@ class LocalRuntime:
             stop_run=self._stop_run,
             clock=sqlite_clock,
         )
-        self.dispatcher: Dispatcher = self.api.dispatcher
+        self.dispatcher: RunService = self.api.dispatcher
         self.concurrency = concurrency
         self._stop = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None

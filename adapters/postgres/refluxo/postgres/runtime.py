@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from refluxo.core import Dispatcher, DispatchMessage, Workflow
+from refluxo.core import DispatchMessage, RunService, Workflow
 from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, HttpApi
 
 from . import open_pool
@@ -82,7 +82,7 @@ class PostgresRuntime:
         self.scheduler = PostgresScheduler(self.pool, lease_ms=self.lease_ms)
         await self.store.ensure_schema()
         await self.scheduler.create_schema()
-        self.dispatcher = Dispatcher(
+        self.dispatcher = RunService(
             self.workflows, self.store, self.scheduler, globals=self.globals
         )
         self.api = HttpApi(

@@ -10,7 +10,7 @@ Each test is named after one sentence of the port's docstring.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -40,7 +40,7 @@ class DueRunsContract:
     async def test_due_runs_lists_unfinished_runs_due_by_the_time_given_earliest_first(
         self, store: Any
     ) -> None:
-        assert isinstance(store, DueRuns)
+        assert isinstance(cast(object, store), DueRuns)
         now = now_ms()
         await store.create(snapshot("active"))  # due since it was saved: now
         await store.create(_sleeping("sleeping", now + HOUR))

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from refluxo.core import Snapshot
-from refluxo.core.dispatcher import Dispatcher, DispatchResult, Workflow
+from refluxo.core.dispatcher import RunService, Workflow
 from refluxo.core.memory import MemoryScheduler
-from refluxo.core.model import DispatchMessage, NodeResult
+from refluxo.core.model import NodeResult
 from refluxo.core.ports import DueRuns, ResultArchive, StateStore
-from refluxo.demo import DEFINITION, NODES
-from tests.conftest import FakeClock
 
-Deliver = Callable[[Dispatcher, DispatchMessage], Awaitable[list[DispatchResult]]]
-
-
-async def deliver_once(dispatcher: Dispatcher, message: DispatchMessage) -> list[DispatchResult]:
-    return [await dispatcher.dispatch(message)]
+from .clock import FakeClock
+from .driving import Deliver, deliver_once, run_to_end
+from .workflows import DEFINITION, NODES
 
 
 class YieldingStore(StateStore, ResultArchive, DueRuns):
@@ -81,7 +77,7 @@ class Harness:
         self.store = store
         self.scheduler = MemoryScheduler(clock=clock, max_delay_ms=max_delay_ms)
         self.demo = Workflow("demo", DEFINITION, NODES, clock=clock)
-        self.dispatcher = Dispatcher(
+        self.dispatcher = RunService(
             [self.demo], store, self.scheduler, clock=clock, globals={"supplier_token": "tok-7"}
         )
         self.outcomes: list[str] = []
@@ -98,22 +94,22 @@ class Harness:
         With ``until_waiting``, stop instead of advancing time once that run waits for an
         event (as a person would answer before its deadline).
         """
-        for _ in range(max_messages):
-            due = self.scheduler.pop_due()
-            if not due:
-                nxt = self.scheduler.next_due()
-                if nxt is None:
-                    return
-                if until_waiting is not None:
-                    snap = await self.store.load(until_waiting)
-                    if snap.wait is not None and snap.wait.kind == "event":
-                        return
-                self.clock.now = max(self.clock.now, nxt)
-                continue
-            for message in due:
-                for result in await deliver(self.dispatcher, message):
-                    self.outcomes.append(result.outcome)
-        raise AssertionError("the run did not settle")
+
+        async def waiting() -> bool:
+            if until_waiting is None:
+                return False
+            snap = await self.store.load(until_waiting)
+            return snap.wait is not None and snap.wait.kind == "event"
+
+        results = await run_to_end(
+            self.dispatcher,
+            self.scheduler,
+            clock=self.clock,
+            deliver=deliver,
+            stop=waiting,
+            max_messages=max_messages,
+        )
+        self.outcomes.extend(result.outcome for result in results)
 
     async def run_demo(
         self, run_id: str = "r1", deliver: Deliver = deliver_once, approve: bool = True

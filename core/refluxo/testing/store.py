@@ -75,7 +75,7 @@ def require(declared: frozenset[str], capability: str) -> None:
 def snapshot(run_id: str = "run-1", *, version: int = 0, **fields: Any) -> Snapshot:
     """A small active snapshot; ``fields`` override or add (wire or Python names)."""
     data: dict[str, Any] = {
-        "workflow_id": run_id,
+        "run_id": run_id,
         "status": "active",
         "current_node_id": "start",
         "version": version,
@@ -182,7 +182,7 @@ class StateStoreContract:
         for other in others:
             assert await store.create(snapshot(other, metadata={"mine": other})) is True
         loaded = await store.load(run_id)
-        assert loaded.workflow_id == run_id
+        assert loaded.run_id == run_id
         assert wire(loaded) == wire(snap)
         for other in others:
             assert (await store.load(other)).metadata == {"mine": other}
