@@ -3,6 +3,8 @@
 Routes::
 
     POST /workflows/{name}/runs   {"id"?: str, "input"?: any}    201 new run, 200 existing
+    GET  /workflows                                              200 {"workflows": [...]}
+    GET  /workflows/{name}                                       200 the definition (its graph)
     GET  /runs/{id}                                              200 the snapshot as JSON
     POST /runs/{id}/events        {"payload": any, "name"?, "id"?} 202 (id: safe retries)
     POST /runs/{id}/cancel        {"reason"?: str}               200
@@ -175,6 +177,8 @@ def _check_json_value(value: Any) -> None:
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/workflows/(?P<name>[^/]+)/runs"), "start"),
+    ("GET", re.compile(r"/workflows"), "workflows"),
+    ("GET", re.compile(r"/workflows/(?P<name>[^/]+)"), "workflow"),
     ("GET", re.compile(r"/runs/(?P<run_id>[^/]+)"), "get"),
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/events"), "event"),
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), "cancel"),
@@ -353,6 +357,26 @@ class HttpApi:
         except PayloadTooLarge as exc:
             raise HttpError(413, "payload_too_large", str(exc)) from None
         return HttpResponse.json(201 if created else 200, _summary(snapshot))
+
+    def _hosted(self, workflow: Any) -> dict[str, Any]:
+        definition = workflow.engine.workflow
+        return {
+            "name": workflow.name,
+            "hash": workflow.ref.hash,
+            "nodes": len(definition.nodes),
+            "edges": len(definition.edges),
+        }
+
+    async def _workflows(self, request: HttpRequest) -> HttpResponse:
+        hosted = [self._hosted(w) for w in self.dispatcher.workflows.values()]
+        return HttpResponse.json(200, {"workflows": hosted})
+
+    async def _workflow(self, request: HttpRequest, name: str) -> HttpResponse:
+        workflow = self.dispatcher.workflows.get(name)
+        if workflow is None:
+            raise HttpError(404, "unknown_workflow", f"no workflow named {name!r} is hosted here")
+        definition = workflow.engine.workflow.to_dict()
+        return HttpResponse.json(200, {**self._hosted(workflow), "definition": definition})
 
     async def _get(self, request: HttpRequest, run_id: str) -> HttpResponse:
         try:

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from .dispatcher import RUN_ID, WORKFLOW_NAME
-from .model import DispatchMessage, Snapshot
+from .model import DispatchMessage, Snapshot, WorkflowDefinition
 
 RUN_ID_PATTERN = RUN_ID.pattern
 WORKFLOW_NAME_PATTERN = WORKFLOW_NAME.pattern
@@ -90,6 +90,27 @@ class DispatchOutcome(_Body):
     runId: str  # the wire name
     version: int | None
     status: str | None
+
+
+class HostedWorkflow(_Body):
+    """A workflow this deployment hosts (``GET /workflows``)."""
+
+    name: str
+    hash: str = Field(description="the definition's shape hash (what a run records)")
+    nodes: int = Field(description="how many nodes the graph has")
+    edges: int = Field(description="how many edges the graph has")
+
+
+class WorkflowList(_Body):
+    """``GET /workflows``: every workflow this deployment hosts."""
+
+    workflows: list[HostedWorkflow]
+
+
+class WorkflowDetail(HostedWorkflow):
+    """``GET /workflows/{name}``: a hosted workflow with its definition (the graph)."""
+
+    definition: WorkflowDefinition
 
 
 class ErrorDetail(_Body):
@@ -178,6 +199,8 @@ def openapi_document() -> dict[str, Any]:
         (DispatchOutcome, "serialization"),
         (ErrorBody, "serialization"),
         (Health, "serialization"),
+        (WorkflowList, "serialization"),
+        (WorkflowDetail, "serialization"),
         (Snapshot, "serialization"),
     ):
         schema = model.model_json_schema(
@@ -224,6 +247,42 @@ def openapi_document() -> dict[str, Any]:
                         *common,
                         "404",
                         "409",
+                    ),
+                }
+            },
+            "/workflows": {
+                "get": {
+                    "operationId": "listWorkflows",
+                    "security": bearer,
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the workflows hosted here",
+                                "content": _json_content(_ref("WorkflowList")),
+                            }
+                        },
+                        "400",
+                        "401",
+                        "405",
+                    ),
+                }
+            },
+            "/workflows/{name}": {
+                "get": {
+                    "operationId": "getWorkflow",
+                    "parameters": [workflow],
+                    "security": bearer,
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the workflow and its definition",
+                                "content": _json_content(_ref("WorkflowDetail")),
+                            }
+                        },
+                        "400",
+                        "401",
+                        "404",
+                        "405",
                     ),
                 }
             },
