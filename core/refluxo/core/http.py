@@ -5,6 +5,8 @@ Routes::
     POST /workflows/{name}/runs   {"id"?: str, "input"?: any}    201 new run, 200 existing
     GET  /workflows                                              200 {"workflows": [...]}
     GET  /workflows/{name}                                       200 the definition (its graph)
+    GET  /runs?workflow=&status=&updated_before=&updated_after=&limit=&cursor=
+                                                                 200 {"runs": [...], "cursor"}
     GET  /runs/{id}                                              200 the snapshot as JSON
     POST /runs/{id}/events        {"payload": any, "name"?, "id"?} 202 (id: safe retries)
     POST /runs/{id}/cancel        {"reason"?: str}               200
@@ -28,12 +30,16 @@ which also give the OpenAPI document. A runtime converts its request into
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import logging
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -52,7 +58,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .model import DispatchMessage
-from .ports import DueRuns
+from .ports import DueRuns, RunIndex
 
 logger = logging.getLogger("refluxo.http")
 
@@ -179,6 +185,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/workflows/(?P<name>[^/]+)/runs"), "start"),
     ("GET", re.compile(r"/workflows"), "workflows"),
     ("GET", re.compile(r"/workflows/(?P<name>[^/]+)"), "workflow"),
+    ("GET", re.compile(r"/runs"), "list"),
     ("GET", re.compile(r"/runs/(?P<run_id>[^/]+)"), "get"),
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/events"), "event"),
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), "cancel"),
@@ -201,6 +208,62 @@ def _normal_path(target: str) -> str:
     """The path of a request target: no query, no trailing slash."""
     path = target.split("?", 1)[0]
     return path[:-1] if len(path) > 1 and path.endswith("/") else path
+
+
+MAX_LIST_LIMIT = 200
+"""The most runs one page of ``GET /runs`` holds."""
+
+_STATUSES = ("active", "paused", "error", "completed", "failed")
+
+
+def _query(target: str) -> dict[str, str]:
+    """The query parameters of a request target; a parameter given twice is refused."""
+    raw = target.partition("?")[2]
+    try:
+        pairs = urllib.parse.parse_qsl(
+            raw, keep_blank_values=True, strict_parsing=bool(raw), errors="strict"
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, "invalid_query", f"the query string is malformed: {exc}") from None
+    query: dict[str, str] = {}
+    for key, value in pairs:
+        if key in query:
+            raise HttpError(400, "invalid_query", f"{key} is given more than once")
+        query[key] = value
+    return query
+
+
+def _time_param(name: str, text: str) -> int:
+    """Epoch milliseconds, or an ISO 8601 date-time (UTC when it names no zone)."""
+    if text.isdigit() and len(text) <= 16:
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise HttpError(
+            400, "invalid_query", f"{name} must be epoch milliseconds or an ISO 8601 date-time"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def encode_cursor(updated_at: int, run_id: str) -> str:
+    """The opaque cursor of ``GET /runs``: where the next page starts."""
+    raw = json.dumps([updated_at, run_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """The position a cursor of :func:`encode_cursor` names; HttpError 400 for any other."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        updated_at, run_id = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error):
+        raise HttpError(400, "invalid_cursor", "the cursor is not one this API gave") from None
+    if type(updated_at) is not int or not isinstance(run_id, str):
+        raise HttpError(400, "invalid_cursor", "the cursor is not one this API gave")
+    return updated_at, run_id
 
 
 def _refuse_constant(token: str) -> Any:
@@ -294,6 +357,8 @@ class HttpApi:
                 return await self._reconcile(request)
             if self._api_auth is not None and not await self._api_auth(request):
                 raise HttpError(401, "unauthorized", "a valid bearer token is required")
+            if action == "list":
+                return await self._list(request)
             handler = getattr(self, f"_{action}")
             response: HttpResponse = await handler(request, **match.groupdict())
             return response
@@ -377,6 +442,43 @@ class HttpApi:
             raise HttpError(404, "unknown_workflow", f"no workflow named {name!r} is hosted here")
         definition = workflow.engine.workflow.to_dict()
         return HttpResponse.json(200, {**self._hosted(workflow), "definition": definition})
+
+    async def _list(self, request: HttpRequest) -> HttpResponse:
+        """``GET /runs``: summaries, newest first, one page at a time (see :class:`RunIndex`)."""
+        query = _query(request.path)
+        known = {"workflow", "status", "updated_before", "updated_after", "limit", "cursor"}
+        unknown = sorted(set(query) - known)
+        if unknown:
+            raise HttpError(400, "invalid_query", f"unknown parameter(s): {', '.join(unknown)}")
+        status = query.get("status") or None
+        if status is not None and status not in _STATUSES:
+            raise HttpError(400, "invalid_query", f"status must be one of {', '.join(_STATUSES)}")
+        limit = 50
+        if "limit" in query:
+            text = query["limit"]
+            if not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+                raise HttpError(
+                    400, "invalid_query", f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}"
+                )
+            limit = int(text)
+        options: dict[str, Any] = {
+            "workflow": query.get("workflow") or None,
+            "status": status,
+            "after": decode_cursor(query["cursor"]) if query.get("cursor") else None,
+        }
+        for name in ("updated_before", "updated_after"):
+            if query.get(name):
+                options[name] = _time_param(name, query[name])
+        store = self.dispatcher.store
+        if not isinstance(store, RunIndex):
+            raise HttpError(501, "not_implemented", f"{type(store).__name__} cannot list runs")
+        # One more than asked for tells whether another page follows.
+        found = await store.find_runs(**options, limit=limit + 1)
+        page = found[:limit]
+        cursor = None
+        if len(found) > limit:
+            cursor = encode_cursor(page[-1].updated_at, page[-1].run_id)
+        return HttpResponse.json(200, {"runs": [r.to_wire() for r in page], "cursor": cursor})
 
     async def _get(self, request: HttpRequest, run_id: str) -> HttpResponse:
         try:

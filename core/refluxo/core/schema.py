@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from .dispatcher import RUN_ID, WORKFLOW_NAME
+from .http import _STATUSES, MAX_LIST_LIMIT
 from .model import DispatchMessage, Snapshot, WorkflowDefinition
 
 RUN_ID_PATTERN = RUN_ID.pattern
@@ -81,6 +82,28 @@ class RunSummary(_Body):
     workflowId: str  # the wire name
     status: str
     version: int
+
+
+class RunListItem(_Body):
+    """One run in ``GET /runs``: a summary, never the snapshot. Times are epoch milliseconds."""
+
+    id: str = Field(description="the run's id")
+    workflow: str | None = Field(description="its workflow's name (null when not recorded)")
+    status: str = Field(description="active, paused, error, completed or failed")
+    currentNode: str | None = Field(description="the node the run is at")
+    version: int
+    createdAt: int | None = Field(description="when it was stored first (null when unknown)")
+    updatedAt: int = Field(description="when it was last written")
+    failedReason: str | None = Field(description="why a failed run failed, else null")
+
+
+class RunList(_Body):
+    """``GET /runs``: a page of runs, newest first, and the cursor of the next page."""
+
+    runs: list[RunListItem]
+    cursor: str | None = Field(
+        description="pass as ?cursor= to get the next page; null on the last page"
+    )
 
 
 class DispatchOutcome(_Body):
@@ -164,9 +187,13 @@ _ERRORS = {
     "411": "a body without Content-Length",
     "413": "the body is over the limit",
     "415": "the body is not declared as application/json",
-    "501": "the store cannot find due runs",
+    "501": "the store cannot find due runs, or list runs",
     "503": "a transient backend failure or a busy run: try again",
 }
+
+
+def _param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema}
 
 
 def _answers(ok: dict[str, Any], *errors: str) -> dict[str, Any]:
@@ -196,6 +223,8 @@ def openapi_document() -> dict[str, Any]:
         (Reconcile, "validation"),
         (Reconciled, "serialization"),
         (RunSummary, "serialization"),
+        (RunListItem, "serialization"),
+        (RunList, "serialization"),
         (DispatchOutcome, "serialization"),
         (ErrorBody, "serialization"),
         (Health, "serialization"),
@@ -247,6 +276,52 @@ def openapi_document() -> dict[str, Any]:
                         *common,
                         "404",
                         "409",
+                    ),
+                }
+            },
+            "/runs": {
+                "get": {
+                    "operationId": "listRuns",
+                    "description": "runs newest first (last written), one page at a time",
+                    "parameters": [
+                        _param("workflow", "only runs of this workflow", {"type": "string"}),
+                        _param(
+                            "status",
+                            "only runs with this status",
+                            {"type": "string", "enum": list(_STATUSES)},
+                        ),
+                        _param(
+                            "updated_before",
+                            "only runs last written before this time (epoch ms or ISO 8601)",
+                            {"type": "string"},
+                        ),
+                        _param(
+                            "updated_after",
+                            "only runs last written at or after this time (epoch ms or ISO 8601)",
+                            {"type": "string"},
+                        ),
+                        _param(
+                            "limit",
+                            "the most runs on the page (default 50)",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+                        ),
+                        _param(
+                            "cursor", "the cursor of the previous page's answer", {"type": "string"}
+                        ),
+                    ],
+                    "security": bearer,
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "a page of runs",
+                                "content": _json_content(_ref("RunList")),
+                            }
+                        },
+                        "400",
+                        "401",
+                        "405",
+                        "501",
+                        "503",
                     ),
                 }
             },

@@ -83,7 +83,7 @@ class FunctionApp:
             body = request.get_data(cache=False)
         req = HttpRequest(
             method=request.method,
-            path=request.path,
+            path=request.full_path,
             body=body,
             headers=dict(request.headers.items()),
         )

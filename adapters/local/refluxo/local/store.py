@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 from refluxo.core.errors import RunNotFound, StoreError, VersionConflict
 from refluxo.core.model import NodeResult, Snapshot, encode_snapshot, now_ms
-from refluxo.core.ports import DueRuns, ResultArchive, StateStore, stored_due_time
+from refluxo.core.ports import (
+    DueRuns,
+    ResultArchive,
+    RunIndex,
+    RunInfo,
+    StateStore,
+    stored_due_time,
+)
 
 from ._sqlite import Database
 
@@ -64,6 +71,9 @@ def _migrate(db: sqlite3.Connection) -> None:
                 " END"
             )
         db.execute("CREATE INDEX IF NOT EXISTS runs_due ON runs (due_at) WHERE due_at IS NOT NULL")
+        if "created_at" not in columns:
+            # Runs stored before the column existed list with no creation time.
+            db.execute("ALTER TABLE runs ADD COLUMN created_at INTEGER")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -89,7 +99,7 @@ class RunSummary:
     updated_at: int
 
 
-class SQLiteStateStore(StateStore, ResultArchive, DueRuns):
+class SQLiteStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
     """Stores each run as one row of a ``runs`` table: the snapshot's JSON plus a few columns.
 
     Several processes may share one file: creates are ``INSERT OR IGNORE`` and saves are
@@ -158,9 +168,9 @@ class SQLiteStateStore(StateStore, ResultArchive, DueRuns):
         with self._use(f"create {snapshot.workflow_id!r}") as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO runs"
-                " (id, workflow, status, version, updated_at, snapshot, due_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (snapshot.workflow_id, *columns),
+                " (id, workflow, status, version, updated_at, snapshot, due_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (snapshot.workflow_id, *columns, columns[3]),
             )
             return cur.rowcount == 1
 
@@ -286,3 +296,66 @@ class SQLiteStateStore(StateStore, ResultArchive, DueRuns):
         with self._use("list runs") as db:
             rows = db.execute(sql, params).fetchall()
         return [RunSummary(*row) for row in rows]
+
+    async def find_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        updated_before: int | None = None,
+        updated_after: int | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> list[RunInfo]:
+        """Runs newest first with keyset pagination (see :class:`~refluxo.core.ports.RunIndex`).
+
+        The current node and the failed reason are read from the JSON of the rows returned
+        only (``json_extract``), so a page costs ``limit`` snapshot reads.
+
+        Raises:
+            StoreError: SQLite failed.
+        """
+        where: list[str] = []
+        params: list[object] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+            if status != "active":
+                where.append("status <> 'active'")  # lets the planner use runs_settled
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        if updated_before is not None:
+            where.append("updated_at < ?")
+            params.append(updated_before)
+        if updated_after is not None:
+            where.append("updated_at >= ?")
+            params.append(updated_after)
+        if after is not None:
+            where.append("(updated_at < ? OR (updated_at = ? AND id > ?))")
+            params.extend((after[0], after[0], after[1]))
+        sql = (
+            "SELECT id, workflow, status, json_extract(snapshot, '$.currentNodeId'), version,"
+            " created_at, updated_at,"
+            " CASE status WHEN 'failed' THEN json_extract(snapshot, '$.metadata.failedReason')"
+            " END FROM runs"
+        )
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY updated_at DESC, id LIMIT ?"
+        params.append(limit)
+        with self._use("find runs") as db:
+            rows = db.execute(sql, params).fetchall()
+        return [
+            RunInfo(
+                run_id=row[0],
+                workflow=row[1],
+                status=row[2],
+                current_node=row[3] if isinstance(row[3], str) else None,
+                version=row[4],
+                created_at=row[5],
+                updated_at=row[6],
+                failed_reason=row[7] if isinstance(row[7], str) else None,
+            )
+            for row in rows
+        ]
