@@ -8,6 +8,7 @@
     refluxo inspect RUN_ID [--json]
     refluxo graph WORKFLOW [--app refluxo.demo]
     refluxo smoke --url URL [--token T] [--timeout 300]
+    refluxo ui --url URL [--token T] [--port 8001]
 
 The client commands call the HTTP API at ``--url`` (default ``$REFLUXO_URL`` or
 http://127.0.0.1:8000) with ``--token`` (default ``$REFLUXO_TOKEN``).
@@ -106,9 +107,12 @@ async def _dev(args: argparse.Namespace) -> None:
         globals=globals_,
         lease_ms=round(args.lease * 1000),
     ) as runtime:
-        server = await runtime.serve(args.host, args.port, allowed_hosts=args.allowed_host)
+        server = await runtime.serve(
+            args.host, args.port, allowed_hosts=args.allowed_host, dashboard=True
+        )
         names = ", ".join(runtime.dispatcher.workflows)
         _say(f"refluxo dev: serving {names} on {server.url} (state in {args.db})")
+        _say(f"refluxo dev: dashboard at {server.url}/ui/")
         sys.stdout.flush()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -116,6 +120,24 @@ async def _dev(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         print("refluxo dev: stopping", flush=True)
+
+
+async def _ui(args: argparse.Namespace) -> None:
+    from .dashboard import DashboardServer
+
+    server = DashboardServer(args.url, args.token, host=args.host, port=args.port)
+    await server.start()
+    _say(f"refluxo ui: dashboard for {args.url} at {server.url}")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    print("refluxo ui: stopping", flush=True)
 
 
 def _seconds(text: str) -> float:
@@ -188,6 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     smoke.add_argument("--timeout", type=float, default=300.0, help="seconds per stage")
     smoke.add_argument("--poll", type=float, default=1.0, help="seconds between reads")
 
+    ui = sub.add_parser(
+        "ui",
+        help="serve the dashboard for a deployment (its URL) on this machine; the token "
+        "stays in this process",
+    )
+    ui.add_argument("--url", default=argparse.SUPPRESS, help="the deployment's HTTP API")
+    ui.add_argument("--token", default=argparse.SUPPRESS, help="the API's bearer token")
+    ui.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    ui.add_argument("--port", type=int, default=8001, help="the port (0: any free one)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "dev":
@@ -206,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _print(raw)
             else:
                 _say(render_timeline(Snapshot.model_validate(_neutralised(raw))))
+        elif args.command == "ui":
+            asyncio.run(_ui(args))
         elif args.command == "smoke":
             from .smoke import smoke as run_smoke
 
