@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from .dispatcher import RUN_ID, WORKFLOW_NAME
 from .http import _STATUSES, MAX_LIST_LIMIT
@@ -54,6 +62,59 @@ class CancelRun(_Body):
     """``POST /runs/{id}/cancel``: fail a run that has not finished."""
 
     reason: StrictStr | None = Field(default=None, description="why, kept in the snapshot")
+
+
+class RetryRun(_Body):
+    """``POST /runs/{id}/retry``: continue a failed (or refused) run from the node that failed."""
+
+    reason: StrictStr | None = Field(default=None, description="why, kept in metadata.retries")
+    force: StrictBool = Field(default=False, description="retry a cancelled run too")
+
+
+class RerunRun(_Body):
+    """``POST /runs/{id}/rerun``: a new run from a node, with the source's results before it."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True, populate_by_name=True)
+
+    from_: StrictStr = Field(alias="from", description="the node the new run starts at")
+    input: Any = Field(default=None, description="given to that node as a run's input")
+    id: StrictStr | None = Field(
+        default=None,
+        description="the new run's id (default: a random one)",
+        json_schema_extra={"pattern": RUN_ID_PATTERN},
+    )
+
+
+class TimelineStep(_Body):
+    node: str
+    attempt: int
+    at: int = Field(description="when the result was recorded, epoch ms")
+    ok: bool
+    output: Any = Field(default=None, description="the node's output (when ok)")
+    error: str | None = Field(default=None, description="the error's full text (when not ok)")
+
+
+class Timeline(_Body):
+    """``GET /runs/{id}/timeline``: the run's steps, where it stands, its events and links."""
+
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    id: str
+    workflow: str | None
+    version: int
+    startedAt: int | None
+    timeInSteps: int | None = Field(description="milliseconds spent in steps")
+    steps: list[TimelineStep]
+    now: dict[str, Any] = Field(
+        description="status, node, wait {kind, until, event}, retry {node, attempts, at}, "
+        "failedReason, cancelled, refused {reason, at}"
+    )
+    events: dict[str, Any] = Field(description="received (not yet consumed), consumed (ids)")
+    retries: list[dict[str, Any]] = Field(description="{at, by, reason, failedReason} each")
+    reruns: list[dict[str, Any]] = Field(description="{run, from, at, by}: runs made from it")
+    rerunOf: dict[str, Any] | None = Field(description="{run, from, at, by}: its source")
+    movedTo: Any = None
+    movedFrom: Any = None
 
 
 class Reconcile(_Body):
@@ -162,7 +223,7 @@ _ERRORS = {
     "403": "the route is not enabled here",
     "404": "unknown route, workflow or run",
     "405": "another method is expected",
-    "409": "the run has finished, or the id is taken by another workflow",
+    "409": "the run has finished, the id is taken, or the run cannot be retried or rerun",
     "411": "a body without Content-Length",
     "413": "the body is over the limit",
     "415": "the body is not declared as application/json",
@@ -200,6 +261,9 @@ def openapi_document() -> dict[str, Any]:
         (CancelRun, "validation"),
         (DispatchMessage, "validation"),
         (Reconcile, "validation"),
+        (RetryRun, "validation"),
+        (RerunRun, "validation"),
+        (Timeline, "serialization"),
         (Reconciled, "serialization"),
         (RunSummary, "serialization"),
         (RunListItem, "serialization"),
@@ -347,6 +411,59 @@ def openapi_document() -> dict[str, Any]:
                         *common,
                         "404",
                         "409",
+                    ),
+                }
+            },
+            "/runs/{run_id}/retry": {
+                "post": {
+                    "operationId": "retryRun",
+                    "description": "continue a failed run from the node that failed, attempts "
+                    "reset; a run refused for its definition is delivered again. The caller's "
+                    "X-Refluxo-Caller header, if any, is recorded as who retried.",
+                    "parameters": [run_id],
+                    "security": bearer,
+                    "requestBody": {"required": True, "content": _json_content(_ref("RetryRun"))},
+                    "responses": _answers(
+                        {"200": {"description": "the run continues", **summary_ok}},
+                        *common,
+                        "404",
+                        "409",
+                    ),
+                }
+            },
+            "/runs/{run_id}/rerun": {
+                "post": {
+                    "operationId": "rerunRun",
+                    "description": "start a new run at a node with this run's results before "
+                    "it; both runs' metadata link them, this run's state is unchanged",
+                    "parameters": [run_id],
+                    "security": bearer,
+                    "requestBody": {"required": True, "content": _json_content(_ref("RerunRun"))},
+                    "responses": _answers(
+                        {"201": {"description": "the new run", **summary_ok}},
+                        *common,
+                        "404",
+                        "409",
+                    ),
+                }
+            },
+            "/runs/{run_id}/timeline": {
+                "get": {
+                    "operationId": "runTimeline",
+                    "parameters": [run_id],
+                    "security": bearer,
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the run's timeline",
+                                "content": _json_content(_ref("Timeline")),
+                            }
+                        },
+                        "400",
+                        "401",
+                        "404",
+                        "405",
+                        "503",
                     ),
                 }
             },
