@@ -234,3 +234,13 @@ async def test_the_timeline_holds_steps_errors_waits_and_links(api: Http) -> Non
     assert body["now"]["wait"]["event"] == "approval" and body["now"]["wait"]["until"] > 0
     assert [e["id"] for e in body["events"]["received"]] == ["ev-1"]
     assert (await api("GET", "/runs/ghost/timeline"))[0] == 404
+
+
+async def test_the_hosted_workflows_and_their_definitions_are_served(api: Http) -> None:
+    status, body = await api("GET", "/workflows")
+    assert status == 200
+    assert {w["name"] for w in body["workflows"]} == {"demo", "ops"}
+    status, body = await api("GET", "/workflows/ops")
+    assert (status, body["name"], body["start"]) == (200, "ops", "fetch")
+    assert [n["id"] for n in body["definition"]["nodes"]] == ["fetch", "check", "done"]
+    assert (await api("GET", "/workflows/nope"))[0] == 404

@@ -2,6 +2,8 @@
 
 Routes::
 
+    GET  /workflows                                              200 {"workflows": [...]}
+    GET  /workflows/{name}                                       200 its definition
     POST /workflows/{name}/runs   {"id"?: str, "input"?: any}    201 new run, 200 existing
     GET  /runs?workflow=&status=&updated_before=&updated_after=&limit=&cursor=
                                                                  200 {"runs": [...], "cursor"}
@@ -185,6 +187,8 @@ def _check_json_value(value: Any) -> None:
 
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("GET", re.compile(r"/workflows"), "workflows"),
+    ("GET", re.compile(r"/workflows/(?P<name>[^/]+)"), "workflow"),
     ("POST", re.compile(r"/workflows/(?P<name>[^/]+)/runs"), "start"),
     ("GET", re.compile(r"/runs"), "list"),
     ("GET", re.compile(r"/runs/(?P<run_id>[^/]+)"), "get"),
@@ -280,6 +284,10 @@ def _summary(snapshot: Any) -> dict[str, Any]:
         "status": snapshot.status,
         "version": snapshot.version,
     }
+
+
+def _workflow_info(workflow: Any) -> dict[str, Any]:
+    return {"name": workflow.name, "hash": workflow.ref.hash, "start": workflow.start}
 
 
 class HttpApi:
@@ -426,6 +434,19 @@ class HttpApi:
         except PayloadTooLarge as exc:
             raise HttpError(413, "payload_too_large", str(exc)) from None
         return HttpResponse.json(201 if created else 200, _summary(snapshot))
+
+    async def _workflows(self, request: HttpRequest) -> HttpResponse:
+        hosted = [_workflow_info(w) for w in self.dispatcher.workflows.values()]
+        return HttpResponse.json(200, {"workflows": hosted})
+
+    async def _workflow(self, request: HttpRequest, name: str) -> HttpResponse:
+        try:
+            workflow = self.dispatcher.workflow(name)
+        except WorkflowNotFound as exc:
+            raise HttpError(404, "unknown_workflow", str(exc)) from None
+        return HttpResponse.json(
+            200, {**_workflow_info(workflow), "definition": workflow.engine.workflow.to_dict()}
+        )
 
     async def _list(self, request: HttpRequest) -> HttpResponse:
         """``GET /runs``: summaries, newest first, one page at a time (see :class:`RunIndex`)."""

@@ -22,7 +22,7 @@ from pydantic import (
 
 from .dispatcher import RUN_ID, WORKFLOW_NAME
 from .http import _STATUSES, MAX_LIST_LIMIT
-from .model import DispatchMessage, Snapshot
+from .model import DispatchMessage, Snapshot, WorkflowDefinition
 
 RUN_ID_PATTERN = RUN_ID.pattern
 WORKFLOW_NAME_PATTERN = WORKFLOW_NAME.pattern
@@ -143,6 +143,26 @@ class RunSummary(_Body):
     workflowId: str  # the wire name
     status: str
     version: int
+
+
+class WorkflowInfo(_Body):
+    """A workflow this deployment hosts."""
+
+    name: str
+    hash: str = Field(description="the shape hash runs record (nodes, types and edges)")
+    start: str = Field(description="the node a run starts at")
+
+
+class WorkflowList(_Body):
+    """``GET /workflows``: the workflows this deployment hosts."""
+
+    workflows: list[WorkflowInfo]
+
+
+class WorkflowDetail(WorkflowInfo):
+    """``GET /workflows/{name}``: a hosted workflow with its definition (nodes and edges)."""
+
+    definition: WorkflowDefinition
 
 
 class RunListItem(_Body):
@@ -267,6 +287,8 @@ def openapi_document() -> dict[str, Any]:
         (Reconciled, "serialization"),
         (RunSummary, "serialization"),
         (RunListItem, "serialization"),
+        (WorkflowList, "serialization"),
+        (WorkflowDetail, "serialization"),
         (RunList, "serialization"),
         (DispatchOutcome, "serialization"),
         (ErrorBody, "serialization"),
@@ -303,6 +325,42 @@ def openapi_document() -> dict[str, Any]:
             "description": "Start runs, send them events, cancel and read them.",
         },
         "paths": {
+            "/workflows": {
+                "get": {
+                    "operationId": "listWorkflows",
+                    "security": bearer,
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the hosted workflows",
+                                "content": _json_content(_ref("WorkflowList")),
+                            }
+                        },
+                        "400",
+                        "401",
+                        "405",
+                    ),
+                }
+            },
+            "/workflows/{name}": {
+                "get": {
+                    "operationId": "getWorkflow",
+                    "parameters": [workflow],
+                    "security": bearer,
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the workflow and its definition",
+                                "content": _json_content(_ref("WorkflowDetail")),
+                            }
+                        },
+                        "400",
+                        "401",
+                        "404",
+                        "405",
+                    ),
+                }
+            },
             "/workflows/{name}/runs": {
                 "post": {
                     "operationId": "startRun",
