@@ -22,16 +22,9 @@ async def call(api: HttpApi, path: str, **headers: str) -> tuple[int, Any]:
 async def test_the_hosted_workflows_are_listed_with_their_shape_hash() -> None:
     status, body = await call(api(), "/workflows")
     assert status == 200
-    assert body == {
-        "workflows": [
-            {
-                "name": "demo",
-                "hash": DEFINITION.shape_hash(),
-                "nodes": len(DEFINITION.nodes),
-                "edges": len(DEFINITION.edges),
-            }
-        ]
-    }
+    assert [(w["name"], w["hash"]) for w in body["workflows"]] == [
+        ("demo", DEFINITION.shape_hash())
+    ]
 
 
 async def test_a_workflow_is_answered_with_its_definition() -> None:

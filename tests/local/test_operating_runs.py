@@ -126,3 +126,121 @@ async def test_a_bad_list_query_is_a_400(api: Http, query: str) -> None:
     status, body = await api("GET", f"/runs?{query}")
     assert status == 400 and error_code(body) in ("invalid_query", "invalid_cursor")
     assert body["error"]["message"]
+
+
+async def test_retry_continues_a_failed_run_from_the_failed_node_and_keeps_its_history(
+    api: Http,
+) -> None:
+    await failed_ops_run(api, "r-1", item="pen")
+    ops_app.BROKEN["on"] = False
+    headers = {"x-refluxo-caller": "ops@example"}
+    status, body = await api("POST", "/runs/r-1/retry", {"reason": "fixed"}, headers=headers)
+    assert (status, body["status"]) == (200, "active")
+    done = await wait_for(api, "r-1", lambda s: s.is_terminal)
+    assert done.status == "completed"
+    assert [r.error is None for r in done.context["check"]] == [False, True]
+    assert done.context["check"][-1].attempt == 1  # attempts reset
+    assert done.context["done"][-1].output == {"item": "pen"}
+    (entry,) = done.metadata["retries"]
+    assert (entry["by"], entry["reason"]) == ("ops@example", "fixed")
+    assert "the checker is down" in entry["failedReason"]
+    assert "failedReason" not in done.metadata
+
+
+async def test_a_cancelled_run_is_retried_only_with_force(api: Http) -> None:
+    await api("POST", "/workflows/demo/runs", {"id": "c-1"})
+    await wait_for(api, "c-1", lambda s: s.wait is not None and s.wait.kind == "event")
+    await api("POST", "/runs/c-1/cancel", {"reason": "oops"})
+    before = (await api("GET", "/runs/c-1"))[1]
+    status, body = await api("POST", "/runs/c-1/retry", {})
+    assert (status, error_code(body)) == (409, "not_retryable")
+    assert (await api("GET", "/runs/c-1"))[1] == before
+    status, body = await api("POST", "/runs/c-1/retry", {"force": True})
+    assert (status, body["status"]) == (200, "active")
+    snap = await wait_for(api, "c-1", lambda s: s.wait is not None and s.wait.kind == "event")
+    assert snap.current_node_id == "approval" and "cancelled" not in snap.metadata
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/runs/ghost/retry", {}, 404, "unknown_run"),
+        ("/runs/bad%20id/retry", {}, 400, "invalid_run_id"),
+        ("/runs/x/retry", {"force": "yes"}, 400, "invalid_request"),
+        ("/runs/x/retry", {"who": 1}, 400, "invalid_request"),
+        ("/runs/ghost/rerun", {"from": "check"}, 404, "unknown_run"),
+        ("/runs/x/rerun", {}, 400, "invalid_request"),
+        ("/runs/x/rerun", {"from": 3}, 400, "invalid_request"),
+    ],
+)
+async def test_bad_retry_and_rerun_requests_get_a_clear_4xx(
+    api: Http, path: str, body: Any, status: int, code: str
+) -> None:
+    got, answer = await api("POST", path, body)
+    assert (got, error_code(answer)) == (status, code)
+
+
+async def test_a_completed_run_cannot_be_retried(api: Http) -> None:
+    ops_app.BROKEN["on"] = False
+    await api("POST", "/workflows/ops/runs", {"id": "ok-1"})
+    await wait_for(api, "ok-1", lambda s: s.is_terminal)
+    status, body = await api("POST", "/runs/ok-1/retry", {})
+    assert (status, error_code(body)) == (409, "not_retryable")
+
+
+async def test_rerun_starts_a_new_run_at_a_node_with_the_sources_results(api: Http) -> None:
+    source = await failed_ops_run(api, "s-1", item="cup")
+    ops_app.BROKEN["on"] = False
+    status, body = await api(
+        "POST", "/runs/s-1/rerun", {"from": "check", "id": "s-1-again", "input": {"n": 1}}
+    )
+    assert (status, body["workflowId"]) == (201, "s-1-again")
+    done = await wait_for(api, "s-1-again", lambda s: s.is_terminal)
+    assert done.status == "completed"
+    assert done.context["done"][-1].output == {"item": "cup"}  # the source's fetch result
+    assert len(done.context["fetch"]) == 1 and done.context["check"][-1].output["payload"] == {
+        "n": 1
+    }
+    assert done.metadata["rerunOf"]["run"] == "s-1"
+    after = (await api("GET", "/runs/s-1"))[1]
+    assert [r["run"] for r in after["metadata"]["reruns"]] == ["s-1-again"]
+    for key in ("status", "context", "currentNodeId"):
+        assert after[key] == source[key]
+    status, body = await api("POST", "/runs/s-1/rerun", {"from": "nowhere"})
+    assert (status, error_code(body)) == (400, "unknown_node")
+    status, body = await api("POST", "/runs/s-1/rerun", {"from": "check", "id": "s-1-again"})
+    assert status == 409
+
+
+async def test_the_timeline_holds_steps_errors_waits_and_links(api: Http) -> None:
+    await failed_ops_run(api, "t-1")
+    status, body = await api("GET", "/runs/t-1/timeline")
+    assert status == 200
+    assert [(s["node"], s["ok"]) for s in body["steps"]] == [("fetch", True), ("check", False)]
+    assert "second line of the trace" in body["steps"][1]["error"]  # the full text
+    assert body["now"]["status"] == "failed" and body["now"]["node"] == "check"
+    ops_app.BROKEN["on"] = False
+    await api("POST", "/runs/t-1/retry", {"reason": "again"})
+    await api("POST", "/runs/t-1/rerun", {"from": "check", "id": "t-2"})
+    await wait_for(api, "t-1", lambda s: s.is_terminal)
+    body = (await api("GET", "/runs/t-1/timeline"))[1]
+    assert [r["reason"] for r in body["retries"]] == ["again"]
+    assert [r["run"] for r in body["reruns"]] == ["t-2"]
+    assert (await api("GET", "/runs/t-2/timeline"))[1]["rerunOf"]["run"] == "t-1"
+    await api("POST", "/workflows/demo/runs", {"id": "w-1"})
+    await wait_for(api, "w-1", lambda s: s.wait is not None and s.wait.kind == "event")
+    await api("POST", "/runs/w-1/events", {"payload": 1, "name": "other", "id": "ev-1"})
+    body = (await api("GET", "/runs/w-1/timeline"))[1]
+    assert body["now"]["wait"]["event"] == "approval" and body["now"]["wait"]["until"] > 0
+    assert [e["id"] for e in body["events"]["received"]] == ["ev-1"]
+    assert (await api("GET", "/runs/ghost/timeline"))[0] == 404
+
+
+async def test_the_hosted_workflows_and_their_definitions_are_served(api: Http) -> None:
+    status, body = await api("GET", "/workflows")
+    assert status == 200
+    assert {w["name"] for w in body["workflows"]} == {"demo", "ops"}
+    status, body = await api("GET", "/workflows/ops")
+    assert (status, body["name"], body["start"]) == (200, "ops", "fetch")
+    assert [n["id"] for n in body["definition"]["nodes"]] == ["fetch", "check", "done"]
+    assert (await api("GET", "/workflows/nope"))[0] == 404

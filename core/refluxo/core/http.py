@@ -2,14 +2,17 @@
 
 Routes::
 
-    POST /workflows/{name}/runs   {"id"?: str, "input"?: any}    201 new run, 200 existing
     GET  /workflows                                              200 {"workflows": [...]}
-    GET  /workflows/{name}                                       200 the definition (its graph)
+    GET  /workflows/{name}                                       200 its definition
+    POST /workflows/{name}/runs   {"id"?: str, "input"?: any}    201 new run, 200 existing
     GET  /runs?workflow=&status=&updated_before=&updated_after=&limit=&cursor=
                                                                  200 {"runs": [...], "cursor"}
     GET  /runs/{id}                                              200 the snapshot as JSON
     POST /runs/{id}/events        {"payload": any, "name"?, "id"?} 202 (id: safe retries)
     POST /runs/{id}/cancel        {"reason"?: str}               200
+    POST /runs/{id}/retry         {"reason"?: str, "force"?: bool} 200 the failed run continues
+    POST /runs/{id}/rerun         {"from": node, "input"?, "id"?} 201 a new run from that node
+    GET  /runs/{id}/timeline                                     200 steps, waits, events, links
     POST /_dispatch               a DispatchMessage              200 with the outcome
     POST /_reconcile              {"graceMs"?: int, "limit"?: int} 200 {"scheduled": [ids]}
     GET  /healthz                                                200
@@ -49,6 +52,8 @@ from .dispatcher import Dispatcher, check_run_id
 from .errors import (
     BackendError,
     InboxFull,
+    NodeNotFound,
+    NotRetryable,
     NotStrictJson,
     PayloadTooLarge,
     RunFinished,
@@ -182,13 +187,16 @@ def _check_json_value(value: Any) -> None:
 
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
-    ("POST", re.compile(r"/workflows/(?P<name>[^/]+)/runs"), "start"),
     ("GET", re.compile(r"/workflows"), "workflows"),
     ("GET", re.compile(r"/workflows/(?P<name>[^/]+)"), "workflow"),
+    ("POST", re.compile(r"/workflows/(?P<name>[^/]+)/runs"), "start"),
     ("GET", re.compile(r"/runs"), "list"),
     ("GET", re.compile(r"/runs/(?P<run_id>[^/]+)"), "get"),
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/events"), "event"),
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), "cancel"),
+    ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/retry"), "retry"),
+    ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/rerun"), "rerun"),
+    ("GET", re.compile(r"/runs/(?P<run_id>[^/]+)/timeline"), "timeline"),
     ("POST", re.compile(r"/_dispatch"), "dispatch"),
     ("POST", re.compile(r"/_reconcile"), "reconcile"),
     ("GET", re.compile(r"/healthz"), "health"),
@@ -276,6 +284,10 @@ def _summary(snapshot: Any) -> dict[str, Any]:
         "status": snapshot.status,
         "version": snapshot.version,
     }
+
+
+def _workflow_info(workflow: Any) -> dict[str, Any]:
+    return {"name": workflow.name, "hash": workflow.ref.hash, "start": workflow.start}
 
 
 class HttpApi:
@@ -423,25 +435,18 @@ class HttpApi:
             raise HttpError(413, "payload_too_large", str(exc)) from None
         return HttpResponse.json(201 if created else 200, _summary(snapshot))
 
-    def _hosted(self, workflow: Any) -> dict[str, Any]:
-        definition = workflow.engine.workflow
-        return {
-            "name": workflow.name,
-            "hash": workflow.ref.hash,
-            "nodes": len(definition.nodes),
-            "edges": len(definition.edges),
-        }
-
     async def _workflows(self, request: HttpRequest) -> HttpResponse:
-        hosted = [self._hosted(w) for w in self.dispatcher.workflows.values()]
+        hosted = [_workflow_info(w) for w in self.dispatcher.workflows.values()]
         return HttpResponse.json(200, {"workflows": hosted})
 
     async def _workflow(self, request: HttpRequest, name: str) -> HttpResponse:
-        workflow = self.dispatcher.workflows.get(name)
-        if workflow is None:
-            raise HttpError(404, "unknown_workflow", f"no workflow named {name!r} is hosted here")
-        definition = workflow.engine.workflow.to_dict()
-        return HttpResponse.json(200, {**self._hosted(workflow), "definition": definition})
+        try:
+            workflow = self.dispatcher.workflow(name)
+        except WorkflowNotFound as exc:
+            raise HttpError(404, "unknown_workflow", str(exc)) from None
+        return HttpResponse.json(
+            200, {**_workflow_info(workflow), "definition": workflow.engine.workflow.to_dict()}
+        )
 
     async def _list(self, request: HttpRequest) -> HttpResponse:
         """``GET /runs``: summaries, newest first, one page at a time (see :class:`RunIndex`)."""
@@ -516,6 +521,55 @@ class HttpApi:
         except VersionConflict as exc:
             raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
         return HttpResponse.json(200, _summary(snapshot))
+
+    async def _retry(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        body = self._body(_schema().RetryRun, self._json(request, required=False))
+        try:
+            snapshot = await self.dispatcher.retry(
+                self._run_id(run_id),
+                reason=body.reason,
+                force=body.force,
+                by=request.header("x-refluxo-caller"),
+            )
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        except NotRetryable as exc:
+            raise HttpError(409, "not_retryable", str(exc)) from None
+        except VersionConflict as exc:
+            raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
+        return HttpResponse.json(200, _summary(snapshot))
+
+    async def _rerun(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        body = self._body(_schema().RerunRun, self._json(request))
+        new_id = self._run_id(body.id) if body.id is not None else None
+        try:
+            snapshot = await self.dispatcher.rerun(
+                self._run_id(run_id),
+                body.from_,
+                input=body.input,
+                new_id=new_id,
+                by=request.header("x-refluxo-caller"),
+            )
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        except NodeNotFound as exc:
+            raise HttpError(400, "unknown_node", str(exc)) from None
+        except WorkflowNotFound as exc:
+            raise HttpError(409, "workflow_not_deployed", str(exc)) from None
+        except WorkflowMismatch as exc:
+            raise HttpError(409, "not_rerunnable", str(exc)) from None
+        except PayloadTooLarge as exc:
+            raise HttpError(413, "payload_too_large", str(exc)) from None
+        return HttpResponse.json(201, _summary(snapshot))
+
+    async def _timeline(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        from .timeline import timeline
+
+        try:
+            snapshot = await self.dispatcher.get(self._run_id(run_id))
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        return HttpResponse.json(200, timeline(snapshot))
 
     async def _check_scheduler(self, request: HttpRequest, what: str) -> None:
         if self._dispatch_auth is None:

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from .dispatcher import RUN_ID, WORKFLOW_NAME
 from .http import _STATUSES, MAX_LIST_LIMIT
@@ -56,6 +64,59 @@ class CancelRun(_Body):
     reason: StrictStr | None = Field(default=None, description="why, kept in the snapshot")
 
 
+class RetryRun(_Body):
+    """``POST /runs/{id}/retry``: continue a failed (or refused) run from the node that failed."""
+
+    reason: StrictStr | None = Field(default=None, description="why, kept in metadata.retries")
+    force: StrictBool = Field(default=False, description="retry a cancelled run too")
+
+
+class RerunRun(_Body):
+    """``POST /runs/{id}/rerun``: a new run from a node, with the source's results before it."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True, populate_by_name=True)
+
+    from_: StrictStr = Field(alias="from", description="the node the new run starts at")
+    input: Any = Field(default=None, description="given to that node as a run's input")
+    id: StrictStr | None = Field(
+        default=None,
+        description="the new run's id (default: a random one)",
+        json_schema_extra={"pattern": RUN_ID_PATTERN},
+    )
+
+
+class TimelineStep(_Body):
+    node: str
+    attempt: int
+    at: int = Field(description="when the result was recorded, epoch ms")
+    ok: bool
+    output: Any = Field(default=None, description="the node's output (when ok)")
+    error: str | None = Field(default=None, description="the error's full text (when not ok)")
+
+
+class Timeline(_Body):
+    """``GET /runs/{id}/timeline``: the run's steps, where it stands, its events and links."""
+
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    id: str
+    workflow: str | None
+    version: int
+    startedAt: int | None
+    timeInSteps: int | None = Field(description="milliseconds spent in steps")
+    steps: list[TimelineStep]
+    now: dict[str, Any] = Field(
+        description="status, node, wait {kind, until, event}, retry {node, attempts, at}, "
+        "failedReason, cancelled, refused {reason, at}"
+    )
+    events: dict[str, Any] = Field(description="received (not yet consumed), consumed (ids)")
+    retries: list[dict[str, Any]] = Field(description="{at, by, reason, failedReason} each")
+    reruns: list[dict[str, Any]] = Field(description="{run, from, at, by}: runs made from it")
+    rerunOf: dict[str, Any] | None = Field(description="{run, from, at, by}: its source")
+    movedTo: Any = None
+    movedFrom: Any = None
+
+
 class Reconcile(_Body):
     """``POST /_reconcile``: schedule again the runs whose delivery was lost."""
 
@@ -82,6 +143,26 @@ class RunSummary(_Body):
     workflowId: str  # the wire name
     status: str
     version: int
+
+
+class WorkflowInfo(_Body):
+    """A workflow this deployment hosts."""
+
+    name: str
+    hash: str = Field(description="the shape hash runs record (nodes, types and edges)")
+    start: str = Field(description="the node a run starts at")
+
+
+class WorkflowList(_Body):
+    """``GET /workflows``: the workflows this deployment hosts."""
+
+    workflows: list[WorkflowInfo]
+
+
+class WorkflowDetail(WorkflowInfo):
+    """``GET /workflows/{name}``: a hosted workflow with its definition (nodes and edges)."""
+
+    definition: WorkflowDefinition
 
 
 class RunListItem(_Body):
@@ -113,27 +194,6 @@ class DispatchOutcome(_Body):
     runId: str  # the wire name
     version: int | None
     status: str | None
-
-
-class HostedWorkflow(_Body):
-    """A workflow this deployment hosts (``GET /workflows``)."""
-
-    name: str
-    hash: str = Field(description="the definition's shape hash (what a run records)")
-    nodes: int = Field(description="how many nodes the graph has")
-    edges: int = Field(description="how many edges the graph has")
-
-
-class WorkflowList(_Body):
-    """``GET /workflows``: every workflow this deployment hosts."""
-
-    workflows: list[HostedWorkflow]
-
-
-class WorkflowDetail(HostedWorkflow):
-    """``GET /workflows/{name}``: a hosted workflow with its definition (the graph)."""
-
-    definition: WorkflowDefinition
 
 
 class ErrorDetail(_Body):
@@ -183,7 +243,7 @@ _ERRORS = {
     "403": "the route is not enabled here",
     "404": "unknown route, workflow or run",
     "405": "another method is expected",
-    "409": "the run has finished, or the id is taken by another workflow",
+    "409": "the run has finished, the id is taken, or the run cannot be retried or rerun",
     "411": "a body without Content-Length",
     "413": "the body is over the limit",
     "415": "the body is not declared as application/json",
@@ -221,15 +281,18 @@ def openapi_document() -> dict[str, Any]:
         (CancelRun, "validation"),
         (DispatchMessage, "validation"),
         (Reconcile, "validation"),
+        (RetryRun, "validation"),
+        (RerunRun, "validation"),
+        (Timeline, "serialization"),
         (Reconciled, "serialization"),
         (RunSummary, "serialization"),
         (RunListItem, "serialization"),
+        (WorkflowList, "serialization"),
+        (WorkflowDetail, "serialization"),
         (RunList, "serialization"),
         (DispatchOutcome, "serialization"),
         (ErrorBody, "serialization"),
         (Health, "serialization"),
-        (WorkflowList, "serialization"),
-        (WorkflowDetail, "serialization"),
         (Snapshot, "serialization"),
     ):
         schema = model.model_json_schema(
@@ -262,6 +325,42 @@ def openapi_document() -> dict[str, Any]:
             "description": "Start runs, send them events, cancel and read them.",
         },
         "paths": {
+            "/workflows": {
+                "get": {
+                    "operationId": "listWorkflows",
+                    "security": bearer,
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the hosted workflows",
+                                "content": _json_content(_ref("WorkflowList")),
+                            }
+                        },
+                        "400",
+                        "401",
+                        "405",
+                    ),
+                }
+            },
+            "/workflows/{name}": {
+                "get": {
+                    "operationId": "getWorkflow",
+                    "parameters": [workflow],
+                    "security": bearer,
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the workflow and its definition",
+                                "content": _json_content(_ref("WorkflowDetail")),
+                            }
+                        },
+                        "400",
+                        "401",
+                        "404",
+                        "405",
+                    ),
+                }
+            },
             "/workflows/{name}/runs": {
                 "post": {
                     "operationId": "startRun",
@@ -325,42 +424,6 @@ def openapi_document() -> dict[str, Any]:
                     ),
                 }
             },
-            "/workflows": {
-                "get": {
-                    "operationId": "listWorkflows",
-                    "security": bearer,
-                    "responses": _answers(
-                        {
-                            "200": {
-                                "description": "the workflows hosted here",
-                                "content": _json_content(_ref("WorkflowList")),
-                            }
-                        },
-                        "400",
-                        "401",
-                        "405",
-                    ),
-                }
-            },
-            "/workflows/{name}": {
-                "get": {
-                    "operationId": "getWorkflow",
-                    "parameters": [workflow],
-                    "security": bearer,
-                    "responses": _answers(
-                        {
-                            "200": {
-                                "description": "the workflow and its definition",
-                                "content": _json_content(_ref("WorkflowDetail")),
-                            }
-                        },
-                        "400",
-                        "401",
-                        "404",
-                        "405",
-                    ),
-                }
-            },
             "/runs/{run_id}": {
                 "get": {
                     "operationId": "getRun",
@@ -406,6 +469,59 @@ def openapi_document() -> dict[str, Any]:
                         *common,
                         "404",
                         "409",
+                    ),
+                }
+            },
+            "/runs/{run_id}/retry": {
+                "post": {
+                    "operationId": "retryRun",
+                    "description": "continue a failed run from the node that failed, attempts "
+                    "reset; a run refused for its definition is delivered again. The caller's "
+                    "X-Refluxo-Caller header, if any, is recorded as who retried.",
+                    "parameters": [run_id],
+                    "security": bearer,
+                    "requestBody": {"required": True, "content": _json_content(_ref("RetryRun"))},
+                    "responses": _answers(
+                        {"200": {"description": "the run continues", **summary_ok}},
+                        *common,
+                        "404",
+                        "409",
+                    ),
+                }
+            },
+            "/runs/{run_id}/rerun": {
+                "post": {
+                    "operationId": "rerunRun",
+                    "description": "start a new run at a node with this run's results before "
+                    "it; both runs' metadata link them, this run's state is unchanged",
+                    "parameters": [run_id],
+                    "security": bearer,
+                    "requestBody": {"required": True, "content": _json_content(_ref("RerunRun"))},
+                    "responses": _answers(
+                        {"201": {"description": "the new run", **summary_ok}},
+                        *common,
+                        "404",
+                        "409",
+                    ),
+                }
+            },
+            "/runs/{run_id}/timeline": {
+                "get": {
+                    "operationId": "runTimeline",
+                    "parameters": [run_id],
+                    "security": bearer,
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the run's timeline",
+                                "content": _json_content(_ref("Timeline")),
+                            }
+                        },
+                        "400",
+                        "401",
+                        "404",
+                        "405",
+                        "503",
                     ),
                 }
             },

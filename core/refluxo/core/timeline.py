@@ -60,6 +60,72 @@ def render_timeline(snapshot: Snapshot) -> str:
     return "\n".join(lines)
 
 
+def timeline(snapshot: Snapshot) -> dict[str, Any]:
+    """A run's timeline as JSON (what ``GET /runs/{id}/timeline`` answers).
+
+    ``steps``: every recorded result in time order (node, attempt, time, ok, output or the
+    error's full text); ``now``: where the run stands (status, node, the wait and its
+    deadline, the retry pending, why it failed or is refused); ``events``: those received and
+    not yet consumed, and the ids of those consumed; ``retries``, ``reruns`` and
+    ``rerunOf``, ``movedTo`` and ``movedFrom`` from the run's metadata. Times are epoch ms.
+    """
+    steps = []
+    rows = sorted(
+        ((r.timestamp, node, r) for node, results in snapshot.context.items() for r in results),
+        key=lambda row: row[0],
+    )
+    for ts, node, result in rows:
+        step: dict[str, Any] = {
+            "node": node,
+            "attempt": result.attempt,
+            "at": ts,
+            "ok": result.error is None,
+        }
+        if result.error is None:
+            step["output"] = result.output
+        else:
+            step["error"] = result.error
+        steps.append(step)
+    meta = snapshot.metadata
+    now: dict[str, Any] = {"status": snapshot.status, "node": snapshot.current_node_id}
+    if snapshot.wait is not None:
+        now["wait"] = {
+            "kind": snapshot.wait.kind,
+            "until": snapshot.wait.until,
+            "event": snapshot.wait.event,
+        }
+    if snapshot.retry_state is not None:
+        now["retry"] = {
+            "node": snapshot.retry_state.node_id,
+            "attempts": snapshot.retry_state.attempts,
+            "at": snapshot.retry_state.next_retry_at,
+        }
+    if snapshot.status == "failed":
+        now["failedReason"] = meta.get("failedReason")
+        now["cancelled"] = bool(meta.get("cancelled"))
+    if isinstance(meta.get("refused"), dict):
+        now["refused"] = meta["refused"]
+    name = snapshot.definition.name if snapshot.definition else None
+    return {
+        "id": snapshot.run_id,
+        "workflow": name,
+        "version": snapshot.version,
+        "startedAt": rows[0][0] if rows else snapshot.last_started_at,
+        "timeInSteps": snapshot.total_execution_time,
+        "steps": steps,
+        "now": now,
+        "events": {
+            "received": [e.to_dict() for e in snapshot.inbox or []],
+            "consumed": list(snapshot.consumed_events or []),
+        },
+        "retries": meta.get("retries") if isinstance(meta.get("retries"), list) else [],
+        "reruns": meta.get("reruns") if isinstance(meta.get("reruns"), list) else [],
+        "rerunOf": meta.get("rerunOf"),
+        "movedTo": meta.get("movedTo"),
+        "movedFrom": meta.get("movedFrom"),
+    }
+
+
 def _label(text: str) -> str:
     return text.replace('"', "'")
 
