@@ -144,6 +144,7 @@
   async function runsPage(params) {
     const workflow = params.get("workflow") || "";
     const wanted = params.get("status") || "";
+    const size = /^[1-9][0-9]{0,2}$/.test(params.get("limit") || "") ? params.get("limit") : String(PAGE_SIZE);
     const cursors = [""];
     const workflowSelect = h("select", { id: "filter-workflow", name: "workflow" },
       h("option", { value: "" }, "any workflow"));
@@ -155,6 +156,7 @@
       const q = new URLSearchParams();
       if (workflowSelect.value) q.set("workflow", workflowSelect.value);
       if (statusSelect.value) q.set("status", statusSelect.value);
+      if (size !== String(PAGE_SIZE)) q.set("limit", size);
       location.hash = "#/runs" + (q.toString() ? "?" + q : "");
     };
     workflowSelect.addEventListener("change", apply);
@@ -185,7 +187,7 @@
     });
     let next = null;
     const load = async () => {
-      const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
+      const q = new URLSearchParams({ limit: size });
       if (workflow) q.set("workflow", workflow);
       if (wanted) q.set("status", wanted);
       const cursor = cursors[cursors.length - 1];
@@ -260,30 +262,83 @@
       })))));
   }
 
+  function short(value, size) {
+    const text = value === undefined ? "" : JSON.stringify(value);
+    return text.length > size ? text.slice(0, size - 1) + "\u2026" : text;
+  }
+
+  function duration(ms) {
+    if (typeof ms !== "number") return undefined;
+    return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+  }
+
+  function linkRows(list) {
+    return h("ul", {}, list.map((item) => h("li", {},
+      item.run !== undefined ? h("a", { href: runLink(item.run) }, String(item.run)) : "",
+      item.from !== undefined ? ` from ${item.from}` : "",
+      item.at !== undefined ? ` at ${when(item.at)}` : "",
+      item.by ? ` by ${item.by}` : "",
+      item.reason ? ` (${item.reason})` : "",
+      item.run === undefined ? " " + short(item, 200) : "")));
+  }
+
+  // data: what GET /runs/{id}/timeline answers (see refluxo.core.timeline.timeline).
   function timelineView(data, snapshot) {
     const box = h("div", { id: "timeline" });
-    if (data && typeof data === "object" && !Array.isArray(data)) {
-      const scalars = Object.entries(data).filter(([, v]) => v === null || typeof v !== "object");
-      if (scalars.length) box.appendChild(facts(scalars.map(([k, v]) => [k, cell(k, v)])));
-      for (const [key, value] of Object.entries(data)) {
-        if (Array.isArray(value) && value.length) {
-          box.appendChild(h("h2", {}, key));
-          box.appendChild(table(value.map((v) => (v && typeof v === "object" ? v : { value: v }))));
-        } else if (value && typeof value === "object" && !Array.isArray(value)) {
-          box.appendChild(h("h2", {}, key));
-          box.appendChild(facts(Object.entries(value).map(([k, v]) => [k, cell(k, v)])));
+    if (!data || !Array.isArray(data.steps)) {
+      data = { steps: [] };
+      for (const [node, results] of Object.entries(snapshot.context || {})) {
+        for (const r of results || []) {
+          data.steps.push({ node, attempt: r.attempt, at: r.timestamp, ok: !r.error, error: r.error, output: r.output });
         }
       }
-      return box;
+      data.steps.sort((a, b) => (a.at || 0) - (b.at || 0));
     }
-    const rows = [];
-    for (const [node, results] of Object.entries(snapshot.context || {})) {
-      for (const r of results || []) {
-        rows.push({ timestamp: r.timestamp, node, attempt: r.attempt, error: r.error, output: r.output });
-      }
+    const now = data.now || {};
+    box.appendChild(facts([
+      ["started", when(data.startedAt)],
+      ["time in steps", duration(data.timeInSteps)],
+      ["rerun of", data.rerunOf && data.rerunOf.run !== undefined
+        ? h("span", {}, h("a", { href: runLink(data.rerunOf.run) }, String(data.rerunOf.run)),
+          ` from ${data.rerunOf.from}`) : undefined],
+      ["moved to", data.movedTo ? short(data.movedTo, 200) : undefined],
+      ["moved from", data.movedFrom ? short(data.movedFrom, 200) : undefined],
+    ]));
+    box.appendChild(h("table", { id: "steps" },
+      h("thead", {}, h("tr", {}, ["Time", "Node", "Attempt", "Result"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, data.steps.map((step) => h("tr", { dataset: { node: String(step.node) } },
+        h("td", {}, when(step.at)),
+        h("td", { class: "mono" }, String(step.node)),
+        h("td", {}, cell("", step.attempt)),
+        step.ok ? h("td", { class: "mono" }, short(step.output, 160))
+          : h("td", { class: "err" }, String(step.error)))))));
+    const waiting = now.wait ? `${now.wait.kind}${now.wait.event ? " for " + now.wait.event : ""}` +
+      (now.wait.until ? ` until ${when(now.wait.until)}` : "") : undefined;
+    box.appendChild(h("h2", {}, "Now"));
+    box.appendChild(facts([
+      ["status", now.status === undefined ? undefined : status(now.status)],
+      ["node", now.node == null ? undefined : String(now.node)],
+      ["waiting", waiting],
+      ["next retry", now.retry ? `${now.retry.node} attempt ${Number(now.retry.attempts) + 1} at ${when(now.retry.at)}` : undefined],
+      ["failed", now.failedReason == null ? undefined : h("span", { class: "err" }, String(now.failedReason))],
+      ["refused", now.refused ? h("span", { class: "err" }, short(now.refused, 400)) : undefined],
+    ]));
+    const events = data.events || {};
+    if ((events.received || []).length || (events.consumed || []).length) {
+      box.appendChild(h("h2", {}, "Events"));
+      box.appendChild(facts([
+        ["queued", (events.received || []).length ? short(events.received, 400) : undefined],
+        ["consumed", (events.consumed || []).length ? short(events.consumed, 400) : undefined],
+      ]));
     }
-    rows.sort((a, b) => (a.timestamp || 0) - (b.timestamp || 0));
-    box.appendChild(table(rows));
+    if ((data.retries || []).length) {
+      box.appendChild(h("h2", {}, "Retries"));
+      box.appendChild(table(data.retries.map((r) => (r && typeof r === "object" ? r : { value: r }))));
+    }
+    if ((data.reruns || []).length) {
+      box.appendChild(h("h2", {}, "Reruns"));
+      box.appendChild(h("div", { id: "reruns" }, linkRows(data.reruns.filter((r) => r && typeof r === "object"))));
+    }
     return box;
   }
 
