@@ -246,6 +246,13 @@
     return { taken, failed, takenEdges, current };
   }
 
+  function waitText(wait) {
+    if (!wait || typeof wait !== "object") return undefined;
+    let text = wait.kind === "sleep" ? "sleeping" : "for " + (wait.event == null ? "an event" : String(wait.event));
+    if (wait.until != null) text += " until " + when(wait.until);
+    return text;
+  }
+
   function facts(pairs) {
     return h("dl", { class: "facts" }, pairs.filter(([, v]) => v !== undefined && v !== null && v !== "")
       .flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
@@ -258,7 +265,7 @@
       h("thead", {}, h("tr", {}, keys.map((k) => h("th", {}, k)))),
       h("tbody", {}, rows.map((row) => h("tr", {}, keys.map((k) => {
         const value = row ? row[k] : undefined;
-        return h("td", { class: /error|reason/i.test(k) && value ? "err" : "" }, cell(k, value));
+        return h("td", { class: /^(error|failedReason)$/.test(k) && value ? "err" : "" }, cell(k, value));
       })))));
   }
 
@@ -312,8 +319,7 @@
         h("td", {}, cell("", step.attempt)),
         step.ok ? h("td", { class: "mono" }, short(step.output, 160))
           : h("td", { class: "err" }, String(step.error)))))));
-    const waiting = now.wait ? `${now.wait.kind}${now.wait.event ? " for " + now.wait.event : ""}` +
-      (now.wait.until ? ` until ${when(now.wait.until)}` : "") : undefined;
+    const waiting = waitText(now.wait);
     box.appendChild(h("h2", {}, "Now"));
     box.appendChild(facts([
       ["status", now.status === undefined ? undefined : status(now.status)],
@@ -348,7 +354,7 @@
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       submit.disabled = true;
-      try { await onSubmit(); } catch (e) { notice(e.message); } finally { submit.disabled = false; }
+      try { await onSubmit(); } catch (e) { notice(e.message); } finally { submit.disabled = submit.dataset.off === "1"; }
     });
     return form;
   }
@@ -399,12 +405,12 @@
         await done("cancelled", await api("POST", path + "/cancel", body));
       }, true));
     main.replaceChildren(head,
-      h("div", { class: "card" }, h("h2", {}, "Actions"), actions),
       h("div", { class: "grid" },
         h("div", {}, h("h2", {}, "Graph"), graph,
           h("div", { class: "legend" }, h("span", { class: "l-taken" }, "path taken"),
             h("span", { class: "l-current" }, "current node"), h("span", { class: "l-failed" }, "failed"))),
         h("div", {}, h("h2", {}, "Timeline"), timeline)),
+      h("h2", {}, "Actions"), h("div", { class: "card" }, actions),
       h("h2", {}, "Snapshot"), h("div", { class: "card" }, raw));
     let shownNodes = "";
     const load = async () => {
@@ -419,10 +425,19 @@
           ["current node", snapshot.currentNodeId == null ? undefined : String(snapshot.currentNodeId)],
           ["version", cell("", snapshot.version)],
           ["last step started", when(snapshot.lastStartedAt)],
-          ["waiting", snapshot.wait ? cell("", snapshot.wait) : undefined],
+          ["waiting", waitText(snapshot.wait)],
           ["failed reason", meta.failedReason == null ? undefined : cell("", meta.failedReason)],
         ])));
       if (snapshot.wait && snapshot.wait.event && !eventName.value) eventName.value = String(snapshot.wait.event);
+      const finished = snapshot.status === "completed" || snapshot.status === "failed";
+      const off = (selector, yes) => {
+        const button = actions.querySelector(selector);
+        button.dataset.off = yes ? "1" : "";
+        button.disabled = yes;
+      };
+      off("#send-event", finished);
+      off("#cancel", finished);
+      off("#retry", snapshot.status !== "failed");
       raw.textContent = JSON.stringify(snapshot, null, 2);
       let def = null;
       if (name) {
