@@ -101,3 +101,23 @@ def test_dev_finds_an_app_in_the_current_folder_and_errors_are_one_line(tmp_path
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1 and "nosuchmod" in bad.stderr, bad.stderr
     assert "PYTHONPATH" in bad.stderr
+
+
+def test_move_takes_a_waiting_run_to_another_dev_server(dev: DevServer, tmp_path: Path) -> None:
+    other = DevServer(tmp_path / "other.db")
+    other.start()
+    try:
+        cli("start", "demo", "--id", "mv-1", url=dev.url)
+        wait_status(dev.url, "mv-1", lambda s: (s.get("wait") or {}).get("kind") == "event")
+        out = cli("move", "mv-1", "--from", dev.url, "--to", other.url)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["workflowId"] == "mv-1"
+        source = wait_status(dev.url, "mv-1", lambda s: s["status"] == "failed")
+        assert source["metadata"]["failedReason"] == "moved"  # type: ignore[index]
+        assert source["metadata"]["movedTo"] == other.url  # type: ignore[index]
+        again = cli("move", "mv-1", "--from", dev.url, "--to", other.url)
+        assert again.returncode == 1 and "nothing to move" in again.stderr
+        cli("event", "mv-1", "--name", "approval", "--payload", '{"approved": true}', url=other.url)
+        wait_status(other.url, "mv-1", lambda s: s["status"] == "completed")
+    finally:
+        other.stop()

@@ -32,6 +32,7 @@ import sys
 import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import click
@@ -361,6 +362,45 @@ def rerun(
     settings: Settings, run_id: str, from_node: str, input_: str | None, new_id: str | None
 ) -> None:
     _print(settings.client().rerun(run_id, from_node, _json_arg(input_), new_id))
+
+
+@_command("move", help="Move a run that has not finished to another deployment of its workflow.")
+@click.argument("run_id")
+@click.option("--from", "source", required=True, metavar="URL", help="where the run is now")
+@click.option("--to", "target", required=True, metavar="URL", help="where it goes")
+@click.option(
+    "--to-token", help="the target's bearer token (default: --token, for both deployments)"
+)
+def move(settings: Settings, run_id: str, source: str, target: str, to_token: str | None) -> None:
+    here = Client(source, settings.token)
+    there = Client(target, to_token or settings.token)
+    snapshot = here.get(run_id)
+    name = (snapshot.get("definition") or {}).get("name")
+    if snapshot.get("status") in ("completed", "failed"):
+        raise CliError(f"run {run_id!r} is {snapshot['status']}; there is nothing to move")
+    if name is not None:
+        try:
+            hosted = there.workflow(name)
+        except ApiError as exc:
+            if exc.status == 404:
+                raise CliError(f"{target} does not host workflow {name!r}") from None
+            raise
+        if hosted.get("hash") != snapshot["definition"].get("hash"):
+            raise CliError(
+                f"{target} hosts workflow {name!r} with shape {hosted.get('hash')}, but the run "
+                f"was started on {snapshot['definition'].get('hash')}: its nodes or edges differ"
+            )
+    exported = here.export(run_id, target, snapshot["version"])["snapshot"]
+    try:
+        answer = there.import_run(exported, source)
+    except (ApiError, OSError) as exc:
+        keep = Path(f"{run_id}.moved.json")
+        keep.write_text(json.dumps(exported))
+        raise CliError(
+            f"the run ended at {source} but {target} refused it ({printable(str(exc))}); its "
+            f"snapshot is in {keep}: import it with POST /runs/import once the cause is fixed"
+        ) from None
+    _print(answer)
 
 
 # --- reads --------------------------------------------------------------------------------

@@ -114,3 +114,13 @@ class Client:
 
     def workflow(self, name: str) -> Any:
         return self.call("GET", f"/workflows/{name}")[1]
+
+    def export(self, run_id: str, to: str, version: int) -> Any:
+        """End the run here as moved to ``to`` (if still at ``version``); its snapshot."""
+        return self.call("POST", f"/runs/{run_id}/export", {"to": to, "version": version})[1]
+
+    def import_run(self, snapshot: Any, source: str | None = None) -> Any:
+        body: dict[str, Any] = {"snapshot": snapshot}
+        if source:
+            body["from"] = source
+        return self.call("POST", "/runs/import", body)[1]
