@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.model import DispatchMessage, now_ms
 from tests.contract.due_runs import DueRunsContract
+from tests.contract.run_index import RunIndexContract
 from tests.contract.scheduler import NextDelivery, SchedulerContract
 from tests.contract.store import StateStoreContract
 
@@ -73,3 +74,9 @@ class TestMemoryScheduler(SchedulerContract):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class TestMemoryRunIndex(RunIndexContract):
+    @pytest.fixture
+    def make_store(self) -> Callable[[Callable[[], int]], MemoryStateStore]:
+        return lambda clock: MemoryStateStore(clock=clock)

@@ -180,7 +180,7 @@ def test_refluxo_dev_serves_the_dashboard_at_ui(tmp_path: Path, page: Any) -> No
 
     port = free_port()
     dev = Process(
-        ["dev", "--app", APP, "--db", str(tmp_path / "d.db"), "--port", str(port)], "dashboard at"
+        ["dev", "--app", APP, "--db", str(tmp_path / "d.db"), "--port", str(port)], "/ui/"
     )
     try:
         assert any(f"http://127.0.0.1:{port}/ui/" in line for line in dev.output)

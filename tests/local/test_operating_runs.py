@@ -244,3 +244,54 @@ async def test_the_hosted_workflows_and_their_definitions_are_served(api: Http) 
     assert (status, body["name"], body["start"]) == (200, "ops", "fetch")
     assert [n["id"] for n in body["definition"]["nodes"]] == ["fetch", "check", "done"]
     assert (await api("GET", "/workflows/nope"))[0] == 404
+
+
+async def test_a_waiting_run_moves_to_another_server_and_ends_here_as_moved(
+    api: Http, tmp_path: Path
+) -> None:
+    async with LocalRuntime(demo_workflows(), db_path=tmp_path / "other.db") as other:
+        there = Http((await other.serve(port=0)).port)
+        await api("POST", "/workflows/demo/runs", {"id": "m-1", "input": {"customer": "Lu"}})
+        waiting = await wait_for(
+            api, "m-1", lambda s: s.wait is not None and s.wait.kind == "event"
+        )
+        status, body = await api(
+            "POST", "/runs/m-1/export", {"to": "http://there", "version": waiting.version - 1}
+        )
+        assert (status, error_code(body)) == (409, "run_changed")
+        status, body = await api(
+            "POST", "/runs/m-1/export", {"to": "http://there", "version": waiting.version}
+        )
+        assert status == 200 and body["snapshot"]["status"] == "paused"
+        status, imported = await there(
+            "POST", "/runs/import", {"snapshot": body["snapshot"], "from": "http://here"}
+        )
+        assert (status, imported["workflowId"]) == (201, "m-1")
+        here = (await api("GET", "/runs/m-1"))[1]
+        assert (here["status"], here["metadata"]["failedReason"]) == ("failed", "moved")
+        assert here["metadata"]["movedTo"] == "http://there"
+        assert (await api("POST", "/runs/m-1/retry", {"force": True}))[0] == 409
+        await there("POST", "/runs/m-1/events", {"payload": {"approved": True}, "name": "approval"})
+        done = await wait_for(there, "m-1", lambda s: s.is_terminal)
+        assert done.status == "completed" and done.metadata["movedFrom"]["from"] == "http://here"
+        assert done.context["order"][-1].output["customer"] == "Lu"
+        status, body = await there("POST", "/runs/import", {"snapshot": waiting.to_dict()})
+        assert (status, error_code(body)) == (409, "not_importable")  # the id is taken there
+
+
+async def test_a_run_moves_only_to_the_same_shape(api: Http, tmp_path: Path) -> None:
+    from refluxo.core.dispatcher import Workflow
+    from refluxo.demo import DEFINITION, NODES
+
+    rewired = DEFINITION.model_copy(deep=True)
+    rewired.edges[0].target = "approval"
+    async with LocalRuntime([Workflow("demo", rewired, NODES)], db_path=tmp_path / "o.db") as rt:
+        there = Http((await rt.serve(port=0)).port)
+        await api("POST", "/workflows/demo/runs", {"id": "m-2"})
+        snap = (await api("GET", "/runs/m-2"))[1]
+        status, body = await there("POST", "/runs/import", {"snapshot": snap})
+        assert (status, error_code(body)) == (409, "not_importable")
+        assert "nodes or edges differ" in body["error"]["message"]
+        assert (await there("GET", "/runs/m-2"))[0] == 404
+        status, body = await there("POST", "/runs/import", {"snapshot": {"status": "x"}})
+        assert (status, error_code(body)) == (400, "invalid_snapshot")

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from refluxo.local import SQLiteStateStore
 from refluxo.local.store import DEFAULT_MAX_BYTES, RunSummary
 from tests.conftest import FakeClock
 from tests.contract.due_runs import DueRunsContract
+from tests.contract.run_index import RunIndexContract
 from tests.contract.store import StateStoreContract, snapshot
 
 
@@ -372,3 +373,9 @@ async def test_an_unreadable_stored_run_is_reported_without_echoing_its_content(
     response = await api.handle(HttpRequest("GET", "/runs/r1"))
     assert response.status == 500 and b"4111" not in response.body
     store.close()
+
+
+class TestSQLiteRunIndex(RunIndexContract):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> Callable[[Callable[[], int]], SQLiteStateStore]:
+        return lambda clock: SQLiteStateStore(tmp_path / "index.db", clock=clock)

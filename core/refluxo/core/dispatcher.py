@@ -562,6 +562,69 @@ class Dispatcher:
                 break  # the link lives in the new run alone
         return snapshot
 
+    async def export_run(self, run_id: str, *, version: int, to: str) -> Snapshot:
+        """Hand a run over to another deployment: it ends here ``failed`` with reason ``moved``.
+
+        Only when its stored version is still ``version`` (the one the caller read), so that
+        nothing the caller did not see is lost. ``metadata.movedTo`` names ``to``; such a run
+        is never retried here, so it cannot run twice. A step in flight here loses its save.
+
+        Returns:
+            The snapshot as it was before (what the other deployment imports).
+
+        Raises:
+            RunNotFound; RunFinished (completed or failed); VersionConflict (it changed since
+            ``version``: read it again); NotStrictJson (``to`` holds a lone surrogate);
+            store errors.
+        """
+        to = check_text(to[:2000], "the target", 2000)
+        current = await self.store.load(run_id)
+        if current.is_terminal:
+            raise RunFinished(f"run {run_id!r} is {current.status}; there is nothing to move")
+        if current.version != version:
+            raise VersionConflict(run_id, version, current.version)
+        moved = self._failed(current, "moved")
+        moved.metadata.update(movedTo=to, movedAt=self.clock())
+        await self.store.save(moved, expected_version=current.version)
+        return current
+
+    async def import_run(self, snapshot: Snapshot, *, source: str | None = None) -> Snapshot:
+        """Continue here a run exported from another deployment (see :meth:`export_run`).
+
+        The run keeps its id, results, wait and inbox; ``metadata.movedFrom`` records where
+        it came from; its next delivery is scheduled as after a step.
+
+        Raises:
+            RunFinished (the snapshot is of a finished run); WorkflowNotFound or
+            WorkflowMismatch (this deployment does not host its workflow with the same shape:
+            the message says why, or the id is taken here); ValueError (a bad run id);
+            PayloadTooLarge, NotStrictJson; store and scheduler errors.
+        """
+        if snapshot.is_terminal:
+            raise RunFinished(
+                f"run {snapshot.run_id!r} is {snapshot.status}; only a run that "
+                "is active, waiting or paused can move"
+            )
+        check_run_id(snapshot.run_id)
+        if snapshot.definition is None:
+            raise WorkflowMismatch(
+                f"run {snapshot.run_id!r} does not record its workflow, so its shape cannot "
+                "be checked"
+            )
+        self._workflow_of(snapshot)
+        metadata = {k: v for k, v in snapshot.metadata.items() if k != "refused"}
+        moved_from: dict[str, Any] = {"at": self.clock()}
+        if source is not None:
+            moved_from["from"] = check_text(source[:2000], "the source", 2000)
+        metadata["movedFrom"] = moved_from
+        imported = snapshot.model_copy(
+            update={"metadata": metadata, "version": snapshot.version + 1, "step_version": None}
+        )
+        if not await self.store.create(imported):
+            raise WorkflowMismatch(f"a run with id {snapshot.run_id!r} exists here already")
+        await self._schedule_next(imported)
+        return imported
+
     async def dispatch(self, message: DispatchMessage) -> DispatchResult:
         """Handle one scheduler delivery: at most one step of the run it names.
 

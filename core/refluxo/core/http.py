@@ -13,6 +13,8 @@ Routes::
     POST /runs/{id}/retry         {"reason"?: str, "force"?: bool} 200 the failed run continues
     POST /runs/{id}/rerun         {"from": node, "input"?, "id"?} 201 a new run from that node
     GET  /runs/{id}/timeline                                     200 steps, waits, events, links
+    POST /runs/{id}/export        {"to": str, "version": int}    200 {"snapshot"}: ended here
+    POST /runs/import             {"snapshot": {...}, "from"?}   201 the run continues here
     POST /_dispatch               a DispatchMessage              200 with the outcome
     POST /_reconcile              {"graceMs"?: int, "limit"?: int} 200 {"scheduled": [ids]}
     GET  /healthz                                                200
@@ -62,7 +64,7 @@ from .errors import (
     WorkflowMismatch,
     WorkflowNotFound,
 )
-from .model import DispatchMessage
+from .model import DispatchMessage, Snapshot
 from .ports import DueRuns, RunIndex
 
 logger = logging.getLogger("refluxo.http")
@@ -197,6 +199,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/retry"), "retry"),
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/rerun"), "rerun"),
     ("GET", re.compile(r"/runs/(?P<run_id>[^/]+)/timeline"), "timeline"),
+    ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/export"), "export"),
+    ("POST", re.compile(r"/runs/import"), "import_run"),
     ("POST", re.compile(r"/_dispatch"), "dispatch"),
     ("POST", re.compile(r"/_reconcile"), "reconcile"),
     ("GET", re.compile(r"/healthz"), "health"),
@@ -561,6 +565,44 @@ class HttpApi:
         except PayloadTooLarge as exc:
             raise HttpError(413, "payload_too_large", str(exc)) from None
         return HttpResponse.json(201, _summary(snapshot))
+
+    async def _export(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        body = self._body(_schema().ExportRun, self._json(request))
+        try:
+            snapshot = await self.dispatcher.export_run(
+                self._run_id(run_id), version=body.version, to=body.to
+            )
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        except RunFinished as exc:
+            raise HttpError(409, "run_finished", str(exc)) from None
+        except VersionConflict:
+            raise HttpError(
+                409, "run_changed", "the run changed since that version: read it and try again"
+            ) from None
+        return HttpResponse.json(200, {"snapshot": snapshot.to_dict()})
+
+    async def _import_run(self, request: HttpRequest) -> HttpResponse:
+        body = self._body(_schema().ImportRun, self._json(request))
+        try:
+            snapshot = Snapshot.model_validate(body.snapshot)
+        except ValidationError as exc:
+            from .schema import body_problems
+
+            raise HttpError(400, "invalid_snapshot", body_problems(exc)) from None
+        try:
+            imported = await self.dispatcher.import_run(snapshot, source=body.from_)
+        except ValueError as exc:
+            if isinstance(exc, PayloadTooLarge):
+                raise HttpError(413, "payload_too_large", str(exc)) from None
+            if isinstance(exc, NotStrictJson):
+                raise
+            raise HttpError(400, "invalid_run_id", str(exc)) from None
+        except RunFinished as exc:
+            raise HttpError(409, "run_finished", str(exc)) from None
+        except (WorkflowNotFound, WorkflowMismatch) as exc:
+            raise HttpError(409, "not_importable", str(exc)) from None
+        return HttpResponse.json(201, _summary(imported))
 
     async def _timeline(self, request: HttpRequest, run_id: str) -> HttpResponse:
         from .timeline import timeline

@@ -85,6 +85,30 @@ class RerunRun(_Body):
     )
 
 
+class ExportRun(_Body):
+    """``POST /runs/{id}/export``: end the run here as ``moved``, and answer its snapshot."""
+
+    to: StrictStr = Field(description="where the run goes (recorded as metadata.movedTo)")
+    version: StrictInt = Field(description="the version the caller read: refused if it moved on")
+
+
+class Exported(_Body):
+    """The run as it was before it ended here: what ``POST /runs/import`` takes."""
+
+    snapshot: Snapshot
+
+
+class ImportRun(_Body):
+    """``POST /runs/import``: continue here a run exported from another deployment."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True, populate_by_name=True)
+
+    snapshot: dict[str, Any] = Field(description="the run's snapshot, as exported")
+    from_: StrictStr | None = Field(
+        default=None, alias="from", description="where it comes from (metadata.movedFrom)"
+    )
+
+
 class TimelineStep(_Body):
     node: str
     attempt: int
@@ -284,6 +308,9 @@ def openapi_document() -> dict[str, Any]:
         (RetryRun, "validation"),
         (RerunRun, "validation"),
         (Timeline, "serialization"),
+        (ExportRun, "validation"),
+        (Exported, "serialization"),
+        (ImportRun, "validation"),
         (Reconciled, "serialization"),
         (RunSummary, "serialization"),
         (RunListItem, "serialization"),
@@ -501,6 +528,42 @@ def openapi_document() -> dict[str, Any]:
                         {"201": {"description": "the new run", **summary_ok}},
                         *common,
                         "404",
+                        "409",
+                    ),
+                }
+            },
+            "/runs/{run_id}/export": {
+                "post": {
+                    "operationId": "exportRun",
+                    "description": "end the run here (failed, reason 'moved', metadata.movedTo) "
+                    "if it is still at the version given, and answer its snapshot as it was",
+                    "parameters": [run_id],
+                    "security": bearer,
+                    "requestBody": {"required": True, "content": _json_content(_ref("ExportRun"))},
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the snapshot to import elsewhere",
+                                "content": _json_content(_ref("Exported")),
+                            }
+                        },
+                        *common,
+                        "404",
+                        "409",
+                    ),
+                }
+            },
+            "/runs/import": {
+                "post": {
+                    "operationId": "importRun",
+                    "description": "continue here a run exported from another deployment: "
+                    "409 when this deployment does not host its workflow with the same shape "
+                    "hash, or the id is taken",
+                    "security": bearer,
+                    "requestBody": {"required": True, "content": _json_content(_ref("ImportRun"))},
+                    "responses": _answers(
+                        {"201": {"description": "the run continues here", **summary_ok}},
+                        *common,
                         "409",
                     ),
                 }
