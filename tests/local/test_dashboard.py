@@ -180,3 +180,25 @@ def test_cloud_bundles_leave_the_dashboard_out(platform: str, tmp_path: Path) ->
     shipped = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
     assert shipped
     assert not [p for p in shipped if "dashboard" in p or p.endswith((".js", ".html", ".css"))]
+
+
+UI_COMMAND = [sys.executable, "-m", "refluxo.local.cli", "ui", "--url", "http://127.0.0.1:9"]
+
+
+def test_refluxo_ui_says_in_one_line_when_its_port_is_taken() -> None:
+    import socket
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*UI_COMMAND, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"refluxo: cannot listen on 127.0.0.1:{port}")
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
@@ -296,14 +297,25 @@ class DashboardServer:
             server_header=False,
         )
         config.load()
+        # Bound here, not by uvicorn: a port in use is then an OSError that says why, where
+        # uvicorn would log it and exit.
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)
         try:
-            await server.startup()
+            await server.startup(sockets=[sock])
         except SystemExit:
+            sock.close()
             raise OSError(f"cannot listen on {self.host}:{self.port}") from None
         self._server = server
-        self.port = server.servers[0].sockets[0].getsockname()[1]
+        self.port = sock.getsockname()[1]
         self._task = asyncio.create_task(server.main_loop())
 
     async def stop(self) -> None:
