@@ -75,6 +75,15 @@ async def test_the_pages_are_served_with_a_policy_that_runs_only_their_own_scrip
         assert (status, headers["content-type"].split(";")[0]) == (200, kind)
 
 
+async def test_refluxo_dev_sends_ui_to_the_dashboard_and_the_rest_to_the_api(base: str) -> None:
+    status, headers, body = await get(base.rstrip("/"))  # /ui: redirected to /ui/
+    assert (status, headers["content-type"].split(";")[0]) == (200, "text/html")
+    root = base.removesuffix("/ui/")
+    status, _, body = await get(root + "/workflows", authorization=f"Bearer {TOKEN}")
+    assert status == 200
+    assert json.loads(body)["workflows"][0]["name"] == "demo"
+
+
 async def test_only_the_dashboards_own_files_are_served(base: str) -> None:
     for name in ("../__init__.py", "%2e%2e/__init__.py", "__init__.py", "static/app.js", "x.js"):
         status, _, body = await get(base + name)
