@@ -39,7 +39,7 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from refluxo.core import Snapshot
-from refluxo.core.errors import DefinitionError
+from refluxo.core.errors import DefinitionError, RefluxoError
 from refluxo.core.logs import configure_logging
 from refluxo.core.model import WorkflowDefinition
 from refluxo.core.timeline import render_timeline, to_mermaid
@@ -406,6 +406,65 @@ def move(settings: Settings, run_id: str, source: str, target: str, to_token: st
             f"snapshot is in {keep}: import it with POST /runs/import once the cause is fixed"
         ) from None
     _print(answer)
+
+
+@_command(
+    "replay",
+    help="Run a run again from its snapshot file, offline and in memory, with the app's "
+    "executors, and print its timeline. Exit status 0 when it completes or waits, 1 when it "
+    "fails.",
+)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--app", required=True, help="the module that names the workflows (executors)")
+@click.option("--from", "from_node", metavar="NODE", help="start at this node (as a rerun)")
+@click.option(
+    "--payload",
+    metavar="JSON",
+    help="with --from: the node's input; else the event a waiting run gets",
+)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="stop after this many steps",
+)
+def replay(
+    settings: Settings,
+    file: str,
+    app: str,
+    from_node: str | None,
+    payload: str | None,
+    max_steps: int,
+) -> None:
+    from .replay import replay as run_replay
+
+    try:
+        raw = json.loads(Path(file).read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read a snapshot from {file}: {exc}", 2) from None
+    if isinstance(raw, dict) and isinstance(raw.get("snapshot"), dict):
+        raw = raw["snapshot"]  # what POST /runs/{id}/export answers
+    try:
+        snapshot = Snapshot.model_validate(raw)
+    except ValueError as exc:
+        raise CliError(f"{file} is not a run's snapshot: {str(exc).splitlines()[0]}", 2) from None
+    workflows = _load(app)
+    given = _json_arg(payload)
+    try:
+        final = asyncio.run(
+            run_replay(workflows, snapshot, from_node=from_node, payload=given, max_steps=max_steps)
+        )
+    except (LookupError, RefluxoError) as exc:
+        raise CliError(printable(str(exc))) from None
+    if settings.as_json:
+        from refluxo.core.timeline import timeline as timeline_json
+
+        _print(timeline_json(final))
+    else:
+        _say(render_timeline(Snapshot.model_validate(_neutralised(final.to_dict()))))
+    if final.status == "failed":
+        raise SystemExit(1)
 
 
 # --- reads --------------------------------------------------------------------------------
