@@ -120,6 +120,7 @@ async def test_pages_follow_the_cursor_without_repeating_or_skipping(api: Http) 
         "updated_before=yesterday",
         "colour=red",
         "status=failed&status=active",
+        "status=",
     ],
 )
 async def test_a_bad_list_query_is_a_400(api: Http, query: str) -> None:
@@ -294,4 +295,11 @@ async def test_a_run_moves_only_to_the_same_shape(api: Http, tmp_path: Path) -> 
         assert "nodes or edges differ" in body["error"]["message"]
         assert (await there("GET", "/runs/m-2"))[0] == 404
         status, body = await there("POST", "/runs/import", {"snapshot": {"status": "x"}})
-        assert (status, error_code(body)) == (400, "invalid_snapshot")
+        assert (status, error_code(body)) == (400, "invalid_request")
+
+
+async def test_import_is_a_route_and_no_run_may_take_its_name(api: Http) -> None:
+    status, body = await api("POST", "/workflows/demo/runs", {"id": "import"})
+    assert (status, error_code(body)) == (400, "invalid_run_id")
+    status, body = await api("GET", "/runs/import")
+    assert (status, error_code(body)) == (405, "method_not_allowed")
