@@ -102,9 +102,9 @@ class KVStateStore(StateStore, DueRuns, RunIndex):
     ``{"version": N, "writer": W, "due": D, ...}``, where ``W`` is a random token fresh for
     every write and ``D`` the run's due time (:func:`~refluxo.core.ports.stored_due_time`, None
     when it is not due), written with the value in one ``put``. The metadata also holds what
-    ``find_runs`` lists (status ``s``, workflow ``w``, node ``n``, failed reason ``f`` cut to
-    200 characters, created ``c`` and updated ``u`` in epoch ms), within KV's 1024 bytes of
-    metadata.
+    ``find_runs`` lists (status ``s``, workflow ``w``, node ``n``, failed reason ``f``, each cut
+    to keep the whole within KV's 1024 bytes of metadata; created ``c`` and updated ``u`` in
+    epoch ms).
 
     * ``create`` reads the key and writes only if it is absent.
     * ``save`` reads the stored version (from the metadata) and writes only if it is
@@ -337,9 +337,9 @@ class KVStateStore(StateStore, DueRuns, RunIndex):
             "writer": token,
             "due": due,
             "s": snapshot.status,
-            "w": snapshot.definition.name if snapshot.definition is not None else None,
-            "n": (snapshot.current_node_id or "")[:200] or None,
-            "f": reason[:200] if isinstance(reason, str) else None,
+            "w": _cut(snapshot.definition.name if snapshot.definition is not None else None, 100),
+            "n": _cut(snapshot.current_node_id, 150),
+            "f": _cut(reason if isinstance(reason, str) else None, 250),
             "c": _ms(created) if created is not None else now,
             "u": now,
         }
@@ -364,6 +364,16 @@ class KVStateStore(StateStore, DueRuns, RunIndex):
             return await pending
         except Exception as exc:
             raise store_error(exc, "Workers KV", doing) from exc
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    """``text`` cut so that its JSON, every character escaped, takes at most ``limit`` bytes:
+    KV refuses a write whose metadata passes 1024 bytes."""
+    if text is None:
+        return None
+    while len(json.dumps(text)) > limit:
+        text = text[: max(0, len(text) - max(1, (len(json.dumps(text)) - limit) // 6))]
+    return text
 
 
 def _ms(value: Any) -> int | None:
