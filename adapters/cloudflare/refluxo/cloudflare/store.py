@@ -625,14 +625,19 @@ class D1StateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         if after is not None:
             at, run_id = bind(after[0]), bind(after[1])
             where.append(f"(updated_at < {at} OR (updated_at = {at} AND id > {run_id}))")
-        sql = (
-            "SELECT id, workflow, status, json_extract(snapshot, '$.currentNodeId') AS node,"
-            " version, updated_at, CASE status WHEN 'failed' THEN"
-            f" json_extract(snapshot, '$.metadata.failedReason') END AS reason FROM {self.table}"
-        )
+        # The page's ids first, then the JSON of those rows alone (as the SQLite store does).
+        page = f"SELECT id FROM {self.table}"
         if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY updated_at DESC, id LIMIT {bind(limit)}"
+            page += " WHERE " + " AND ".join(where)
+        page += f" ORDER BY updated_at DESC, id LIMIT {bind(limit)}"
+        sql = (
+            "SELECT r.id AS id, r.workflow AS workflow, r.status AS status,"
+            " json_extract(r.snapshot, '$.currentNodeId') AS node, r.version AS version,"
+            " r.updated_at AS updated_at, CASE r.status WHEN 'failed' THEN"
+            " json_extract(r.snapshot, '$.metadata.failedReason') END AS reason"
+            f" FROM ({page}) AS page JOIN {self.table} AS r ON r.id = page.id"
+            " ORDER BY r.updated_at DESC, r.id"
+        )
         found = await self._run(lambda: self._db.prepare(sql).bind(*params).all(), "find runs")
         return [
             RunInfo(
