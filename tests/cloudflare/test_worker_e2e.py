@@ -293,3 +293,18 @@ def test_a_worker_without_an_api_token_refuses_the_public_routes(
     status, body = request(f"{server.url}/runs/anything")
     assert status == 403
     assert request(f"{server.url}/healthz")[0] == 200
+
+
+def test_runs_are_listed_and_retried_through_the_worker(api: Api) -> None:
+    status, body = post(f"{api.url}/workflows/demo/runs", {"id": "listed-1"})
+    assert status == 201, body
+    status, body = post(f"{api.url}/runs/listed-1/cancel", {"reason": "to list it"})
+    assert status == 200, body
+    status, page = request(f"{api.url}/runs?status=failed&workflow=demo&limit=200", headers=AUTH)
+    assert status == 200, page
+    found = {run["id"]: run for run in page["runs"]}
+    assert found["listed-1"]["failedReason"] == "cancelled: to list it"
+    assert all(run["status"] == "failed" for run in page["runs"])
+    status, body = post(f"{api.url}/runs/listed-1/retry", {"force": True})
+    assert (status, body["status"]) == (200, "active"), body
+    api.wait_until("listed-1", lambda s: s.get("wait", {}).get("kind") == "event")
