@@ -121,3 +121,18 @@ def test_move_takes_a_waiting_run_to_another_dev_server(dev: DevServer, tmp_path
         wait_status(other.url, "mv-1", lambda s: s["status"] == "completed")
     finally:
         other.stop()
+
+
+def test_move_refuses_before_ending_the_run_when_the_target_holds_its_id(
+    dev: DevServer, tmp_path: Path
+) -> None:
+    other = DevServer(tmp_path / "other.db")
+    other.start()
+    try:
+        cli("start", "demo", "--id", "twin", url=dev.url)
+        cli("start", "demo", "--id", "twin", url=other.url)
+        out = cli("move", "twin", "--from", dev.url, "--to", other.url)
+        assert out.returncode == 1 and "holds a run 'twin' already" in out.stderr
+        assert wait_status(dev.url, "twin", lambda s: True)["status"] != "failed"
+    finally:
+        other.stop()

@@ -303,3 +303,26 @@ async def test_import_is_a_route_and_no_run_may_take_its_name(api: Http) -> None
     assert (status, error_code(body)) == (400, "invalid_run_id")
     status, body = await api("GET", "/runs/import")
     assert (status, error_code(body)) == (405, "method_not_allowed")
+
+
+async def test_a_run_that_moved_away_can_come_back(api: Http, tmp_path: Path) -> None:
+    async with LocalRuntime(demo_workflows(), db_path=tmp_path / "other.db") as other:
+        there = Http((await other.serve(port=0)).port)
+        await api("POST", "/workflows/demo/runs", {"id": "b-1"})
+        waiting = await wait_for(
+            api, "b-1", lambda s: s.wait is not None and s.wait.kind == "event"
+        )
+        out = (await api("POST", "/runs/b-1/export", {"to": "there", "version": waiting.version}))[
+            1
+        ]
+        assert (await there("POST", "/runs/import", {"snapshot": out["snapshot"]}))[0] == 201
+        moved = (await there("GET", "/runs/b-1"))[1]
+        back = (
+            await there("POST", "/runs/b-1/export", {"to": "here", "version": moved["version"]})
+        )[1]
+        status, body = await api("POST", "/runs/import", {"snapshot": back["snapshot"]})
+        assert status == 201, body
+        home = await wait_for(api, "b-1", lambda s: s.status == "paused")
+        assert "failedReason" not in home.metadata and "movedFrom" in home.metadata
+        await api("POST", "/runs/b-1/events", {"payload": {"approved": False}, "name": "approval"})
+        assert (await wait_for(api, "b-1", lambda s: s.is_terminal)).status == "completed"

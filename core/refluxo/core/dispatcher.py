@@ -592,7 +592,8 @@ class Dispatcher:
         """Continue here a run exported from another deployment (see :meth:`export_run`).
 
         The run keeps its id, results, wait and inbox; ``metadata.movedFrom`` records where
-        it came from; its next delivery is scheduled as after a step.
+        it came from; its next delivery is scheduled as after a step. A run that moved away
+        from here (``failed`` with ``metadata.movedTo``) may come back: its record is replaced.
 
         Raises:
             RunFinished (the snapshot is of a finished run); WorkflowNotFound or
@@ -621,7 +622,18 @@ class Dispatcher:
             update={"metadata": metadata, "version": snapshot.version + 1, "step_version": None}
         )
         if not await self.store.create(imported):
-            raise WorkflowMismatch(f"a run with id {snapshot.run_id!r} exists here already")
+            # A run that moved away from here may come back: its record here is replaced.
+            existing = await self.store.load(snapshot.run_id)
+            if existing.status != "failed" or not existing.metadata.get("movedTo"):
+                raise WorkflowMismatch(f"a run with id {snapshot.run_id!r} exists here already")
+            version = max(existing.version, snapshot.version) + 1
+            imported = imported.model_copy(update={"version": version})
+            try:
+                await self.store.save(imported, expected_version=existing.version)
+            except VersionConflict:
+                raise WorkflowMismatch(
+                    f"run {snapshot.run_id!r} changed here while it was imported"
+                ) from None
         await self._schedule_next(imported)
         return imported
 

@@ -390,6 +390,15 @@ def move(settings: Settings, run_id: str, source: str, target: str, to_token: st
                 f"{target} hosts workflow {name!r} with shape {hosted.get('hash')}, but the run "
                 f"was started on {snapshot['definition'].get('hash')}: its nodes or edges differ"
             )
+    try:
+        there_now = there.get(run_id)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    else:
+        meta = there_now.get("metadata") or {}
+        if there_now.get("status") != "failed" or not meta.get("movedTo"):
+            raise CliError(f"{target} holds a run {run_id!r} already; nothing was moved")
     exported = here.export(run_id, target, snapshot["version"])["snapshot"]
     try:
         answer = there.import_run(exported, source)
