@@ -136,3 +136,11 @@ def test_move_refuses_before_ending_the_run_when_the_target_holds_its_id(
         assert wait_status(dev.url, "twin", lambda s: True)["status"] != "failed"
     finally:
         other.stop()
+
+
+def test_usage_errors_are_one_line_and_no_command_prints_the_help() -> None:
+    bad = cli("runs", "--status", "bogus")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "--status" in bad.stderr
+    bare = cli()
+    assert bare.returncode == 2 and "Commands:" in bare.stdout and "retry" in bare.stdout

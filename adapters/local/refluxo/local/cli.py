@@ -610,6 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("refluxo: aborted", file=sys.stderr)
         return 1
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            _say(exc.ctx.get_help())  # no command given: the help, as --help shows it
+            return 2
         _say(f"refluxo: {printable(exc.format_message())}", file=sys.stderr)
         return 2
     except click.ClickException as exc:
