@@ -326,3 +326,39 @@ async def test_a_run_that_moved_away_can_come_back(api: Http, tmp_path: Path) ->
         assert "failedReason" not in home.metadata and "movedFrom" in home.metadata
         await api("POST", "/runs/b-1/events", {"payload": {"approved": False}, "name": "approval"})
         assert (await wait_for(api, "b-1", lambda s: s.is_terminal)).status == "completed"
+
+
+async def test_a_rerun_from_the_start_without_input_gets_the_sources_input(api: Http) -> None:
+    await failed_ops_run(api, "st-1", item="bell")
+    ops_app.BROKEN["on"] = False
+    status, body = await api("POST", "/runs/st-1/rerun", {"from": "fetch", "id": "st-2"})
+    assert status == 201, body
+    done = await wait_for(api, "st-2", lambda s: s.is_terminal)
+    assert done.status == "completed" and done.context["done"][-1].output == {"item": "bell"}
+    assert list(done.context) == ["fetch", "check", "done"]  # nothing of the source's kept
+
+
+async def test_a_rerun_keeps_results_of_the_same_millisecond_only_from_upstream_nodes() -> None:
+    from refluxo.core import NodeDefinition
+    from refluxo.core.dispatcher import Dispatcher, Workflow
+    from refluxo.core.memory import MemoryScheduler, MemoryStateStore
+
+    def frozen() -> int:
+        return 1_700_000_000_000  # every result recorded in the same millisecond
+
+    nodes = {
+        "fetch": NodeDefinition(executor=ops_app.fetch),
+        "check": NodeDefinition(executor=ops_app.check),
+        "done": NodeDefinition(executor=ops_app.done),
+    }
+    workflow = Workflow("ops", ops_app.DEFINITION, nodes, clock=frozen)
+    store, scheduler = MemoryStateStore(), MemoryScheduler()
+    dispatcher = Dispatcher([workflow], store, scheduler)
+    await dispatcher.start("ops", run_id="src", input={"item": "key"})
+    while due := scheduler.pop_due():
+        for message in due:
+            await dispatcher.dispatch(message)
+    from_check = await dispatcher.rerun("src", "check", new_id="a")
+    assert list(from_check.context) == ["fetch"]
+    from_fetch = await dispatcher.rerun("src", "fetch", new_id="b")
+    assert from_fetch.context == {}
