@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.contract.due_runs import DueRunsContract
+from tests.contract.run_index import RunIndexContract
 from tests.contract.scheduler import SchedulerContract
 from tests.contract.store import StateStoreContract
 from tests.dispatcher import test_dispatcher
@@ -41,6 +42,7 @@ SCENARIOS = sorted(
 )
 RACING = "test_two_dispatchers_racing_on_one_run_record_each_step_once"
 DUE_RUNS_TESTS = sorted(n for n in dir(DueRunsContract) if n.startswith("test_"))
+RUN_INDEX_TESTS = sorted(n for n in dir(RunIndexContract) if n.startswith("test_"))
 SCHEDULER_TESTS = sorted(n for n in dir(SchedulerContract) if n.startswith("test_"))
 # What KVStateStore declares missing (no atomic compare-and-set), and Queues (no dedup).
 KV_SKIPPED = {
@@ -171,6 +173,14 @@ def test_kv_state_store_passes_the_contract_declaring_no_atomic_cas(
 @pytest.mark.parametrize("name", DUE_RUNS_TESTS)
 @pytest.mark.parametrize("store", ["TestD1StateStore", "TestKVStateStore"])
 def test_d1_and_kv_stores_find_due_runs_for_the_reconciler(
+    contracts: Results, store: str, name: str
+) -> None:
+    _expect(contracts, f"{store}::{name}", "PASSED")
+
+
+@pytest.mark.parametrize("name", RUN_INDEX_TESTS)
+@pytest.mark.parametrize("store", ["TestD1RunIndex", "TestKVRunIndex"])
+def test_d1_and_kv_stores_list_runs_newest_first_with_filters_and_pages(
     contracts: Results, store: str, name: str
 ) -> None:
     _expect(contracts, f"{store}::{name}", "PASSED")

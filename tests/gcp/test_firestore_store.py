@@ -391,6 +391,10 @@ async def test_document_size_is_computed_exactly_as_firestore_counts_it(
         "workflow": "wörkflow",
         "updatedAt": firestore.SERVER_TIMESTAMP,
         "dueAt": 1_700_000_000_000,  # an active run's: an integer
+        "updatedMs": 1_700_000_000_000,
+        "createdMs": 1_700_000_000_000,
+        "node": over.current_node_id,
+        "failedReason": None,
         "snapshot": over.to_json(),
     }
     with pytest.raises(gexc.InvalidArgument, match="1048576"):

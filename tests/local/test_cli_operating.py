@@ -121,3 +121,26 @@ def test_move_takes_a_waiting_run_to_another_dev_server(dev: DevServer, tmp_path
         wait_status(other.url, "mv-1", lambda s: s["status"] == "completed")
     finally:
         other.stop()
+
+
+def test_move_refuses_before_ending_the_run_when_the_target_holds_its_id(
+    dev: DevServer, tmp_path: Path
+) -> None:
+    other = DevServer(tmp_path / "other.db")
+    other.start()
+    try:
+        cli("start", "demo", "--id", "twin", url=dev.url)
+        cli("start", "demo", "--id", "twin", url=other.url)
+        out = cli("move", "twin", "--from", dev.url, "--to", other.url)
+        assert out.returncode == 1 and "holds a run 'twin' already" in out.stderr
+        assert wait_status(dev.url, "twin", lambda s: True)["status"] != "failed"
+    finally:
+        other.stop()
+
+
+def test_usage_errors_are_one_line_and_no_command_prints_the_help() -> None:
+    bad = cli("runs", "--status", "bogus")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "--status" in bad.stderr
+    bare = cli()
+    assert bare.returncode == 2 and "Commands:" in bare.stdout and "retry" in bare.stdout

@@ -120,6 +120,7 @@ async def test_pages_follow_the_cursor_without_repeating_or_skipping(api: Http) 
         "updated_before=yesterday",
         "colour=red",
         "status=failed&status=active",
+        "status=",
     ],
 )
 async def test_a_bad_list_query_is_a_400(api: Http, query: str) -> None:
@@ -294,4 +295,70 @@ async def test_a_run_moves_only_to_the_same_shape(api: Http, tmp_path: Path) -> 
         assert "nodes or edges differ" in body["error"]["message"]
         assert (await there("GET", "/runs/m-2"))[0] == 404
         status, body = await there("POST", "/runs/import", {"snapshot": {"status": "x"}})
-        assert (status, error_code(body)) == (400, "invalid_snapshot")
+        assert (status, error_code(body)) == (400, "invalid_request")
+
+
+async def test_import_is_a_route_and_no_run_may_take_its_name(api: Http) -> None:
+    status, body = await api("POST", "/workflows/demo/runs", {"id": "import"})
+    assert (status, error_code(body)) == (400, "invalid_run_id")
+    status, body = await api("GET", "/runs/import")
+    assert (status, error_code(body)) == (405, "method_not_allowed")
+
+
+async def test_a_run_that_moved_away_can_come_back(api: Http, tmp_path: Path) -> None:
+    async with LocalRuntime(demo_workflows(), db_path=tmp_path / "other.db") as other:
+        there = Http((await other.serve(port=0)).port)
+        await api("POST", "/workflows/demo/runs", {"id": "b-1"})
+        waiting = await wait_for(
+            api, "b-1", lambda s: s.wait is not None and s.wait.kind == "event"
+        )
+        out = (await api("POST", "/runs/b-1/export", {"to": "there", "version": waiting.version}))[
+            1
+        ]
+        assert (await there("POST", "/runs/import", {"snapshot": out["snapshot"]}))[0] == 201
+        moved = (await there("GET", "/runs/b-1"))[1]
+        back = (
+            await there("POST", "/runs/b-1/export", {"to": "here", "version": moved["version"]})
+        )[1]
+        status, body = await api("POST", "/runs/import", {"snapshot": back["snapshot"]})
+        assert status == 201, body
+        home = await wait_for(api, "b-1", lambda s: s.status == "paused")
+        assert "failedReason" not in home.metadata and "movedFrom" in home.metadata
+        await api("POST", "/runs/b-1/events", {"payload": {"approved": False}, "name": "approval"})
+        assert (await wait_for(api, "b-1", lambda s: s.is_terminal)).status == "completed"
+
+
+async def test_a_rerun_from_the_start_without_input_gets_the_sources_input(api: Http) -> None:
+    await failed_ops_run(api, "st-1", item="bell")
+    ops_app.BROKEN["on"] = False
+    status, body = await api("POST", "/runs/st-1/rerun", {"from": "fetch", "id": "st-2"})
+    assert status == 201, body
+    done = await wait_for(api, "st-2", lambda s: s.is_terminal)
+    assert done.status == "completed" and done.context["done"][-1].output == {"item": "bell"}
+    assert list(done.context) == ["fetch", "check", "done"]  # nothing of the source's kept
+
+
+async def test_a_rerun_keeps_results_of_the_same_millisecond_only_from_upstream_nodes() -> None:
+    from refluxo.core import NodeDefinition
+    from refluxo.core.dispatcher import Dispatcher, Workflow
+    from refluxo.core.memory import MemoryScheduler, MemoryStateStore
+
+    def frozen() -> int:
+        return 1_700_000_000_000  # every result recorded in the same millisecond
+
+    nodes = {
+        "fetch": NodeDefinition(executor=ops_app.fetch),
+        "check": NodeDefinition(executor=ops_app.check),
+        "done": NodeDefinition(executor=ops_app.done),
+    }
+    workflow = Workflow("ops", ops_app.DEFINITION, nodes, clock=frozen)
+    store, scheduler = MemoryStateStore(), MemoryScheduler()
+    dispatcher = Dispatcher([workflow], store, scheduler)
+    await dispatcher.start("ops", run_id="src", input={"item": "key"})
+    while due := scheduler.pop_due():
+        for message in due:
+            await dispatcher.dispatch(message)
+    from_check = await dispatcher.rerun("src", "check", new_id="a")
+    assert list(from_check.context) == ["fetch"]
+    from_fetch = await dispatcher.rerun("src", "fetch", new_id="b")
+    assert from_fetch.context == {}

@@ -54,6 +54,7 @@ from .model import (
     DefinitionRef,
     DispatchMessage,
     Event,
+    NodeResult,
     Snapshot,
     WorkflowDefinition,
     now_ms,
@@ -191,6 +192,20 @@ class DispatchResult:
     version: int | None = None
     status: str | None = None
     detail: str | None = None
+
+
+def _downstream(definition: WorkflowDefinition, node_id: str) -> set[str]:
+    """``node_id`` and every node an edge path leads to from it."""
+    targets: dict[str, list[str]] = {}
+    for edge in definition.edges:
+        targets.setdefault(edge.source, []).append(edge.target)
+    seen, stack = {node_id}, [node_id]
+    while stack:
+        for target in targets.get(stack.pop(), []):
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
 
 
 def _trimmed(snapshot: Snapshot, *, keep_outputs: bool) -> Snapshot:
@@ -502,7 +517,8 @@ class Dispatcher:
         The new run holds every result the source recorded before ``from_node`` first ran
         (all of them when it never ran; none of ``from_node``'s own), so ``{{ }}``
         expressions see what they saw in the source; ``input``, when given, goes to
-        ``from_node`` as a run's input goes to its first node. ``metadata.rerunOf`` of the
+        ``from_node`` as a run's input goes to its first node (from the start node without
+        one, the source's input does). ``metadata.rerunOf`` of the
         new run names the source; the source's ``metadata.reruns`` gains the new run (the
         source's state is otherwise unchanged, and a step in flight on it still saves).
 
@@ -518,16 +534,25 @@ class Dispatcher:
         except KeyError:
             raise NodeNotFound(f"workflow {workflow.name!r} has no node {from_node!r}") from None
         new_id = check_run_id(new_id) if new_id is not None else os.urandom(16).hex()
+        if input is None and from_node == workflow.start:
+            input = source.input  # a rerun from the start is the same run again
         input = strict_json(input, max_depth=self.limits.max_depth, what="input")
         ran = [r.timestamp for r in source.results(from_node)]
         cut = min(ran) if ran else None
         # Timestamps are milliseconds: a result of the same millisecond as the node's first
-        # run counts as before it (steps run one at a time, and the first one is in order).
+        # run counts as before it unless its node comes after ``from_node`` in the graph.
+        after = _downstream(workflow.engine.workflow, from_node)
+
+        def before(node: str, result: NodeResult) -> bool:
+            if cut is None:
+                return True
+            return result.timestamp < cut or (result.timestamp == cut and node not in after)
+
         context = {
             node: kept
             for node, results in source.context.items()
             if node != from_node or cut is None
-            if (kept := [r for r in results if cut is None or r.timestamp <= cut])
+            if (kept := [r for r in results if before(node, r)])
         }
         now = self.clock()
         link = {"run": run_id, "from": from_node, "at": now, "by": by}
@@ -592,7 +617,8 @@ class Dispatcher:
         """Continue here a run exported from another deployment (see :meth:`export_run`).
 
         The run keeps its id, results, wait and inbox; ``metadata.movedFrom`` records where
-        it came from; its next delivery is scheduled as after a step.
+        it came from; its next delivery is scheduled as after a step. A run that moved away
+        from here (``failed`` with ``metadata.movedTo``) may come back: its record is replaced.
 
         Raises:
             RunFinished (the snapshot is of a finished run); WorkflowNotFound or
@@ -621,7 +647,18 @@ class Dispatcher:
             update={"metadata": metadata, "version": snapshot.version + 1, "step_version": None}
         )
         if not await self.store.create(imported):
-            raise WorkflowMismatch(f"a run with id {snapshot.run_id!r} exists here already")
+            # A run that moved away from here may come back: its record here is replaced.
+            existing = await self.store.load(snapshot.run_id)
+            if existing.status != "failed" or not existing.metadata.get("movedTo"):
+                raise WorkflowMismatch(f"a run with id {snapshot.run_id!r} exists here already")
+            version = max(existing.version, snapshot.version) + 1
+            imported = imported.model_copy(update={"version": version})
+            try:
+                await self.store.save(imported, expected_version=existing.version)
+            except VersionConflict:
+                raise WorkflowMismatch(
+                    f"run {snapshot.run_id!r} changed here while it was imported"
+                ) from None
         await self._schedule_next(imported)
         return imported
 

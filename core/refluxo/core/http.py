@@ -64,7 +64,7 @@ from .errors import (
     WorkflowMismatch,
     WorkflowNotFound,
 )
-from .model import DispatchMessage, Snapshot
+from .model import DispatchMessage
 from .ports import DueRuns, RunIndex
 
 logger = logging.getLogger("refluxo.http")
@@ -207,6 +207,10 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/openapi\.json"), "openapi"),
 ]
 """Matched whole (``fullmatch``): a trailing newline is not part of any route."""
+
+_IMPORT_ROUTES = [route for route in _ROUTES if route[2] == "import_run"]
+_RESERVED_IDS = frozenset({"import"})
+"""Run ids the API refuses to give a new run: they would be read as another route."""
 
 
 def _schema() -> Any:
@@ -352,7 +356,10 @@ class HttpApi:
     async def _route(self, request: HttpRequest) -> HttpResponse:
         path = _normal_path(request.path)
         allowed: list[str] = []
-        for method, pattern, action in _ROUTES:
+        # /runs/import is the import route alone, not also the run named "import" (a name no
+        # run can take: see _RESERVED_IDS).
+        routes = _IMPORT_ROUTES if path == "/runs/import" else _ROUTES
+        for method, pattern, action in routes:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
@@ -424,11 +431,19 @@ class HttpApi:
         except ValueError as exc:
             raise HttpError(400, "invalid_run_id", str(exc)) from None
 
+    @classmethod
+    def _new_run_id(cls, run_id: str) -> str:
+        if run_id in _RESERVED_IDS:
+            raise HttpError(
+                400, "invalid_run_id", f"{run_id!r} is reserved (POST /runs/{run_id} is a route)"
+            )
+        return cls._run_id(run_id)
+
     # --- routes --------------------------------------------------------------------------
 
     async def _start(self, request: HttpRequest, name: str) -> HttpResponse:
         body = self._body(_schema().StartRun, self._json(request, required=False))
-        run_id = self._run_id(body.id) if body.id is not None else None
+        run_id = self._new_run_id(body.id) if body.id is not None else None
         try:
             snapshot, created = await self.dispatcher.start(name, run_id=run_id, input=body.input)
         except WorkflowNotFound as exc:
@@ -459,7 +474,7 @@ class HttpApi:
         unknown = sorted(set(query) - known)
         if unknown:
             raise HttpError(400, "invalid_query", f"unknown parameter(s): {', '.join(unknown)}")
-        status = query.get("status") or None
+        status = query.get("status")
         if status is not None and status not in _STATUSES:
             raise HttpError(400, "invalid_query", f"status must be one of {', '.join(_STATUSES)}")
         limit = 50
@@ -545,7 +560,7 @@ class HttpApi:
 
     async def _rerun(self, request: HttpRequest, run_id: str) -> HttpResponse:
         body = self._body(_schema().RerunRun, self._json(request))
-        new_id = self._run_id(body.id) if body.id is not None else None
+        new_id = self._new_run_id(body.id) if body.id is not None else None
         try:
             snapshot = await self.dispatcher.rerun(
                 self._run_id(run_id),
@@ -584,12 +599,8 @@ class HttpApi:
 
     async def _import_run(self, request: HttpRequest) -> HttpResponse:
         body = self._body(_schema().ImportRun, self._json(request))
-        try:
-            snapshot = Snapshot.model_validate(body.snapshot)
-        except ValidationError as exc:
-            from .schema import body_problems
-
-            raise HttpError(400, "invalid_snapshot", body_problems(exc)) from None
+        snapshot = body.snapshot
+        self._new_run_id(snapshot.run_id)
         try:
             imported = await self.dispatcher.import_run(snapshot, source=body.from_)
         except ValueError as exc:

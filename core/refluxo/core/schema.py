@@ -103,7 +103,7 @@ class ImportRun(_Body):
 
     model_config = ConfigDict(extra="forbid", defer_build=True, populate_by_name=True)
 
-    snapshot: dict[str, Any] = Field(description="the run's snapshot, as exported")
+    snapshot: Snapshot = Field(description="the run's snapshot, as exported")
     from_: StrictStr | None = Field(
         default=None, alias="from", description="where it comes from (metadata.movedFrom)"
     )

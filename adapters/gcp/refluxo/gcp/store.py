@@ -448,7 +448,8 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         if doc_id is None:
             raise ValueError(f"cannot store run id {snapshot.workflow_id!r}")
         raw = snapshot.to_json()
-        fields = _layout(snapshot, raw, self.clock())
+        now = self.clock()
+        fields = {**_layout(snapshot, raw, now), _CREATED_MS: now}
         return document_size(self._collection.document(doc_id).path, fields)
 
     # --- internals -------------------------------------------------------------------------
@@ -458,9 +459,10 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         raw = encode_snapshot(snapshot, self.max_bytes)
         now = self.clock()
         fields = _layout(snapshot, raw, now)
+        # The document keeps createdMs from its create on: a save's size counts it too.
+        doc_size = document_size(path, {**fields, _CREATED_MS: now})
         if created:
             fields[_CREATED_MS] = now
-        doc_size = document_size(path, fields)
         if doc_size > FIRESTORE_MAX_DOCUMENT_BYTES:
             raise PayloadTooLarge(
                 f"Firestore document of run {snapshot.workflow_id!r}",

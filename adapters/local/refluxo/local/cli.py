@@ -395,6 +395,15 @@ def move(settings: Settings, run_id: str, source: str, target: str, to_token: st
                 f"{target} hosts workflow {name!r} with shape {hosted.get('hash')}, but the run "
                 f"was started on {snapshot['definition'].get('hash')}: its nodes or edges differ"
             )
+    try:
+        there_now = there.get(run_id)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    else:
+        meta = there_now.get("metadata") or {}
+        if there_now.get("status") != "failed" or not meta.get("movedTo"):
+            raise CliError(f"{target} holds a run {run_id!r} already; nothing was moved")
     exported = here.export(run_id, target, snapshot["version"])["snapshot"]
     try:
         answer = there.import_run(exported, source)
@@ -640,6 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("refluxo: aborted", file=sys.stderr)
         return 1
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            _say(exc.ctx.get_help())  # no command given: the help, as --help shows it
+            return 2
         _say(f"refluxo: {printable(exc.format_message())}", file=sys.stderr)
         return 2
     except click.ClickException as exc:

@@ -310,7 +310,9 @@ class SQLiteStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         """Runs newest first with keyset pagination (see :class:`~refluxo.core.ports.RunIndex`).
 
         The current node and the failed reason are read from the JSON of the rows returned
-        only (``json_extract``), so a page costs ``limit`` snapshot reads.
+        only (``json_extract``), so a page costs ``limit`` snapshot reads; without a filter
+        the ids are sorted by a scan of the table (``updated_at`` is left unindexed to keep
+        saves cheap).
 
         Raises:
             StoreError: SQLite failed.
@@ -334,16 +336,20 @@ class SQLiteStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         if after is not None:
             where.append("(updated_at < ? OR (updated_at = ? AND id > ?))")
             params.extend((after[0], after[0], after[1]))
-        sql = (
-            "SELECT id, workflow, status, json_extract(snapshot, '$.currentNodeId'), version,"
-            " created_at, updated_at,"
-            " CASE status WHEN 'failed' THEN json_extract(snapshot, '$.metadata.failedReason')"
-            " END FROM runs"
-        )
+        # The page's ids first, then the JSON of those rows alone: a sort carries every column
+        # it outputs, so reading the snapshots in the sort would parse every matching row.
+        page = "SELECT id FROM runs"
         if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY updated_at DESC, id LIMIT ?"
+            page += " WHERE " + " AND ".join(where)
+        page += " ORDER BY updated_at DESC, id LIMIT ?"
         params.append(limit)
+        sql = (
+            "SELECT r.id, r.workflow, r.status, json_extract(r.snapshot, '$.currentNodeId'),"
+            " r.version, r.created_at, r.updated_at, CASE r.status WHEN 'failed' THEN"
+            " json_extract(r.snapshot, '$.metadata.failedReason') END"
+            f" FROM ({page}) AS page JOIN runs AS r ON r.id = page.id"
+            " ORDER BY r.updated_at DESC, r.id"
+        )
         with self._use("find runs") as db:
             rows = db.execute(sql, params).fetchall()
         return [
