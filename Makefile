@@ -9,19 +9,19 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,gcp,local]'
+	$(PY) -m pip install --quiet -e '.[dev,gcp,local,postgres]'
 	touch $@
 
 install: $(STAMP)
 
-include mk/gcp.mk mk/cloudflare.mk
+include mk/gcp.mk mk/cloudflare.mk mk/postgres.mk
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test: install lint setup-gcp setup-cloudflare setup-browser
+test: install lint setup-gcp setup-cloudflare setup-postgres setup-browser
 	$(PY) -m pytest
 
 # The dashboard's browser tests drive Debian's chromium (Playwright with the system browser);
@@ -40,7 +40,7 @@ demo: install
 	$(PY) -m refluxo.local.demo
 
 # Writes benchmarks/results/results.{md,json}; BENCH_ARGS=--quick for a fast look.
-bench: install setup-gcp setup-cloudflare
+bench: install setup-gcp setup-cloudflare setup-postgres
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean: clean-cloudflare

@@ -9,7 +9,9 @@ Sections: ``engine`` (1, engine overhead), ``flatness`` (2, per-step time and by
 and 10,000), ``embedded`` (3, SQLite store + local scheduler throughput against raw SQLite),
 ``coldstart`` (4, import time of the Cloud Function and Worker entries against their SDKs),
 ``platform`` (5, per-step latency through the Firestore and Cloud Tasks emulators),
-``frontdoor`` (6, requests/s and p99 of the local HTTP server against the former one).
+``frontdoor`` (6, requests/s and p99 of the local HTTP server against the former one),
+``postgres`` (7, steps/s with 1, 2 and 4 worker processes on one PostgreSQL database against
+the SQLite embedded figure).
 
 Figures are medians of several runs, and ratios are measured within one run, so that a busy
 machine shifts both sides alike. Each figure carries the command that reproduces it.
@@ -39,6 +41,7 @@ from benchmarks import (
     flatness,
     front_door,
     platform_latency,
+    postgres,
 )
 from benchmarks.common import ROOT, Config, Mode, SectionResult, load_average
 
@@ -49,6 +52,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Config], SectionResult]]] = {
     coldstart.SECTION: (coldstart.TITLE, coldstart.run),
     platform_latency.SECTION: (platform_latency.TITLE, platform_latency.run),
     front_door.SECTION: (front_door.TITLE, front_door.run),
+    postgres.SECTION: (postgres.TITLE, postgres.run),
 }
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 

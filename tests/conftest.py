@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 _HERE = Path(__file__).resolve().parent
 # Every test under these folders starts an emulator, Node or a server process.
-_EXTERNAL = (_HERE / "gcp", _HERE / "cloudflare")
+_EXTERNAL = (_HERE / "gcp", _HERE / "cloudflare", _HERE / "postgres")
 
 
 @pytest.hookimpl(tryfirst=True)  # Before -m deselection looks at the marks.
@@ -35,3 +37,19 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster (tests/postgres/server.py), started on first use."""
+    from tests.postgres.server import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer()
+        server.start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"PostgreSQL could not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

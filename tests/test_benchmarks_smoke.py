@@ -1,7 +1,7 @@
 """The benchmarks' code paths still run and write well-formed results (tiny sizes, no timing).
 
 Speed goals live in the benchmarks (``make bench``), not here. The platform section needs the
-emulators and is left out.
+emulators and is left out; the postgres section has its own smoke test in tests/postgres.
 """
 
 from __future__ import annotations
@@ -56,5 +56,16 @@ def test_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> None:
 def test_the_section_list_names_every_section(capsys: pytest.CaptureFixture[str]) -> None:
     assert run.main(["--list"]) == 0
     out = capsys.readouterr().out
-    for section in [*SECTIONS, "platform"]:
+    for section in [*SECTIONS, "platform", "postgres"]:
         assert section in out
+
+
+def test_the_branches_benchmark_runs_and_prints_its_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import branches
+
+    branches.main(["--store", "memory", "--store", "sqlite", "--branches", "3", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| store | branches |")
+    assert [row.split("|")[1:3] for row in rows[2:]] == [[" memory ", " 3 "], [" sqlite ", " 3 "]]

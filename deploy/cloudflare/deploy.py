@@ -42,7 +42,12 @@ from pathlib import Path
 from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _bundle import copy_app, copy_packages, prepare_out  # the shared module sits above
+from _bundle import (  # the shared module sits above
+    copy_app,
+    copy_packages,
+    list_schedules,
+    prepare_out,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -83,13 +88,18 @@ PYODIDE_PLATFORM = "pyemscripten_2026_0_wasm32"
 
 PYODIDE_PYTHON = "3.14"
 
-PYODIDE_PACKAGES = ("pydantic==2.14.3", "pydantic-core==2.50.4")
+PYODIDE_PACKAGES = ("pydantic==2.14.3", "pydantic-core==2.50.4", "cronsim==2.8", "tzdata==2026.6")
 """What the Worker imports beyond the standard library, pinned: pydantic 2.14.3 is the newest
-whose pydantic-core (2.50.4) has a wheel for Pyodide 314. The same pins as
+whose pydantic-core (2.50.4) has a wheel for Pyodide 314; cronsim reads schedules' cron
+expressions, tzdata gives zoneinfo its time zones (Pyodide has no system database). The same pins as
 tests/cloudflare/pyodide-requirements.txt, which the tests install (a test keeps them equal)."""
 
 TOOLS = ("workers-py==1.17.9", "workers-runtime-sdk==1.9.5")
 """The deploy tools (pywrangler) and the SDK the Worker's ``workers`` module comes from."""
+
+
+EVERY_MINUTE = "* * * * *"
+"""The cron trigger of a Worker whose workflows have schedules."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class BundleConfig:
     max_batch_timeout: int = LIMITS.CONSUMER_MAX_BATCH_TIMEOUT_SECONDS
     retry_delay: int = LIMITS.CONSUMER_RETRY_DELAY_SECONDS
     reconcile_cron: str = "*/5 * * * *"
+    has_schedules: bool = False
     compatibility_date: str = COMPATIBILITY_DATE
     vars: Mapping[str, str] = field(default_factory=dict)
 
@@ -126,6 +137,9 @@ def _toml(value: object) -> str:
 
 def wrangler_toml(config: BundleConfig) -> str:
     """The Worker's ``wrangler.toml``."""
+    crons = [config.reconcile_cron]
+    if config.has_schedules and EVERY_MINUTE not in crons:
+        crons.append(EVERY_MINUTE)
     worker_vars = {
         "REFLUXO_APP": config.app,
         "REFLUXO_STORE": config.store,
@@ -192,8 +206,17 @@ def wrangler_toml(config: BundleConfig) -> str:
         "",
         "# The reconciler: schedules again the runs due for longer than",
         "# REFLUXO_RECONCILE_GRACE_SECONDS (a delivery lost however it was lost).",
+        *(
+            [
+                "# The workflows' schedules: every minute, the Worker starts the ticks of that",
+                "# minute (their cron and time zone are evaluated in Python, as cron triggers",
+                "# know UTC only and number weekdays from Sunday).",
+            ]
+            if config.has_schedules
+            else []
+        ),
         "[triggers]",
-        f"crons = [{_toml(config.reconcile_cron)}]",
+        f"crons = [{', '.join(_toml(c) for c in crons)}]",
         "",
         "[observability]",
         "enabled = true",
@@ -260,6 +283,8 @@ def build(out: Path, config: BundleConfig, app_src: Path | None = None) -> Path:
     (src / "entry.py").write_text(entry)
     copy_packages(src, PACKAGES, _IGNORE)
     copy_app(src, config.app, app_src, _IGNORE)
+    if list_schedules(src, config.app):
+        config = replace(config, has_schedules=True)
     (out / "wrangler.toml").write_text(wrangler_toml(config))
     (out / "pyproject.toml").write_text(pyproject_toml(config))
     return out

@@ -23,7 +23,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _bundle import MARKER, copy_app, copy_packages, prepare_out  # shared, one folder up
+from _bundle import (
+    MARKER,
+    copy_app,
+    copy_packages,
+    list_schedules,
+    prepare_out,
+)  # shared, one folder up
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -349,6 +355,40 @@ def deploy(args: argparse.Namespace, cloud: Cloud | None = None) -> None:
         else "create"
     )
     cloud.run("gcloud", "scheduler", "jobs", verb, "http", name, *job)
+    # One job per schedule of the workflows: Cloud Scheduler keeps the time zone and calls
+    # /_cron like the reconciler; the route starts the tick's run once.
+    for plan in list_schedules(bundle, args.app):
+        body = json.dumps({"workflow": plan["workflow"], "schedule": plan["name"]})
+        cron_job = [
+            "--location",
+            region,
+            "--schedule",
+            plan["cron"],
+            "--time-zone",
+            plan["timezone"],
+            "--uri",
+            f"{url}/_cron",
+            "--http-method",
+            "POST",
+            "--headers",
+            "Content-Type=application/json",
+            "--message-body",
+            body,
+            "--oidc-service-account-email",
+            sa_email,
+            "--oidc-token-audience",
+            url,
+            *p,
+        ]
+        name = f"{args.function}-cron-{plan['workflow']}-{plan['name']}"
+        verb = (
+            "update"
+            if cloud.exists(
+                "gcloud", "scheduler", "jobs", "describe", name, "--location", region, *p
+            )
+            else "create"
+        )
+        cloud.run("gcloud", "scheduler", "jobs", verb, "http", name, *cron_job)
     print(f"deployed: {url}")
 
 

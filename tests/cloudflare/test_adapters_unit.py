@@ -545,3 +545,68 @@ async def test_kv_metadata_stays_within_kv_s_1024_bytes_whatever_the_run_holds()
     metadata = kv.data["m/big"][1]
     assert len(json.dumps(metadata).encode()) <= 1024
     assert metadata["s"] == "failed" and metadata["f"].startswith("你")
+
+
+def test_the_d1_driver_implements_the_sql_driver_protocol() -> None:
+    from refluxo.cloudflare.store import D1Driver
+    from refluxo.core.sql import SqlDriver
+
+    assert isinstance(D1Driver(object()), SqlDriver)  # type: ignore[arg-type]
+
+
+def test_the_worker_takes_a_store_and_scheduler_handed_in() -> None:
+    from refluxo.core import MemoryScheduler
+
+    store, scheduler = MemoryStateStore(), MemoryScheduler()
+    # No binding at all: nothing is looked up when both are handed in.
+    worker = RefluxoWorker.from_env(
+        SimpleNamespace(REFLUXO_APP="refluxo.demo"), store=store, scheduler=scheduler
+    )
+    assert worker.dispatcher.store is store and worker.dispatcher.scheduler is scheduler
+    assert worker.api.dispatcher is worker.dispatcher
+
+
+class _QueueMessage:
+    """A queue message as the SDK hands it over (a fake: no queue runs in this test)."""
+
+    def __init__(self, body: Any, attempts: int = 1) -> None:
+        self.id, self.body, self.attempts = "m-1", body, attempts
+        self.calls: list[tuple[str, Any]] = []
+
+    def ack(self) -> None:
+        self.calls.append(("ack", None))
+
+    def retry(self, *, delaySeconds: int) -> None:
+        self.calls.append(("retry", delaySeconds))
+
+
+async def test_a_delivery_that_raises_is_retried_after_the_longest_delay_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broken = worker(retry_base_seconds=1, retry_max_seconds=40)
+
+    async def explode(message: DispatchMessage) -> Any:
+        raise RuntimeError("a bug in the step")
+
+    broken.dispatcher.dispatch = explode  # type: ignore[method-assign]
+    message = _QueueMessage({"runId": "r", "version": 0}, attempts=2)
+    with caplog.at_level(logging.ERROR, logger="refluxo.cloudflare"):
+        assert await broken.handle_message(message) == "retry"
+    assert message.calls == [("retry", 40)]
+    [record] = [r for r in caplog.records if "raised" in r.getMessage()]
+    assert record.exc_info is not None and "a bug in the step" in str(record.exc_info[1])
+
+
+async def test_a_transient_backend_failure_is_retried_with_backoff() -> None:
+    busy = worker(retry_base_seconds=1, retry_max_seconds=40)
+
+    async def unavailable(message: DispatchMessage) -> Any:
+        raise StoreError("D1 reset", transient=True)
+
+    busy.dispatcher.dispatch = unavailable  # type: ignore[method-assign]
+    message = _QueueMessage({"runId": "r", "version": 0}, attempts=3)
+    assert await busy.handle_message(message) == "retry"
+    assert message.calls == [("retry", 4)]
+    malformed = _QueueMessage("{not json")
+    assert await busy.handle_message(malformed) == "ack"
+    assert malformed.calls == [("ack", None)]

@@ -131,7 +131,7 @@ def test_the_python_flag_and_every_pin_resolve_for_the_pyodide_the_config_select
     project = tomllib.loads((bundle / "pyproject.toml").read_text())
     runtime = pins(project["project"]["dependencies"])
     tools = pins(project["dependency-groups"]["dev"])
-    assert set(runtime) == {"pydantic", "pydantic-core"}
+    assert set(runtime) == {"pydantic", "pydantic-core", "cronsim", "tzdata"}
     assert set(tools) == {"workers-py", "workers-runtime-sdk"}
 
     lines = [

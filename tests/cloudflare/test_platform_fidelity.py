@@ -189,7 +189,13 @@ def test_an_app_with_module_level_workflows_deploys_and_runs(
     bundle = build_bundle(
         tmp_path / "bundle", "--store", "d1", "--app", "hello_app", "--app-src", str(app)
     )
-    result = run_against(run_in_pyodide, bundle, IN_PYODIDE / "module_level_app.py", consume=True)
+    result = run_against(
+        run_in_pyodide,
+        bundle,
+        IN_PYODIDE / "module_level_app.py",
+        consume=True,
+        extra_vars={"REFLUXO_PUBLIC_API": "1"},  # the program calls the API without a token
+    )
     assert "1 passed, 0 failed" in result.stdout, result.stdout
 
 

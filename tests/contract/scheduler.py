@@ -139,6 +139,17 @@ class SchedulerContract:
         assert got == message
         assert got is not None and (got.run_id, got.version, got.hop) == (message.run_id, 41, 3)
 
+    async def test_delivers_the_branch_a_message_names_as_its_own_delivery(
+        self, scheduler: Scheduler, next_delivery: NextDelivery, delivery_timeout_s: float
+    ) -> None:
+        run = DispatchMessage(run_id="run-b", version=3)
+        branches = [DispatchMessage(run_id="run-b", version=3, branch=f"7-{i}") for i in (0, 1)]
+        for message in (run, *branches):
+            await scheduler.schedule(message)
+        got = await collect(next_delivery, {m.key for m in (run, *branches)}, delivery_timeout_s)
+        assert {m.key: m for m in got} == {m.key: m for m in (run, *branches)}
+        assert {m.branch for m in got} == {None, "7-0", "7-1"}
+
     async def test_delivery_is_at_least_once(
         self, scheduler: Scheduler, next_delivery: NextDelivery, delivery_timeout_s: float
     ) -> None:

@@ -340,9 +340,9 @@ async def test_a_handle_without_an_edge_completes_the_run() -> None:
         ),
         (
             lambda wf: wf["edges"].append(
-                {"id": "3", "source": "check", "target": "minor", "sourceHandle": "yes"}
+                {"id": "3", "source": "check", "target": "adult", "sourceHandle": "yes"}
             ),
-            "already has an edge for 'yes'",
+            "already has an edge for 'yes' to 'adult'",
         ),
         (
             lambda wf: wf["edges"].append({"id": "1", "source": "adult", "target": "minor"}),
@@ -702,3 +702,37 @@ async def test_retention_bounds_results_and_keeps_counts() -> None:
     assert [r.output for r in snap.context["a"]] == [47, 48, 49]
     assert snap.counts == {"a": 50, "b": 1}
     assert snap.context["b"][0].output["data"] == 50
+
+
+def forking() -> dict[str, Any]:
+    return {
+        "nodes": [
+            {"id": "start", "type": "echo", "data": 1},
+            {"id": "a", "type": "echo", "data": 2},
+            {"id": "b", "type": "echo", "data": 3},
+        ],
+        "edges": [
+            {"id": "1", "source": "start", "target": "a"},
+            {"id": "2", "source": "start", "target": "b"},
+        ],
+    }
+
+
+async def test_execute_returns_a_run_as_it_forks_with_one_branch_per_target() -> None:
+    engine = WorkflowEngine(forking(), ECHO)
+    snap = await engine.execute(snapshot=engine.create_initial_snapshot("r"))
+    assert snap.status == "active" and snap.current_node_id is None
+    assert {b.node_id: b.status for b in (snap.branches or {}).values()} == {
+        "a": "active",
+        "b": "active",
+    }
+    assert list(snap.context) == ["start"]
+
+
+async def test_a_run_with_branches_is_not_stepped_as_a_whole() -> None:
+    engine = WorkflowEngine(forking(), ECHO)
+    forked = await engine.execute_step(engine.create_initial_snapshot("r"))
+    with pytest.raises(DefinitionError, match="parallel branches"):
+        await engine.execute_step(forked)
+    branch = await engine.advance(forked.branch_view(next(iter(forked.branches or {}))))
+    assert branch.status == "completed" and branch.results("a")[-1].output["data"] == 2

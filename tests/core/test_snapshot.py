@@ -98,3 +98,33 @@ def test_the_shape_hash_ignores_node_data_but_not_wiring() -> None:
     retyped = json.loads(json.dumps(base))
     retyped["nodes"][1]["type"] = "other"
     assert WorkflowDefinition.model_validate(retyped).shape_hash() != h
+
+
+def test_a_stored_snapshot_that_is_not_valid_decodes_to_a_store_error_without_its_content() -> None:
+    import pytest
+
+    from refluxo.core.errors import StoreError
+    from refluxo.core.model import decode_snapshot
+
+    raw = '{"workflowId": "r1", "status": "card 4111 1111 1111 1111", "currentNodeId": "a"}'
+    for stored in (raw, raw.encode(), b"\xff\xfe card 4111", 4111):
+        with pytest.raises(StoreError) as raised:
+            decode_snapshot("r1", stored, "table 'runs'")
+        assert raised.value.transient is False
+        assert "4111" not in str(raised.value) and "table 'runs'" in str(raised.value)
+    assert decode_snapshot("r1", json.dumps(TS_SNAPSHOT)).workflow_id == "run-1"
+
+
+def test_an_archived_result_that_is_not_valid_decodes_to_a_store_error_without_its_content() -> (
+    None
+):
+    import pytest
+
+    from refluxo.core.errors import StoreError
+    from refluxo.core.model import NodeResult, decode_result
+
+    with pytest.raises(StoreError) as raised:
+        decode_result("r1", '{"output": "card 4111", "timestamp": "card 4111"}', "archive")
+    assert raised.value.transient is False and "4111" not in str(raised.value)
+    kept = NodeResult(output={"a": 1}, timestamp=5)
+    assert decode_result("r1", kept.to_json()) == kept

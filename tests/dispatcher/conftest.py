@@ -1,6 +1,7 @@
-"""The dispatcher scenarios run on every store: memory, SQLite, and Firestore (its emulator).
+"""The dispatcher scenarios run on every store: memory, SQLite, Firestore (its emulator) and
+PostgreSQL (a throwaway server).
 
-The Firestore case starts the emulator (once per session), so it is marked
+The Firestore and PostgreSQL cases start a server (once per session), so they are marked
 ``external_service``; ``-m "not external_service"`` runs the others alone.
 """
 
@@ -50,7 +51,7 @@ def dispatcher_firestore() -> Iterator[Any]:
 async def open_store(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[StateStore]:
-    """A fresh store of ``kind`` (memory, sqlite or firestore) on ``clock``."""
+    """A fresh store of ``kind`` (memory, sqlite, firestore or postgres) on ``clock``."""
     if kind == "memory":
         yield MemoryStateStore(clock=clock)
         return
@@ -69,6 +70,15 @@ async def open_store(
             if client._firestore_api_internal is not None:
                 await client._firestore_api.transport.close()
         return
+    if kind == "postgres":
+        from refluxo.postgres import PostgresStateStore, open_pool
+
+        pool = await open_pool(request.getfixturevalue("postgres_server").new_database())
+        try:
+            yield PostgresStateStore(pool, clock=clock)
+        finally:
+            await pool.close()
+        return
     store = _sqlite(tmp_path, clock)
     if store is None:
         pytest.fail("refluxo.local is not importable")
@@ -81,7 +91,12 @@ async def open_store(
 
 
 @pytest.fixture(
-    params=["memory", "sqlite", pytest.param("firestore", marks=pytest.mark.external_service)]
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("firestore", marks=pytest.mark.external_service),
+        pytest.param("postgres", marks=pytest.mark.external_service),
+    ]
 )
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock

@@ -291,3 +291,15 @@ def test_an_oversize_body_is_refused_without_reading_it_all(declared: bool) -> N
     assert status == 413 and b"payload_too_large" in body
     assert headers["content-type"] == "application/json"
     assert stream.given <= 1001  # nothing (declared) or one byte past the limit (chunked)
+
+
+async def test_bootstrap_takes_a_store_and_scheduler_handed_in() -> None:
+    from refluxo.core import MemoryScheduler, MemoryStateStore
+
+    store, scheduler = MemoryStateStore(), MemoryScheduler()
+    settings = GcpSettings.from_env(env(REFLUXO_SERVICE_ACCOUNT=None, REFLUXO_DISPATCH_TOKEN="t"))
+    api = bootstrap(settings, store=store, scheduler=scheduler)
+    assert api.dispatcher.store is store and api.dispatcher.scheduler is scheduler
+    started = await api.handle(HttpRequest("POST", "/workflows/demo/runs", b'{"id": "r1"}'))
+    assert started.status == 201 and await store.load("r1") is not None
+    assert len(scheduler.pending()) == 1

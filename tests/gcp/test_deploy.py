@@ -7,6 +7,7 @@ run replaces ``subprocess.run`` with a recorder that plays a project with nothin
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import shlex
 import subprocess
@@ -423,3 +424,30 @@ def test_the_dry_run_creates_the_composite_indexes_the_run_list_needs(
     ) in fields
     assert len(fields) == 4
     assert all("--collection-group=refluxo_runs" in c and "--async" in c for c in created)
+
+
+def test_each_schedule_gets_a_scheduler_job_calling_cron_with_the_accounts_token(
+    deploy_script: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cmds = dry_run(deploy_script, tmp_path, capsys, "--app", "refluxo.examples")
+    jobs = [c for c in cmds if c[1:5] == ["scheduler", "jobs", "create", "http"]]
+    assert [j[5] for j in jobs] == ["refluxo-reconcile", "refluxo-cron-digest-weekdays"]
+    job = jobs[1]
+    assert option(job, "--schedule") == "0 9 * * 1-5"
+    assert option(job, "--time-zone") == "Europe/Lisbon"
+    assert option(job, "--uri") == f"{URL}/_cron"
+    assert option(job, "--http-method") == "POST"
+    assert option(job, "--headers") == "Content-Type=application/json"
+    assert json.loads(option(job, "--message-body")) == {
+        "workflow": "digest",
+        "schedule": "weekdays",
+    }
+    assert option(job, "--oidc-service-account-email") == SA
+    assert option(job, "--oidc-token-audience") == URL
+
+
+def test_a_deployment_without_schedules_creates_no_cron_job(
+    deploy_script: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cmds = dry_run(deploy_script, tmp_path, capsys)
+    assert not any("/_cron" in " ".join(c) for c in cmds)

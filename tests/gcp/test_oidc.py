@@ -114,9 +114,14 @@ def verifier(certs_server: CertsServer) -> OidcVerifier:
     return OidcVerifier(AUDIENCE, SERVICE_ACCOUNT, certs_url=certs_server.url)
 
 
+class FromNow(int):
+    """A time claim given as seconds from when the token is made (not when tests are collected)."""
+
+
 def id_token(key: Key, *, kid: str = KID, **overrides: Any) -> str:
     """An ID token as Cloud Tasks sends it; ``overrides`` replace claims (None removes one)."""
     now = int(time.time())
+    overrides = {k: now + v if isinstance(v, FromNow) else v for k, v in overrides.items()}
     claims: dict[str, Any] = {
         "iss": "https://accounts.google.com",
         "aud": AUDIENCE,
@@ -172,12 +177,12 @@ async def test_the_scheme_is_case_insensitive_and_the_short_issuer_accepted(
         pytest.param({"email_verified": False}, "issued to", id="unverified-email"),
         pytest.param({"email_verified": None}, "issued to", id="no-email-verified"),
         pytest.param(
-            {"iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600},
+            {"iat": FromNow(-7200), "exp": FromNow(-3600)},
             "expired",
             id="expired",
         ),
         pytest.param(
-            {"iat": int(time.time()) + 600, "exp": int(time.time()) + 4200},
+            {"iat": FromNow(600), "exp": FromNow(4200)},
             "early|used too early",
             id="issued-in-the-future",
         ),
@@ -287,7 +292,7 @@ async def test_a_token_whose_signature_google_removed_is_accepted_when_trusted(
     [
         pytest.param({"aud": "https://elsewhere.example"}, "audience", id="wrong-audience"),
         pytest.param({"email": "someone@else.example"}, "issued to", id="wrong-email"),
-        pytest.param({"exp": int(time.time()) - 3600}, "expired", id="expired"),
+        pytest.param({"exp": FromNow(-3600)}, "expired", id="expired"),
         pytest.param({"iss": "https://evil.example"}, "issuer", id="wrong-issuer"),
     ],
 )

@@ -82,7 +82,7 @@ def test_dev_finds_an_app_in_the_current_folder_and_errors_are_one_line(tmp_path
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert "serving demo" in first, first
-        shown = [proc.stdout.readline() for _ in range(3)]
+        shown = [proc.stdout.readline() for _ in range(4)]
         assert any(str(tmp_path / "d.db") in line for line in shown), shown
         assert any("mymod: demo" in line for line in shown), shown
     finally:

@@ -2,10 +2,10 @@
 
 Every documented operation gets generated requests, valid and invalid: no answer may be a 5xx,
 and every answer must match the document (status, content type, body schema). Examples are
-bounded (``MAX_EXAMPLES`` per operation) so the run takes seconds. ``/_dispatch`` and
-``/_reconcile`` are left out: the dev server does not enable them (the scheduler calls the
-dispatcher in-process and reconciles on its own timer), and their refusals are tested in
-test_http_api.py and test_reconcile_route.py.
+bounded (``MAX_EXAMPLES`` per operation) so the run takes seconds. ``/_dispatch``,
+``/_reconcile`` and ``/_cron`` are left out: the dev server does not enable them (the scheduler
+calls the dispatcher in-process, and reconciles and fires schedules on its own timers), and
+their refusals are tested in test_http_api.py, test_reconcile_route.py and test_http_cron.py.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def api_schema(dev_server: str) -> schemathesis.BaseSchema:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-@schema.exclude(path="/_dispatch").exclude(path="/_reconcile").parametrize()
+@schema.exclude(path="/_dispatch").exclude(path="/_reconcile").exclude(path="/_cron").parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,

@@ -40,3 +40,18 @@ async def test_periodic_reconcile_can_be_switched_off_and_run_on_demand(
         snapshot = demo.engine.create_initial_snapshot("stranded", demo.start, definition=demo.ref)
         assert await runtime.store.create(snapshot)
         assert await runtime.dispatcher.reconcile(grace_ms=0) == ["stranded"]  # on demand
+
+
+async def test_the_runtime_takes_a_store_handed_in(tmp_path: Path) -> None:
+    from refluxo.core import MemoryStateStore
+    from refluxo.core.dispatcher import load_workflows
+
+    store = MemoryStateStore()
+    runtime = LocalRuntime(
+        load_workflows("refluxo.demo"),
+        db_path=tmp_path / "r.db",
+        store=store,
+        reconcile_every_s=None,
+    )
+    assert runtime.store is store and runtime.dispatcher.store is store
+    assert runtime.api.dispatcher is runtime.dispatcher

@@ -288,7 +288,8 @@ async def test_a_message_leased_by_a_process_that_crashed_is_delivered_again_aft
     handler = Recorder()
     assert await scheduler.drain(handler) == 0  # Its lease (60 s) still holds.
     assert [m.state for m in await scheduler.list_messages()] == ["leased"]
-    clock.advance(60_000 + 1000)  # The child ran on the real clock; the fake one is near it.
+    # The child leased on the real clock, however long it took to start: pass its lease.
+    clock.now = max(clock.now, now_ms()) + 60_000 + 1000
     assert await scheduler.drain(handler) == 1
     assert handler.got == [message]
     [info] = await scheduler.list_messages()
@@ -778,7 +779,8 @@ async def test_messages_delivered_but_not_yet_marked_done_when_the_process_dies_
             result = await dispatcher.dispatch(message)
             outcomes.append((message.version, result.outcome))
 
-        clock.advance(60_000 + 1000)  # The leases expire (the child ran on the real clock).
+        # The leases expire (the child leased on the real clock, however slow its start).
+        clock.now = max(clock.now, now_ms()) + 60_000 + 1000
         await scheduler.drain(deliver)
         # The duplicates change nothing; the step that died runs again, and each after it once.
         assert [o for v, o in outcomes if v < 4] == ["stale", "stale", "stale", "recovered"]
@@ -865,5 +867,36 @@ async def test_a_chain_of_follow_ups_needs_no_lease_transactions_of_the_worker(
         # while the worker's free slots only read the table to find nothing else due.
         assert leased == [1]
         assert {m.state for m in await scheduler.list_messages()} == {"done"}
+    finally:
+        scheduler.close()
+
+
+async def test_a_messages_file_from_before_branches_takes_branch_deliveries(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "messages.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(
+            "CREATE TABLE messages (key TEXT PRIMARY KEY, run_id TEXT NOT NULL, version INTEGER"
+            " NOT NULL, hop INTEGER NOT NULL, due_at INTEGER NOT NULL, state TEXT NOT NULL, "
+            "lease_until INTEGER, lease_token TEXT, attempts INTEGER NOT NULL DEFAULT 0, "
+            "last_error TEXT, created_at INTEGER NOT NULL, done_at INTEGER)"
+        )
+        db.execute(
+            "INSERT INTO messages (key, run_id, version, hop, due_at, state, created_at)"
+            " VALUES ('old.1.0', 'old', 1, 0, 0, 'pending', 0)"
+        )
+        db.commit()
+    scheduler = SQLiteScheduler(path)
+    try:
+        branch = DispatchMessage(run_id="new", version=0, branch="4-1")
+        await scheduler.schedule(branch)
+        got: list[DispatchMessage] = []
+
+        async def handle(message: DispatchMessage) -> None:
+            got.append(message)
+
+        await scheduler.drain(handle)
+        assert got == [DispatchMessage(run_id="old", version=1), branch]
     finally:
         scheduler.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from refluxo.core import DefinitionRef, StoreError, VersionConflict
+from refluxo.core import DefinitionRef, NodeResult, StoreError, VersionConflict
 from refluxo.local import SQLiteStateStore
 from refluxo.local.store import DEFAULT_MAX_BYTES, RunSummary
 from tests.conftest import FakeClock
@@ -379,3 +379,23 @@ class TestSQLiteRunIndex(RunIndexContract):
     @pytest.fixture
     def make_store(self, tmp_path: Path) -> Callable[[Callable[[], int]], SQLiteStateStore]:
         return lambda clock: SQLiteStateStore(tmp_path / "index.db", clock=clock)
+
+
+async def test_an_unreadable_archived_result_is_reported_without_echoing_its_content(
+    path: Path, store: SQLiteStateStore
+) -> None:
+    await store.archive_results("r1", "tick", 0, [NodeResult(output=1, timestamp=1)])
+    with sqlite3.connect(path) as db:
+        db.execute('UPDATE archived_results SET result = \'{"timestamp": "card 4111"}\'')
+    db.close()
+    with pytest.raises(StoreError) as raised:
+        await store.archived_results("r1", "tick")
+    assert raised.value.transient is False and "4111" not in str(raised.value)
+
+
+def test_the_sqlite_driver_implements_the_sql_driver_protocol(path: Path) -> None:
+    from refluxo.core.sql import SqlDriver
+    from refluxo.local._sqlite import Database
+    from refluxo.local.store import SQLiteDriver
+
+    assert isinstance(SQLiteDriver(Database(path, busy_timeout_ms=10, schema="")), SqlDriver)

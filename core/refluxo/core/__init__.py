@@ -42,6 +42,7 @@ from .model import (
 from .nodes import Context, NodeDefinition, RetryPolicy, StepResult
 from .plugins import NodeContext, Plugin
 from .ports import Scheduler, StateStore
+from .schedules import Schedule
 
 __all__ = [
     "TIMEOUT_HANDLE",
@@ -74,6 +75,7 @@ __all__ = [
     "RetryState",
     "RunFinished",
     "RunNotFound",
+    "Schedule",
     "Scheduler",
     "SchedulerError",
     "Snapshot",

@@ -19,6 +19,10 @@ die between saving and scheduling. The rules that make that safe:
 * A run whose definition is not deployed (changed incompatibly, or gone) is refused: the
   refusal is recorded in its ``metadata.refused`` and the delivery comes back every
   ``refused_retry_ms``, so redeploying the definition resumes it.
+* A run with parallel branches steps each branch on its own deliveries (``branch`` names it;
+  ``version`` is the branch's). A branch step whose save finds that only other branches (or
+  events) moved re-applies its result on the stored run, without executing again; a step
+  whose own branch moved was a duplicate, and is dropped.
 * Executors run at least once per step: side effects should be idempotent.
 """
 
@@ -45,12 +49,14 @@ from .errors import (
     PayloadTooLarge,
     RunFinished,
     RunNotFound,
+    StoreError,
     VersionConflict,
     WorkflowMismatch,
     WorkflowNotFound,
 )
 from .expressions import TransformEngine
 from .model import (
+    BranchState,
     DefinitionRef,
     DispatchMessage,
     Event,
@@ -62,6 +68,20 @@ from .model import (
 from .nodes import NodeDefinition
 from .plugins import Plugin
 from .ports import DueRuns, ResultArchive, Scheduler, StateStore
+from .schedules import MAX_CATCH_UP, ON_TIME_MS, Schedule, named, tick_run_id, ticks_between
+from .subflows import (
+    MAX_REMEMBERED_CHILDREN,
+    SUBWORKFLOW_NODE,
+    SUBWORKFLOW_TYPE,
+    StepScope,
+    child_event,
+    reset_scope,
+    set_scope,
+)
+
+Reapply = Callable[[Snapshot, Snapshot, Snapshot], "Snapshot | None"]
+"""How a step's result is applied again on the stored run after a conflict:
+``(stored, previously expected, new) -> new snapshot``, or None when the step lost."""
 
 logger = logging.getLogger("refluxo.steps")
 
@@ -85,11 +105,16 @@ WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """What a workflow name may be, matched whole."""
 
 _MAX_CONFLICT_RETRIES = 5
+_MAX_BRANCH_REAPPLIES = 64  # a save losing to other branches this often is delivered again
 _AGAIN_HOP = 1 << 42  # hops of deliveries sent again start here: never a step's own hop count
 _MAX_REASON_CHARS = 1000
 
 DEFAULT_REFUSED_RETRY_MS = 10 * 60 * 1000
 """How often a refused run's delivery comes back to see whether its definition is deployed."""
+
+
+_EXHAUSTED = Snapshot(workflow_id="-", status="failed", current_node_id=None)
+"""What :meth:`Dispatcher._save_step` answers when every re-application lost its save."""
 
 
 def check_run_id(run_id: str) -> str:
@@ -120,6 +145,7 @@ class Workflow:
         start: the start node; defaults to the one node without incoming edges.
         secrets: the names of the deployment's globals this workflow may use: its
             expressions and executors see only these. None (the default) gives it all.
+        schedules: start a run at each tick of these (see :mod:`refluxo.core.schedules`).
     """
 
     def __init__(
@@ -136,6 +162,7 @@ class Workflow:
         clock: Callable[[], int] = now_ms,
         step_timeout: float | timedelta | None = DEFAULT_STEP_TIMEOUT_S,
         secrets: Iterable[str] | None = None,
+        schedules: Sequence[Schedule] = (),
     ) -> None:
         if isinstance(secrets, str):
             raise DefinitionError("secrets is a list of names, not one name")
@@ -144,6 +171,8 @@ class Workflow:
         if not WORKFLOW_NAME.fullmatch(name):
             raise DefinitionError(f"invalid workflow name {name!r}: letters, digits, '_', '-'")
         self.name = name
+        if SUBWORKFLOW_TYPE not in nodes:
+            nodes = {**nodes, SUBWORKFLOW_TYPE: SUBWORKFLOW_NODE}
         self.engine = WorkflowEngine(
             definition,
             nodes,
@@ -158,6 +187,7 @@ class Workflow:
         self.start = start or self.engine.start_node_id
         self.engine.node(self.start)  # raises KeyError early for a bad start node
         self.ref = DefinitionRef(name=name, hash=self.engine.workflow.shape_hash())
+        self.schedules = named(list(schedules))
 
 
 def load_workflows(spec: str) -> list[Workflow]:
@@ -260,6 +290,25 @@ class Dispatcher:
         self.refused_retry_ms = refused_retry_ms
         for workflow in self.workflows.values():
             self._scope(workflow)  # a scope on globals that are not an object fails here
+            self._check_children(workflow)
+
+    def _check_children(self, workflow: Workflow) -> None:
+        """Refuse a sub-workflow node that names a workflow this deployment does not host."""
+        engine = workflow.engine
+        for node in engine.workflow.nodes:
+            if engine.node_definitions[node.type] is not SUBWORKFLOW_NODE:
+                continue
+            name = node.data.get("workflow") if isinstance(node.data, Mapping) else None
+            if not isinstance(name, str):
+                raise DefinitionError(
+                    f"workflow {workflow.name!r}: subworkflow node {node.id!r} needs a "
+                    "'workflow' name in its data"
+                )
+            if "{{" not in name and name not in self.workflows:
+                raise DefinitionError(
+                    f"workflow {workflow.name!r}: subworkflow node {node.id!r} starts workflow "
+                    f"{name!r}, which this deployment does not host"
+                )
 
     def _scope(self, workflow: Workflow) -> Any:
         if workflow.secrets is None or self.globals is None:
@@ -281,9 +330,18 @@ class Dispatcher:
             raise WorkflowNotFound(name) from None
 
     async def start(
-        self, workflow: str, *, run_id: str | None = None, input: Any = None
+        self,
+        workflow: str,
+        *,
+        run_id: str | None = None,
+        input: Any = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> tuple[Snapshot, bool]:
         """Start a run of ``workflow``; the first step gets ``input`` as its external payload.
+
+        ``metadata`` is the new run's first metadata: sub-workflow nodes set ``parent`` (the
+        parent's ``runId``, ``node`` and ``depth``; the parent is told when the run finishes),
+        schedules set ``schedule``.
 
         Returns:
             The run's snapshot, and True if it was created now. The same ``run_id`` again
@@ -301,6 +359,8 @@ class Dispatcher:
         snapshot = wf.engine.create_initial_snapshot(
             run_id, wf.start, input=input, definition=wf.ref
         )
+        if metadata is not None:
+            snapshot.metadata.update(metadata)
         if await self.store.create(snapshot):
             await self._schedule_next(snapshot)
             return snapshot, True
@@ -312,6 +372,64 @@ class Dispatcher:
         if existing.last_step_version == 0 and existing.status == "active":
             await self._schedule_next(existing)
         return existing, False
+
+    async def fire_tick(self, workflow: str, schedule: str, tick_ms: int) -> tuple[Snapshot, bool]:
+        """Start the run of ``schedule``'s tick at ``tick_ms`` (once: its id derives from both).
+
+        Returns:
+            As :meth:`start`: the run, and True if this call created it.
+
+        Raises:
+            WorkflowNotFound; LookupError (no such schedule); store and scheduler errors.
+        """
+        wf = self.workflow(workflow)
+        try:
+            plan = wf.schedules[schedule]
+        except KeyError:
+            raise LookupError(f"workflow {workflow!r} has no schedule {schedule!r}") from None
+        run_id = tick_run_id(workflow, schedule, tick_ms)
+        mark = {"schedule": {"name": schedule, "tick": tick_ms}}
+        return await self.start(workflow, run_id=run_id, input=plan.input, metadata=mark)
+
+    def schedules(self) -> list[tuple[str, str, Schedule]]:
+        """Every schedule of the hosted workflows: (workflow, schedule name, schedule)."""
+        return [
+            (wf.name, name, plan)
+            for wf in self.workflows.values()
+            for name, plan in wf.schedules.items()
+        ]
+
+    async def fire_due(self, checked: Mapping[str, int], now: int | None = None) -> dict[str, int]:
+        """Start the runs of the ticks since each schedule was last checked; for a timer.
+
+        ``checked`` maps ``workflow.schedule`` to the time (epoch ms) up to which its ticks
+        were started; a schedule missing from it starts from ``now`` (a new schedule does not
+        start the ticks before it was deployed). A schedule with ``catch_up`` starts each
+        tick since (the newest :data:`~refluxo.core.schedules.MAX_CATCH_UP`); without, only
+        the ticks at most :data:`~refluxo.core.schedules.ON_TIME_MS` old. A tick's run starts
+        once however often this runs, so the caller may save the returned marks after the
+        runs started, and a crash in between only starts nothing twice.
+
+        Returns:
+            The new marks (``workflow.schedule`` -> ``now``) for every hosted schedule.
+
+        Raises:
+            Store and scheduler errors (the runs started so far stay started).
+        """
+        now = self.clock() if now is None else now
+        marks: dict[str, int] = {}
+        for workflow, name, plan in self.schedules():
+            key = f"{workflow}.{name}"
+            since = checked.get(key)
+            if since is not None and since < now:
+                if plan.catch_up:
+                    ticks = ticks_between(plan, since, now, newest=MAX_CATCH_UP)
+                else:
+                    ticks = ticks_between(plan, max(since, now - ON_TIME_MS - 1), now)
+                for tick in ticks:
+                    await self.fire_tick(workflow, name, tick)
+            marks[key] = max(now, since or now)
+        return marks
 
     async def get(self, run_id: str) -> Snapshot:
         """The run's snapshot; raises RunNotFound."""
@@ -353,14 +471,17 @@ class Dispatcher:
                 any(e.id == event_id for e in current.inbox or [])
                 or event_id in (current.consumed_events or [])
             ):
-                await self._schedule_next(current)
+                await self._schedule_next(current, events_only=True)
                 return current
             if current.is_terminal:
                 raise RunFinished(f"run {run_id!r} is {current.status}; it takes no events")
             inbox = current.inbox or []
             # An event the run waits for now is taken even when the inbox is full: the next
             # step consumes it at once, and junk must not lock out the awaited event.
-            awaited = current.model_copy(update={"inbox": [event]}).next_event() is not None
+            probe = current.model_copy(update={"inbox": [event]})
+            awaited = probe.next_event() is not None or any(
+                probe.branch_view(b).next_event() is not None for b in probe.branches or {}
+            )
             if not awaited and len(inbox) >= limits.max_inbox_events:
                 raise InboxFull(
                     f"run {run_id!r} holds {len(inbox)} unconsumed events, the limit "
@@ -386,8 +507,8 @@ class Dispatcher:
                 await self.store.save(updated, expected_version=current.version)
             except VersionConflict:
                 continue
-            if updated.next_event() is not None:
-                await self._schedule_next(updated)
+            if updated.next_event() is not None or updated.branches:
+                await self._schedule_next(updated, events_only=True)
             return updated
         raise VersionConflict(run_id, -1, None)
 
@@ -419,12 +540,15 @@ class Dispatcher:
                     cancelled = _trimmed(cancelled, keep_outputs=keep_outputs)
                 try:
                     await self.store.save(cancelled, expected_version=current.version)
-                    return cancelled
                 except PayloadTooLarge:
                     if keep_outputs is False:
                         raise
                 except VersionConflict:
                     break
+                else:
+                    await self._cancel_children(current, f"parent {run_id!r} cancelled: {why}")
+                    await self._notify_parent(cancelled)
+                    return cancelled
         raise VersionConflict(run_id, -1, None)
 
     async def retry(
@@ -672,27 +796,23 @@ class Dispatcher:
             snapshot = await self.store.load(message.run_id)
         except RunNotFound:
             return self._result("unknown_run", message.run_id)
+        if message.branch is not None or snapshot.branches:
+            return await self._dispatch_branch(message, snapshot)
         if message.version not in snapshot.accepted_versions:
             if snapshot.last_step_version == message.version + 1 and self._needs_delivery(snapshot):
                 await self._schedule_next(snapshot)
                 return self._result("recovered", message.run_id, snapshot)
+            if snapshot.is_terminal:
+                # The step that finished it may have died before telling its parent.
+                await self._notify_parent(snapshot)
             return self._result("stale", message.run_id, snapshot)
         if snapshot.is_terminal:
+            await self._notify_parent(snapshot)
             return self._result("finished", message.run_id, snapshot)
 
-        now = self.clock()
-        if snapshot.status == "paused" and snapshot.next_event() is None:
-            due = snapshot.due_at()
-            if due is None:
-                return self._result("waiting", message.run_id, snapshot)
-            if due > now:
-                await self._schedule_next(snapshot, hop=message.hop + 1)
-                return self._result("early", message.run_id, snapshot)
-        elif snapshot.status == "error":
-            due = snapshot.due_at() or 0
-            if due > now:
-                await self._schedule_next(snapshot, hop=message.hop + 1)
-                return self._result("early", message.run_id, snapshot)
+        not_due = await self._not_due(snapshot, message)
+        if not_due is not None:
+            return not_due
         try:
             workflow = self._workflow_of(snapshot)
         except (WorkflowMismatch, WorkflowNotFound) as exc:
@@ -704,19 +824,308 @@ class Dispatcher:
             base = base.model_copy(update={"metadata": metadata})
         node_id = base.current_node_id
         started = time.perf_counter()
-        new = await workflow.engine.advance(
-            base, self._scope(workflow), max_depth=self.limits.max_depth
+        scope = StepScope(
+            snapshot=base, node_id=node_id or "", start=self.start, load=self.store.load
         )
+        token = set_scope(scope)
+        try:
+            new = await workflow.engine.advance(
+                base, self._scope(workflow), max_depth=self.limits.max_depth
+            )
+        finally:
+            reset_scope(token)
         duration_ms = (time.perf_counter() - started) * 1000
+        new = self._link_children(new, scope.started, node_id)
+        if new.branches:
+            new = self._settle(workflow, new)
         if workflow.archive and node_id is not None:
             await self._archive_trimmed(base, new, node_id)
-        saved = await self._save_step(snapshot, new, node_id)
-        if saved is None:
+        saved = await self._save_step(snapshot, new, node_id, self._merge_events(snapshot))
+        if saved is None or saved is _EXHAUSTED:
             self._log_step(new, node_id, "conflict", duration_ms)
             return self._result("conflict", message.run_id, snapshot)
         self._log_step(saved, node_id, "stepped", duration_ms)
         await self._schedule_next(saved)
+        await self._notify_parent(saved)
         return self._result("stepped", message.run_id, saved)
+
+    async def _not_due(self, view: Snapshot, message: DispatchMessage) -> DispatchResult | None:
+        """The outcome of a delivery for a run (or branch) that is not due yet, else None."""
+        now = self.clock()
+        due: int | None = None
+        if view.status == "paused" and view.next_event() is None:
+            due = view.due_at()
+            if due is None:
+                return self._result("waiting", message.run_id, view)
+        elif view.status == "error":
+            due = view.due_at() or 0
+        if due is not None and due > now:
+            await self._schedule_one(view, hop=message.hop + 1, branch=message.branch)
+            return self._result("early", message.run_id, view)
+        return None
+
+    async def _dispatch_branch(
+        self, message: DispatchMessage, snapshot: Snapshot
+    ) -> DispatchResult:
+        """One delivery for a run with branches: at most one step of the branch it names."""
+        run_id = message.run_id
+        if snapshot.is_terminal:
+            await self._notify_parent(snapshot)
+            return self._result("finished", run_id, snapshot)
+        bid = message.branch
+        branch = None if bid is None else (snapshot.branches or {}).get(bid)
+        if bid is None or branch is None:
+            # A delivery for the run from before it forked, or for a branch that ended: when
+            # the step that forked or ended it was saved and its deliveries perhaps not sent,
+            # send them (the copies a scheduler does not collapse find nothing to do).
+            forked = bid is None and snapshot.last_step_version == message.version + 1
+            ended = bid is not None and (snapshot.branches or snapshot.joined is not None)
+            if (forked or ended) and self._needs_delivery(snapshot):
+                await self._schedule_next(snapshot)
+                return self._result("recovered", run_id, snapshot)
+            return self._result("stale", run_id, snapshot)
+        view = snapshot.branch_view(bid)
+        if message.version != branch.version:
+            if branch.version == message.version + 1 and self._needs_delivery(view):
+                await self._schedule_one(view, branch=bid)
+                return self._result("recovered", run_id, view)
+            return self._result("stale", run_id, view)
+        if view.is_terminal:
+            return self._result("stale", run_id, view)
+        not_due = await self._not_due(view, message)
+        if not_due is not None:
+            return not_due
+        try:
+            workflow = self._workflow_of(snapshot)
+        except (WorkflowMismatch, WorkflowNotFound) as exc:
+            return await self._refuse(snapshot, message, str(exc))
+        node_id = view.current_node_id
+        engine = workflow.engine
+        started = time.perf_counter()
+        wait = view.wait
+        out_of_join: Snapshot | None = None
+        if (
+            wait is not None
+            and wait.kind == "sleep"
+            and view.joined is None
+            and engine.join_mode(node_id) is not None
+        ):
+            # Slept on the way to a join: it joins without running the join node.
+            out_of_join = view.model_copy(
+                update={"status": "active", "wait": None, "version": view.version + 1}
+            )
+        scope = StepScope(
+            snapshot=view, node_id=node_id or "", start=self.start, load=self.store.load
+        )
+        if out_of_join is None:
+            token = set_scope(scope)
+            try:
+                out = await engine.advance(
+                    view, self._scope(workflow), max_depth=self.limits.max_depth, branch=True
+                )
+            finally:
+                reset_scope(token)
+        else:
+            out = out_of_join
+        duration_ms = (time.perf_counter() - started) * 1000
+        if workflow.archive and node_id is not None:
+            await self._archive_trimmed(view, out, node_id)
+
+        def reapply(stored: Snapshot, _previous: Snapshot, _new: Snapshot) -> Snapshot | None:
+            applied = self._apply_branch(workflow, stored, bid, view, out, node_id)
+            if applied is None or not scope.started:
+                return applied
+            return self._link_children(applied, scope.started, None)
+
+        new = reapply(snapshot, snapshot, snapshot)
+        saved = None
+        if new is not None:
+            saved = await self._save_step(
+                snapshot, new, node_id, reapply, retries=_MAX_BRANCH_REAPPLIES
+            )
+            if saved is _EXHAUSTED:
+                raise StoreError(
+                    f"run {run_id!r}: the step of branch {bid!r} lost "
+                    f"{_MAX_BRANCH_REAPPLIES} saves in a row to other branches; deliver it again",
+                    transient=True,
+                )
+        if saved is None:
+            self._log_step(out, node_id, "conflict", duration_ms)
+            return self._result("conflict", run_id, view)
+        self._log_step(out, node_id, "stepped", duration_ms)
+        if saved.status == "completed":  # every branch ended without a join
+            await engine._hook("on_workflow_complete", saved)
+        if saved.branches:
+            started_ids = [b for b in saved.branches if b not in (snapshot.branches or {})]
+            await self._schedule_next(saved, only=[bid, *started_ids])
+        else:
+            await self._schedule_next(saved)
+        await self._notify_parent(saved)
+        return self._result("stepped", run_id, saved)
+
+    def _apply_branch(
+        self,
+        workflow: Workflow,
+        fresh: Snapshot,
+        bid: str,
+        view: Snapshot,
+        out: Snapshot,
+        node_id: str | None,
+    ) -> Snapshot | None:
+        """Branch ``bid``'s step (``view`` -> ``out``) applied to the stored run ``fresh``.
+
+        None when the branch moved since ``view`` was taken (another delivery stepped it) or
+        an event the step consumed is gone: the step lost and is dropped.
+        """
+        branch = (fresh.branches or {}).get(bid)
+        if fresh.is_terminal or branch is None or branch.version != view.version:
+            return None
+        retention = workflow.engine.retention
+        context = dict(fresh.context)
+        counts = None if fresh.counts is None and out.counts is None else dict(fresh.counts or {})
+        succeeded = False
+        for nid, results in out.context.items():
+            added = out.execution_count(nid) - view.execution_count(nid)
+            if added <= 0:
+                continue
+            merged = [*context.get(nid, []), *results[-added:]]
+            if counts is not None:
+                counts[nid] = fresh.execution_count(nid) + added
+            if retention is not None and len(merged) > retention:
+                merged = merged[-retention:]
+            context[nid] = merged
+            succeeded = succeeded or (nid == node_id and results[-1].error is None)
+        inbox = list(fresh.inbox or [])
+        consumed_events = fresh.consumed_events
+        before, after = view.inbox or [], out.inbox or []
+        if len(after) < len(before):
+            i = next(
+                (i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b),
+                len(after),
+            )
+            event = before[i]
+            if event not in inbox:
+                return None  # another branch consumed it first
+            inbox.remove(event)
+            if event.id is not None:
+                seen = [*(consumed_events or []), event.id]
+                consumed_events = seen[-_REMEMBERED_EVENT_IDS:]
+        metadata = {k: v for k, v in fresh.metadata.items() if k != "refused"}
+        branches = dict(fresh.branches or {})
+        base = fresh.model_copy(
+            update={
+                "context": context,
+                "counts": counts,
+                "inbox": inbox or None,
+                "consumed_events": consumed_events,
+                "metadata": metadata,
+                "step_version": None,
+                "last_started_at": out.last_started_at,
+                "total_execution_time": (fresh.total_execution_time or 0)
+                + (out.total_execution_time or 0)
+                - (view.total_execution_time or 0),
+            }
+        )
+        if out.status == "failed":
+            reason = str(out.metadata.get("failedReason", "failed"))
+            if branch.on_failure != "continue":
+                return self._failed(base, f"branch {bid}: {reason}")
+            branches[bid] = branch.model_copy(
+                update={
+                    "status": "failed",
+                    "node_id": node_id,
+                    "version": out.version,
+                    "error": reason,
+                    "wait": None,
+                    "retry_state": None,
+                    "joined": None,
+                }
+            )
+        elif out.branches:
+            # Named after the save that adds them: unique in the run, and short.
+            del branches[bid]
+            for i, child in enumerate(out.branches.values()):
+                branches[f"{fresh.version + 1}-{i}"] = child.model_copy(
+                    update={"on_failure": child.on_failure or branch.on_failure}
+                )
+        else:
+            branches[bid] = BranchState(
+                node_id=out.current_node_id,
+                status=out.status,
+                version=out.version,
+                source=node_id if succeeded else branch.source,
+                wait=out.wait,
+                retry_state=out.retry_state,
+                joined=out.joined,
+                on_failure=branch.on_failure,
+            )
+        stepped = base.model_copy(update={"branches": branches, "version": fresh.version + 1})
+        return self._settle(workflow, stepped)
+
+    def _settle(self, workflow: Workflow, snapshot: Snapshot) -> Snapshot:
+        """Park branches that reached a join node, and release the joins they complete.
+
+        An ``any`` join is released by the first branch that reaches it, and stops every
+        other branch. Once no branch can step any more, each ``all`` join that branches
+        reached runs with their results (one join goes on as the run itself; several go on
+        as new branches); a run whose branches all ended without a join completes.
+        """
+        engine = workflow.engine
+        branches = dict(snapshot.branches or {})
+        for bid, b in branches.items():
+            mode = engine.join_mode(b.node_id)
+            if b.status != "active" or b.joined is not None or mode is None:
+                continue
+            branches[bid] = b = b.model_copy(update={"status": "joined"})
+            if mode == "any":
+                return self._release(snapshot, [b.node_id or ""], {bid: b})
+        if any(b.status in ("active", "paused", "error") for b in branches.values()):
+            return snapshot.model_copy(update={"branches": branches})
+        joins = list(
+            dict.fromkeys(b.node_id or "" for b in branches.values() if b.status == "joined")
+        )
+        return self._release(snapshot, joins, branches)
+
+    def _release(
+        self, snapshot: Snapshot, joins: list[str], branches: Mapping[str, BranchState]
+    ) -> Snapshot:
+        failures = {
+            b.node_id or bid: {"error": b.error}
+            for bid, b in branches.items()
+            if b.status == "failed"
+        }
+        common: dict[str, Any] = {
+            "branches": None,
+            "wait": None,
+            "retry_state": None,
+            "step_version": None,
+        }
+        if not joins:
+            return snapshot.model_copy(
+                update={**common, "status": "completed", "current_node_id": None}
+            )
+        payloads: list[dict[str, Any]] = []
+        for join in joins:
+            payload: dict[str, Any] = {}
+            for b in branches.values():
+                if b.status == "joined" and b.node_id == join and b.source is not None:
+                    last = snapshot.results(b.source)
+                    payload[b.source] = last[-1].output if last else None
+            payloads.append({**payload, **failures})
+        if len(joins) == 1:
+            return snapshot.model_copy(
+                update={
+                    **common,
+                    "status": "active",
+                    "current_node_id": joins[0],
+                    "joined": payloads[0],
+                }
+            )
+        released = {
+            f"{snapshot.version}-j{i}": BranchState(node_id=join, status="active", joined=payload)
+            for i, (join, payload) in enumerate(zip(joins, payloads, strict=True))
+        }
+        return snapshot.model_copy(update={"branches": released})
 
     async def reconcile(
         self, *, now: int | None = None, grace_ms: int = 300_000, limit: int = 100
@@ -792,18 +1201,81 @@ class Dispatcher:
 
     # --- internals ---------------------------------------------------------------------------
 
+    def _link_children(self, new: Snapshot, started: list[str], node_id: str | None) -> Snapshot:
+        """Record the children a step started (parent side) and a child's last node."""
+        metadata = new.metadata
+        if started:
+            known = metadata.get("children")
+            children = [c for c in known if isinstance(c, str)] if isinstance(known, list) else []
+            children += [c for c in started if c not in children]
+            metadata = {**metadata, "children": children[-MAX_REMEMBERED_CHILDREN:]}
+        if new.status == "completed" and "parent" in metadata and node_id is not None:
+            metadata = {**metadata, "lastNode": node_id}
+        if metadata is new.metadata:
+            return new
+        return new.model_copy(update={"metadata": metadata})
+
+    async def _notify_parent(self, child: Snapshot) -> None:
+        """Tell a finished child's parent run (idempotent: the event's id is the child's)."""
+        parent = child.metadata.get("parent")
+        if not child.is_terminal or not isinstance(parent, dict):
+            return
+        parent_id = parent.get("runId")
+        if not isinstance(parent_id, str):
+            return
+        name = child_event(child.run_id)
+        payload = {"runId": child.run_id, "status": child.status}
+        try:
+            await self.send_event(parent_id, payload, name, event_id=name)
+        except (RunNotFound, RunFinished):
+            pass  # the parent is gone or finished (cancelled): nobody waits
+
+    async def _cancel_children(self, parent: Snapshot, reason: str) -> None:
+        children = parent.metadata.get("children")
+        for child_id in children if isinstance(children, list) else []:
+            if not isinstance(child_id, str):
+                continue
+            try:
+                await self.cancel(child_id, reason)
+            except (RunNotFound, RunFinished):
+                pass
+
+    def _merge_events(self, loaded: Snapshot) -> Reapply:
+        """Re-applies a run's step after events alone moved it (its step version did not)."""
+
+        def reapply(stored: Snapshot, previous: Snapshot, new: Snapshot) -> Snapshot | None:
+            if (
+                stored.is_terminal
+                or stored.branches
+                or stored.last_step_version != loaded.last_step_version
+            ):
+                return None
+            added = (stored.inbox or [])[len(previous.inbox or []) :]
+            inbox = [*(new.inbox or []), *added] or None
+            return new.model_copy(update={"inbox": inbox, "version": stored.version + 1})
+
+        return reapply
+
     async def _save_step(
-        self, loaded: Snapshot, new: Snapshot, node_id: str | None
+        self,
+        loaded: Snapshot,
+        new: Snapshot,
+        node_id: str | None,
+        reapply: Reapply,
+        *,
+        retries: int = _MAX_CONFLICT_RETRIES,
     ) -> Snapshot | None:
         """Save a step's snapshot; the saved snapshot, or None when another step won.
 
-        A conflict caused only by events added meanwhile (the stored step version is still
-        the loaded one) is merged: the new events join the step's inbox and the save is tried
-        again. A snapshot the store refuses (too large, or not readable back) fails the run
-        instead, keeping the state it had; retrying could not change the step's result.
+        On a conflict, ``reapply`` applies the step's result again on the stored run: for a
+        run's step when only events were added meanwhile (they join the step's inbox), for a
+        branch's step when only other branches or events moved. It answers None when the step
+        really lost. A snapshot the store refuses (too large, or not readable back) fails the
+        run instead, keeping the state it had; retrying could not change the step's result.
+        After ``retries`` re-applications that all lost, :data:`_EXHAUSTED`.
         """
         current, failure = loaded, None
-        for _ in range(_MAX_CONFLICT_RETRIES + 1):
+        for _ in range(retries + 1):
             try:
                 await self.store.save(new, expected_version=current.version)
                 return new
@@ -815,16 +1287,12 @@ class Dispatcher:
                 new = self._failed(current, failure)
             except VersionConflict:
                 stored = await self.store.load(loaded.run_id)
-                if stored.is_terminal or stored.last_step_version != loaded.last_step_version:
+                again = reapply(stored, current, new)
+                if again is None:
                     return None
-                if failure is not None:
-                    new = self._failed(stored, failure)
-                else:
-                    added = (stored.inbox or [])[len(current.inbox or []) :]
-                    inbox = [*(new.inbox or []), *added] or None
-                    new = new.model_copy(update={"inbox": inbox, "version": stored.version + 1})
+                new = again if failure is None else self._failed(stored, failure)
                 current = stored
-        return None
+        return _EXHAUSTED
 
     async def _refuse(
         self, snapshot: Snapshot, message: DispatchMessage, reason: str
@@ -850,7 +1318,12 @@ class Dispatcher:
             except (PayloadTooLarge, NotStrictJson):
                 pass  # not recorded, but still retried
         delay = min(self.refused_retry_ms, self.scheduler.max_delay_ms)
-        retry = DispatchMessage(run_id=target.run_id, version=target.version, hop=hop)
+        version = target.version
+        if message.branch is not None:
+            version, hop = message.version, message.hop + 1
+        retry = DispatchMessage(
+            run_id=target.run_id, version=version, hop=hop, branch=message.branch
+        )
         await self.scheduler.schedule(retry, at=now + delay)
         return self._result("refused", message.run_id, target, reason)
 
@@ -869,6 +1342,8 @@ class Dispatcher:
                 "wait": None,
                 "retry_state": None,
                 "inbox": None,
+                "branches": None,
+                "joined": None,
                 "consumed_events": seen[-_REMEMBERED_EVENT_IDS:] or None,
                 "metadata": {**snapshot.metadata, "failedReason": reason},
             }
@@ -904,11 +1379,35 @@ class Dispatcher:
     def _needs_delivery(self, snapshot: Snapshot) -> bool:
         if snapshot.is_terminal:
             return False
+        if snapshot.branches:
+            return any(self._needs_delivery(snapshot.branch_view(b)) for b in snapshot.branches)
         if snapshot.status == "paused" and snapshot.next_event() is not None:
             return True
         return snapshot.due_at() is not None
 
-    async def _schedule_next(self, snapshot: Snapshot, *, hop: int = 0) -> None:
+    async def _schedule_next(
+        self,
+        snapshot: Snapshot,
+        *,
+        hop: int = 0,
+        only: Iterable[str] | None = None,
+        events_only: bool = False,
+    ) -> None:
+        """Send the run's next delivery, or one per branch that needs one (those in ``only``;
+        with ``events_only``, those with an event to take)."""
+        if not snapshot.branches:
+            await self._schedule_one(snapshot, hop=hop)
+            return
+        for bid in snapshot.branches if only is None else only:
+            if bid not in snapshot.branches:
+                continue
+            view = snapshot.branch_view(bid)
+            if not events_only or view.next_event() is not None:
+                await self._schedule_one(view, hop=hop, branch=bid)
+
+    async def _schedule_one(
+        self, snapshot: Snapshot, *, hop: int = 0, branch: str | None = None
+    ) -> None:
         if not self._needs_delivery(snapshot):
             return
         now = self.clock()
@@ -919,7 +1418,9 @@ class Dispatcher:
             # Hop targets are aligned on the due time, so duplicates pick the same one.
             hops_left = (due - now - 1) // limit
             at = due - hops_left * limit
-        message = DispatchMessage(run_id=snapshot.run_id, version=snapshot.version, hop=hop)
+        message = DispatchMessage(
+            run_id=snapshot.run_id, version=snapshot.version, hop=hop, branch=branch
+        )
         await self.scheduler.schedule(message, at=at)
 
     def _result(

@@ -21,7 +21,9 @@ from .codec import DEFAULT_MAX_DEPTH, strict_json
 from .errors import DefinitionError, ExpressionError, NonRetryableError, NotStrictJson, RunFinished
 from .expressions import ExpressionTransform, TransformEngine
 from .model import (
+    BranchState,
     DefinitionRef,
+    JoinMode,
     Node,
     NodeResult,
     RetryState,
@@ -258,9 +260,13 @@ class WorkflowEngine:
         step_timeout: how long an executor may run (seconds or a ``timedelta``) when its
             :class:`NodeDefinition` sets no ``timeout``; None sets no limit.
 
+    Several edges leaving one node for the same handle fork the run: each target starts a
+    parallel branch (see :class:`~refluxo.model.BranchState`). A node where branches meet (one
+    with a ``join`` mode, or with edges from two or more nodes) waits for them.
+
     Raises:
         DefinitionError: the graph has unknown node types, duplicate ids, dangling edges or two
-            edges for one source and handle. The message names the culprit.
+            edges from one source and handle to one target. The message names the culprit.
     """
 
     def __init__(
@@ -293,6 +299,7 @@ class WorkflowEngine:
         self.retention = retention
         self.step_timeout = _seconds(step_timeout)
         self._nodes, self._edges = self._index(workflow)
+        self._joins = self._join_modes(workflow)
         self._copy_data = not self.transform_engines
 
     @property
@@ -308,7 +315,7 @@ class WorkflowEngine:
 
     def _index(
         self, workflow: WorkflowDefinition
-    ) -> tuple[dict[str, Node], dict[tuple[str, str | None], str]]:
+    ) -> tuple[dict[str, Node], dict[tuple[str, str | None], list[str]]]:
         nodes: dict[str, Node] = {}
         for node in workflow.nodes:
             if node.id in nodes:
@@ -318,7 +325,7 @@ class WorkflowEngine:
                     f"node {node.id!r} has type {node.type!r}, which has no node definition"
                 )
             nodes[node.id] = node
-        edges: dict[tuple[str, str | None], str] = {}
+        edges: dict[tuple[str, str | None], list[str]] = {}
         edge_ids: set[str] = set()
         for edge in workflow.edges:
             if edge.id in edge_ids:
@@ -327,21 +334,37 @@ class WorkflowEngine:
             for end in (edge.source, edge.target):
                 if end not in nodes:
                     raise DefinitionError(f"edge {edge.id!r} points to unknown node {end!r}")
-            key = (edge.source, edge.source_handle)
-            if key in edges:
+            targets = edges.setdefault((edge.source, edge.source_handle), [])
+            if edge.target in targets:
                 handle = "no handle" if edge.source_handle is None else repr(edge.source_handle)
                 raise DefinitionError(
-                    f"edge {edge.id!r}: node {edge.source!r} already has an edge for {handle}"
+                    f"edge {edge.id!r}: node {edge.source!r} already has an edge for {handle} "
+                    f"to {edge.target!r}"
                 )
-            edges[key] = edge.target
+            targets.append(edge.target)
         if not nodes:
             raise DefinitionError("a workflow needs at least one node")
         return nodes, edges
 
+    @staticmethod
+    def _join_modes(workflow: WorkflowDefinition) -> dict[str, JoinMode]:
+        sources: dict[str, set[str]] = {}
+        for edge in workflow.edges:
+            sources.setdefault(edge.target, set()).add(edge.source)
+        return {
+            n.id: n.join or "all"
+            for n in workflow.nodes
+            if n.join is not None or len(sources.get(n.id, ())) > 1
+        }
+
+    def join_mode(self, node_id: str | None) -> JoinMode | None:
+        """How branches reaching ``node_id`` wait there, or None when it is no join node."""
+        return None if node_id is None else self._joins.get(node_id)
+
     @property
     def start_node_id(self) -> str:
         """The node a run starts at: the one node without incoming edges, else the first."""
-        targets = {target for target in self._edges.values()}
+        targets = {target for found in self._edges.values() for target in found}
         roots = [n.id for n in self.workflow.nodes if n.id not in targets]
         return roots[0] if len(roots) == 1 else self.workflow.nodes[0].id
 
@@ -350,8 +373,13 @@ class WorkflowEngine:
         return self._nodes[node_id]
 
     def next_node_id(self, node_id: str, handle: str | None = None) -> str | None:
-        """The target of ``node_id``'s edge for ``handle``, or None when there is no such edge."""
-        return self._edges.get((node_id, handle))
+        """The target of ``node_id``'s (first) edge for ``handle``, or None without one."""
+        targets = self._edges.get((node_id, handle))
+        return targets[0] if targets else None
+
+    def next_node_ids(self, node_id: str, handle: str | None = None) -> list[str]:
+        """Every target of ``node_id``'s edges for ``handle``: more than one forks the run."""
+        return list(self._edges.get((node_id, handle), ()))
 
     def create_initial_snapshot(
         self,
@@ -388,11 +416,16 @@ class WorkflowEngine:
         """Run steps until the run is no longer ``active`` (paused, retry pending, finished).
 
         The first step gets ``external_payload``. After ``step_limit`` steps a still active run
-        is returned ``failed`` with the reason in ``metadata["failedReason"]``.
+        is returned ``failed`` with the reason in ``metadata["failedReason"]``. A run that forks
+        is returned as it forked: its branches step through a :class:`Dispatcher`.
         """
         current = snapshot
         if current.is_terminal:
             return current
+        if current.branches:
+            raise DefinitionError(
+                f"run {current.workflow_id!r} has parallel branches: step it with a Dispatcher"
+            )
         payload = external_payload
         steps = 0
         while True:
@@ -410,18 +443,26 @@ class WorkflowEngine:
             current = await self.execute_step(current, payload, globals)
             payload = None
             steps += 1
-            if current.status != "active":
+            if current.status != "active" or current.branches:
                 return current
 
     async def advance(
-        self, snapshot: Snapshot, globals: Any = None, *, max_depth: int = DEFAULT_MAX_DEPTH
+        self,
+        snapshot: Snapshot,
+        globals: Any = None,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        branch: bool = False,
     ) -> Snapshot:
         """Execute the snapshot's next step with the payload the run holds for it.
 
         A paused run consumes the first matching event of its inbox (see
         :meth:`Snapshot.next_event`): the node runs again with that event's payload, even a
         null one, and its event id is remembered. Otherwise a run whose input is pending
-        (``Snapshot.input_pending``) gives the input to the step; else the step gets none.
+        (``Snapshot.input_pending``) gives the input to the step; a join node released by its
+        branches gets their results (``Snapshot.joined``); else the step gets none.
+        ``branch`` says the snapshot is one branch's view (:meth:`Snapshot.branch_view`): the
+        run's start and end hooks are not called for it.
         The output must be strict JSON nested at most ``max_depth`` deep (see
         :mod:`refluxo.core.codec`), or the node fails without retries.
 
@@ -437,9 +478,9 @@ class WorkflowEngine:
                 seen = [*(snapshot.consumed_events or []), event.id]
                 update["consumed_events"] = seen[-_REMEMBERED_EVENT_IDS:]
             base = snapshot.model_copy(update=update)
-            return await self._step(base, event.payload, globals, True, max_depth)
-        payload = snapshot.input if snapshot.input_pending else None
-        return await self._step(snapshot, payload, globals, False, max_depth)
+            return await self._step(base, event.payload, globals, True, max_depth, branch)
+        payload = snapshot.input if snapshot.input_pending else snapshot.joined
+        return await self._step(snapshot, payload, globals, False, max_depth, branch)
 
     async def execute_step(
         self, snapshot: Snapshot, external_payload: Any = None, globals: Any = None
@@ -465,11 +506,17 @@ class WorkflowEngine:
         globals: Any,
         delivered: bool,
         max_depth: int,
+        branch: bool = False,
     ) -> Snapshot:
         if snapshot.is_terminal:
             raise RunFinished(f"run {snapshot.workflow_id!r} is {snapshot.status}")
+        if snapshot.branches:
+            raise DefinitionError(
+                f"run {snapshot.workflow_id!r} has parallel branches: step each one "
+                "(Snapshot.branch_view) through a Dispatcher"
+            )
         start = self.clock()
-        if snapshot.last_step_version == 0:
+        if snapshot.last_step_version == 0 and not branch:
             await self._hook("on_workflow_start", snapshot)
 
         base = snapshot
@@ -569,12 +616,21 @@ class WorkflowEngine:
 
         entry = NodeResult(output=output, timestamp=self.clock(), attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
-        next_id = self.next_node_id(node_id, result.next_handle)
+        targets = self.next_node_ids(node_id, result.next_handle)
+        next_id = targets[0] if targets else None
         await self._hook("on_after_node", after)
+        sleep: WaitState | None = None
         if wait_request is not None:
             until = wait_request.until
             if until is None:
                 until = start + (wait_request.delay_ms or 0)
+            sleep = WaitState(kind="sleep", until=until)
+        if len(targets) > 1:
+            forked = self._finish(
+                base, start, status="active", context=new_context, counts=counts, current=None
+            )
+            return forked.model_copy(update={"branches": self._fork(forked, node, targets, sleep)})
+        if sleep is not None:
             slept = self._finish(
                 base,
                 start,
@@ -582,7 +638,7 @@ class WorkflowEngine:
                 context=new_context,
                 counts=counts,
                 current=next_id,
-                wait=WaitState(kind="sleep", until=until),
+                wait=sleep,
             )
             await self._hook("on_workflow_pause", slept)
             return slept
@@ -594,9 +650,25 @@ class WorkflowEngine:
             counts=counts,
             current=next_id,
         )
-        if done.status == "completed":
+        if done.status == "completed" and not branch:
             await self._hook("on_workflow_complete", done)
         return done
+
+    @staticmethod
+    def _fork(
+        forked: Snapshot, node: Node, targets: list[str], sleep: WaitState | None
+    ) -> dict[str, BranchState]:
+        """One branch per target, named after the step that forked them (unique in the run)."""
+        return {
+            f"{forked.version}-{i}": BranchState(
+                node_id=target,
+                status="paused" if sleep is not None else "active",
+                wait=sleep,
+                source=node.id,
+                on_failure=node.on_branch_failure,
+            )
+            for i, target in enumerate(targets)
+        }
 
     def _output(self, definition: NodeDefinition, data: Any, node_id: str, max_depth: int) -> Any:
         try:
@@ -725,6 +797,7 @@ class WorkflowEngine:
             "step_version": None,
             # The input goes to the first node until it gets past a retry.
             "input_pending": base.input_pending if status == "error" else None,
+            "joined": base.joined if status == "error" else None,
         }
         if counts is not None:
             update["counts"] = counts

@@ -17,6 +17,7 @@ Routes::
     POST /runs/import             {"snapshot": {...}, "from"?}   201 the run continues here
     POST /_dispatch               a DispatchMessage              200 with the outcome
     POST /_reconcile              {"graceMs"?: int, "limit"?: int} 200 {"scheduled": [ids]}
+    POST /_cron                   {"workflow", "schedule", "tick"?} 200 {"runId", "created"}
     GET  /healthz                                                200
     GET  /openapi.json                                           200 the OpenAPI 3.1 document
 
@@ -50,6 +51,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .codec import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
+from .delivery import Redelivery
 from .dispatcher import Dispatcher, check_run_id
 from .errors import (
     BackendError,
@@ -75,6 +77,10 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 MAX_JSON_DEPTH = DEFAULT_MAX_DEPTH
 """How deep a run's input or an event's payload may nest by default (see :class:`Limits`)."""
+
+_PUSH_QUEUE = Redelivery()
+"""A push queue over HTTP (Cloud Tasks) counts attempts and waits between them itself: only
+the decision's status matters here."""
 
 _MAX_BODY_DEPTH = MAX_DEPTH_CEILING + 1
 """No body is read deeper than the deepest value any deployment accepts, plus the body itself."""
@@ -125,6 +131,56 @@ class HttpResponse:
     def json_body(self) -> Any:
         """The body parsed as JSON."""
         return json.loads(self.body)
+
+
+class LimitedBody:
+    """A request body read no further than ``limit`` bytes: every front door reads through one.
+
+    Ask :meth:`refusal` first: a declared length over the limit is refused before anything is
+    read. Then :meth:`add` chunks while it returns True and :attr:`wanted` is positive; once
+    it returns False the body passed the limit: stop reading and answer :meth:`refusal`.
+
+    Args:
+        limit: the most bytes accepted (``HttpApi.max_body_bytes``).
+        declared: the request's Content-Length, if any (a value that is not a number is
+            ignored, and the body read as if it had none).
+    """
+
+    __slots__ = ("_chunks", "declared", "limit", "size")
+
+    def __init__(self, limit: int, declared: str | int | None) -> None:
+        self.limit = limit
+        text = str(declared).strip() if declared is not None else ""
+        self.declared: int | None = int(text) if text.isdigit() else None
+        self.size = 0
+        self._chunks: list[bytes] = []
+
+    @property
+    def wanted(self) -> int:
+        """How many more bytes to read at most: one past the limit tells that it was passed."""
+        return self.limit + 1 - self.size
+
+    def refusal(self) -> HttpResponse | None:
+        """The 413 answer when the declared length or what was read is over the limit."""
+        if self.declared is not None and self.declared > self.limit:
+            return HttpResponse.too_large(self.declared, self.limit)
+        if self.size > self.limit:
+            return HttpResponse.error(
+                413, "payload_too_large", f"the body is over the limit of {self.limit} bytes"
+            )
+        return None
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; False once the body is over the limit (stop reading)."""
+        self.size += len(chunk)
+        if self.size > self.limit:
+            return False
+        self._chunks.append(bytes(chunk))
+        return True
+
+    def bytes(self) -> bytes:
+        """The body read so far."""
+        return b"".join(self._chunks)
 
 
 class HttpError(Exception):
@@ -203,6 +259,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/runs/import"), "import_run"),
     ("POST", re.compile(r"/_dispatch"), "dispatch"),
     ("POST", re.compile(r"/_reconcile"), "reconcile"),
+    ("POST", re.compile(r"/_cron"), "cron"),
     ("GET", re.compile(r"/healthz"), "health"),
     ("GET", re.compile(r"/openapi\.json"), "openapi"),
 ]
@@ -345,10 +402,12 @@ class HttpApi:
         except NotStrictJson as exc:
             return HttpResponse.error(400, "json_limit", str(exc))
         except BackendError as exc:
-            level = logging.WARNING if exc.transient else logging.ERROR
+            # A push queue (Cloud Tasks) delivers a message again on either status.
+            decision = _PUSH_QUEUE.decide(exc)
+            level = logging.WARNING if decision.transient else logging.ERROR
             logger.log(level, "backend failure on %s %s: %s", request.method, request.path, exc)
-            status, code = (503, "unavailable") if exc.transient else (500, "backend_error")
-            return HttpResponse.error(status, code, str(exc))
+            code = "unavailable" if decision.transient else "backend_error"
+            return HttpResponse.error(decision.http_status, code, str(exc))
         except Exception:
             logger.exception("unexpected error on %s %s", request.method, request.path)
             return HttpResponse.error(500, "internal", "internal error")
@@ -378,6 +437,8 @@ class HttpApi:
                 return await self._dispatch(request)
             if action == "reconcile":
                 return await self._reconcile(request)
+            if action == "cron":
+                return await self._cron(request)
             if self._api_auth is not None and not await self._api_auth(request):
                 raise HttpError(401, "unauthorized", "a valid bearer token is required")
             if action == "list":
@@ -648,6 +709,44 @@ class HttpApi:
         scheduled = await self.dispatcher.reconcile(**options)
         return HttpResponse.json(200, {"scheduled": scheduled})
 
+    async def _cron(self, request: HttpRequest) -> HttpResponse:
+        """Start the run of one tick of a schedule (Cloud Scheduler's job calls this).
+
+        The tick is the body's, else Cloud Scheduler's ``X-CloudScheduler-ScheduleTime``
+        header, else the schedule's tick nearest to now; it must be a tick of the schedule
+        and not in the future. The run's id derives from the tick: a call repeated for the
+        same tick starts nothing.
+        """
+        from datetime import datetime
+
+        from .schedules import last_tick, nearest_tick
+
+        await self._check_scheduler(request, "cron")
+        body = self._body(_schema().CronTick, self._json(request))
+        try:
+            plan = self.dispatcher.workflow(body.workflow).schedules[body.schedule]
+        except (WorkflowNotFound, KeyError):
+            raise HttpError(
+                404, "unknown_schedule", f"no schedule {body.schedule!r} of {body.workflow!r}"
+            ) from None
+        now = self.dispatcher.clock()
+        tick = body.tick
+        stamp = request.header("x-cloudscheduler-scheduletime")
+        if tick is None and stamp:
+            try:
+                moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            except ValueError:
+                raise HttpError(400, "invalid_tick", "X-CloudScheduler-ScheduleTime") from None
+            if moment.tzinfo is None:
+                raise HttpError(400, "invalid_tick", "X-CloudScheduler-ScheduleTime needs a zone")
+            tick = round(moment.timestamp() * 1000)
+        if tick is None:
+            tick = nearest_tick(plan, now)
+        if tick is None or tick > now + 60_000 or last_tick(plan, tick) != tick:
+            raise HttpError(400, "invalid_tick", "not a past tick of the schedule")
+        snapshot, created = await self.dispatcher.fire_tick(body.workflow, body.schedule, tick)
+        return HttpResponse.json(200, {"runId": snapshot.run_id, "created": created, "tick": tick})
+
     async def _dispatch(self, request: HttpRequest) -> HttpResponse:
         await self._check_scheduler(request, "dispatch")
         data = self._json(request)
@@ -658,7 +757,7 @@ class HttpApi:
         self._run_id(message.run_id)
         result = await self.dispatcher.dispatch(message)
         return HttpResponse.json(
-            200,
+            _PUSH_QUEUE.decide(result.outcome).http_status,
             {
                 "outcome": result.outcome,
                 "runId": result.run_id,

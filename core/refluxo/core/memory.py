@@ -10,7 +10,15 @@ import itertools
 from collections.abc import Callable, Sequence
 
 from .errors import RunNotFound, VersionConflict
-from .model import DispatchMessage, NodeResult, Snapshot, encode_snapshot, now_ms
+from .model import (
+    DispatchMessage,
+    NodeResult,
+    Snapshot,
+    decode_result,
+    decode_snapshot,
+    encode_snapshot,
+    now_ms,
+)
 from .ports import (
     DueRuns,
     ResultArchive,
@@ -65,10 +73,10 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         return True
 
     async def load(self, run_id: str) -> Snapshot:
-        try:
-            return Snapshot.from_json(self._runs[run_id])
-        except KeyError:
-            raise RunNotFound(run_id) from None
+        raw = self._runs.get(run_id)
+        if raw is None:
+            raise RunNotFound(run_id)
+        return decode_snapshot(run_id, raw, "the memory store")
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
         run_id = snapshot.workflow_id
@@ -123,7 +131,7 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
 
     async def archived_results(self, run_id: str, node_id: str) -> list[NodeResult]:
         kept = self._archive.get((run_id, node_id), {})
-        return [NodeResult.model_validate_json(kept[i]) for i in sorted(kept)]
+        return [decode_result(run_id, kept[i], "the memory store") for i in sorted(kept)]
 
     def run_ids(self) -> list[str]:
         """Every stored run id."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -18,7 +18,15 @@ from pydantic.alias_generators import to_camel
 Status = Literal["active", "paused", "error", "completed", "failed"]
 """A run's status. ``error`` means a retry is pending; ``failed`` is final."""
 
+M = TypeVar("M", bound=BaseModel)
+
 TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+
+JoinMode = Literal["all", "any"]
+"""How a join node waits for its incoming branches: for every one, or for the first."""
+
+BranchStatus = Literal["active", "paused", "error", "joined", "completed", "failed"]
+"""A branch's status: the run statuses, plus ``joined`` (parked at a join node)."""
 
 
 def now_ms() -> int:
@@ -63,6 +71,11 @@ class Node(WireModel):
     type: str
     data: Any = None
     metadata: Any = _optional()
+    join: JoinMode | None = _optional()
+    """On a node where branches meet: wait for ``all`` of them (the default) or ``any``."""
+    on_branch_failure: Literal["fail", "continue"] | None = _optional()
+    """On a node with several edges for one handle (a fork): what a failed branch does. ``fail``
+    (the default) fails the run; ``continue`` records the failure and joins the others."""
 
 
 class Edge(WireModel):
@@ -87,7 +100,7 @@ class WorkflowDefinition(WireModel):
         change and runs in flight pick it up; renaming, retyping or rewiring nodes is not.
         """
         shape = {
-            "nodes": sorted([n.id, n.type] for n in self.nodes),
+            "nodes": sorted([n.id, n.type, *([n.join] if n.join else [])] for n in self.nodes),
             "edges": sorted([e.source, e.source_handle or "", e.target] for e in self.edges),
         }
         raw = json.dumps(shape, separators=(",", ":")).encode()
@@ -140,6 +153,27 @@ class DefinitionRef(WireModel):
     hash: str
 
 
+class BranchState(WireModel):
+    """One parallel branch of a run: where it is and what it waits for.
+
+    A branch steps on its own deliveries (``DispatchMessage.branch``); ``version`` counts its
+    steps, as a run's ``version`` counts the run's.
+    """
+
+    node_id: str | None
+    status: BranchStatus
+    version: int = 0
+    source: str | None = _optional()
+    """The last node the branch finished (its result is what the join receives)."""
+    wait: WaitState | None = _optional()
+    retry_state: RetryState | None = _optional()
+    joined: dict[str, Any] | None = _optional()
+    """The results a released join node receives as its external payload."""
+    on_failure: Literal["fail", "continue"] | None = _optional()
+    error: str | None = _optional()
+    """Why the branch failed (``status == "failed"``, kept when failures continue)."""
+
+
 class Snapshot(WireModel):
     """The whole state of a run. JSON round-trips losslessly; extra fields are kept.
 
@@ -170,6 +204,11 @@ class Snapshot(WireModel):
     input_pending: bool | None = _optional()
     """True while the run's input is still to be given to a step: its first node gets it, on
     every attempt, until that node succeeds, pauses or is left by a timeout."""
+    branches: dict[str, BranchState] | None = _optional()
+    """The parallel branches in flight, by id (None while the run has none). While it has
+    branches, a run is ``active`` with no current node: each branch has its own."""
+    joined: dict[str, Any] | None = _optional()
+    """What the join node about to run receives: ``{branch's last node id: its output}``."""
 
     @property
     def run_id(self) -> str:
@@ -186,8 +225,13 @@ class Snapshot(WireModel):
 
         ``active`` runs are due now (0); a retry is due at ``nextRetryAt``; a sleep or an event
         timeout at ``wait.until``. A paused run with no deadline, and a finished run, are never
-        due: only an event moves them.
+        due: only an event moves them. A run with branches is due when its first branch is.
         """
+        if self.branches and not self.is_terminal:
+            dues = [
+                d for b in self.branches for d in [self.branch_view(b).due_at()] if d is not None
+            ]
+            return min(dues) if dues else None
         if self.status == "active":
             return 0
         if self.status == "error" and self.retry_state is not None:
@@ -195,6 +239,28 @@ class Snapshot(WireModel):
         if self.status == "paused" and self.wait is not None and self.wait.until is not None:
             return self.wait.until
         return None
+
+    def branch_view(self, branch_id: str) -> Snapshot:
+        """The run as branch ``branch_id`` sees it: its status, node, wait, retry and version.
+
+        Raises:
+            KeyError: the run has no such branch.
+        """
+        branch = (self.branches or {})[branch_id]
+        status = branch.status if branch.status in ("active", "paused", "error") else "completed"
+        return self.model_copy(
+            update={
+                "status": status,
+                "current_node_id": branch.node_id,
+                "version": branch.version,
+                "wait": branch.wait,
+                "retry_state": branch.retry_state,
+                "joined": branch.joined,
+                "branches": None,
+                "step_version": None,
+                "input_pending": None,
+            }
+        )
 
     def results(self, node_id: str) -> list[NodeResult]:
         """The results recorded for ``node_id`` (oldest first; possibly trimmed by retention)."""
@@ -279,33 +345,8 @@ class Snapshot(WireModel):
 
     @classmethod
     def from_stored(cls, run_id: str, raw: Any, where: str = "the store") -> Snapshot:
-        """Load a snapshot a store kept; what is not snapshot JSON becomes a (final) StoreError.
-
-        The error names what is wrong and where, never the stored content: it reaches HTTP
-        answers and logs.
-        """
-        from pydantic import ValidationError
-
-        from .errors import StoreError
-
-        if isinstance(raw, bytes | bytearray | memoryview):
-            raw = bytes(raw).decode("utf-8")
-        if not isinstance(raw, str):
-            raise StoreError(
-                f"{where} holds a {type(raw).__name__} for run {run_id!r}, not snapshot JSON",
-                transient=False,
-            )
-        try:
-            return cls.model_validate_json(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                for e in exc.errors(include_url=False, include_input=False, include_context=False)
-            )
-            raise StoreError(
-                f"{where}: the stored snapshot of run {run_id!r} is not valid ({problems})",
-                transient=False,
-            ) from exc
+        """Load a snapshot a store kept: :func:`decode_snapshot`."""
+        return decode_snapshot(run_id, raw, where)
 
 
 FINISH_HEADROOM_BYTES = 8192
@@ -339,6 +380,45 @@ def encode_snapshot(snapshot: Snapshot, max_bytes: int | None, what: str | None 
     return raw
 
 
+def decode_snapshot(run_id: str, raw: Any, where: str = "the store") -> Snapshot:
+    """The snapshot of ``run_id`` from what a store kept (JSON text or UTF-8 bytes).
+
+    Raises:
+        StoreError: (not transient) ``raw`` is not snapshot JSON. The error names what is
+            wrong and where, never the stored content: it reaches HTTP answers and logs.
+    """
+    return _decode(Snapshot, raw, f"the stored snapshot of run {run_id!r}", where)
+
+
+def decode_result(run_id: str, raw: Any, where: str = "the store") -> NodeResult:
+    """An archived :class:`NodeResult` of ``run_id`` from what a store kept.
+
+    Raises:
+        StoreError: (not transient) ``raw`` is not a result's JSON; the error does not repeat
+            the stored content.
+    """
+    return _decode(NodeResult, raw, f"an archived result of run {run_id!r}", where)
+
+
+def _decode(model: type[M], raw: Any, what: str, where: str) -> M:
+    from pydantic import ValidationError
+
+    from .errors import StoreError
+
+    if isinstance(raw, bytes | bytearray | memoryview):
+        raw = bytes(raw).decode("utf-8", "replace")
+    if not isinstance(raw, str):
+        raise StoreError(f"{where}: {what} is a {type(raw).__name__}, not JSON", transient=False)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        )
+        raise StoreError(f"{where}: {what} is not valid ({problems})", transient=False) from exc
+
+
 class DispatchMessage(WireModel):
     """ "Run the next step of run X": what a scheduler delivers to the dispatcher.
 
@@ -350,8 +430,11 @@ class DispatchMessage(WireModel):
     run_id: str
     version: int
     hop: int = 0
+    branch: str | None = Field(default=None, exclude_if=_is_none, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """The parallel branch to step (``version`` is then the branch's), or None for the run."""
 
     @property
     def key(self) -> str:
         """A deduplication key: the same for every schedule of the same delivery."""
-        return f"{self.run_id}.{self.version}.{self.hop}"
+        key = f"{self.run_id}.{self.version}.{self.hop}"
+        return key if self.branch is None else f"{key}.b{self.branch}"

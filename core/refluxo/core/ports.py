@@ -19,7 +19,9 @@ class StateStore(Protocol):
     """Stores snapshots by run id, with optimistic locking on ``Snapshot.version``.
 
     A store writes what :func:`~refluxo.core.model.encode_snapshot` makes of a snapshot: JSON
-    proven to read back, within the store's size limit.
+    proven to read back, within the store's size limit; it reads it back with
+    :func:`~refluxo.core.model.decode_snapshot`. A SQL database needs only a driver and a
+    dialect of :class:`~refluxo.core.sql.SqlStateStore`.
 
     Errors: every method raises :class:`~refluxo.core.errors.StoreError` when the backend
     fails; its ``transient`` flag says whether trying again may succeed.

@@ -155,6 +155,27 @@ class Reconcile(_Body):
     )
 
 
+class CronTick(_Body):
+    """``POST /_cron``: start the run of one tick of a workflow's schedule."""
+
+    workflow: StrictStr = Field(description="the workflow's name")
+    schedule: StrictStr = Field(description="the schedule's name (see Workflow(schedules=...))")
+    tick: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        description="the tick, epoch ms (default: Cloud Scheduler's X-CloudScheduler-ScheduleTime "
+        "header, else the schedule's tick nearest to now)",
+    )
+
+
+class CronStarted(_Body):
+    """The run a tick started (or had started already)."""
+
+    runId: str
+    created: bool
+    tick: int
+
+
 class Reconciled(_Body):
     """What ``/_reconcile`` scheduled."""
 
@@ -312,6 +333,8 @@ def openapi_document() -> dict[str, Any]:
         (Exported, "serialization"),
         (ImportRun, "validation"),
         (Reconciled, "serialization"),
+        (CronTick, "validation"),
+        (CronStarted, "serialization"),
         (RunSummary, "serialization"),
         (RunListItem, "serialization"),
         (WorkflowList, "serialization"),
@@ -626,6 +649,26 @@ def openapi_document() -> dict[str, Any]:
                         *common,
                         "403",
                         "501",
+                    ),
+                }
+            },
+            "/_cron": {
+                "post": {
+                    "operationId": "cronTick",
+                    "description": "the platform timer's route: start the run of a schedule's "
+                    "tick (once per tick)",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": True, "content": _json_content(_ref("CronTick"))},
+                    "responses": _answers(
+                        {
+                            "200": {
+                                "description": "the tick's run",
+                                "content": _json_content(_ref("CronStarted")),
+                            }
+                        },
+                        *common,
+                        "403",
+                        "404",
                     ),
                 }
             },

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .model import Snapshot, WorkflowDefinition
+from .subflows import SUBWORKFLOW_TYPE, child_of_event
 
 STRANDED_AFTER_MS = 300_000
 """A run due for longer than this without a step has most likely lost its delivery."""
@@ -57,6 +58,12 @@ def render_timeline(snapshot: Snapshot, *, now: int | None = None) -> str:
     )
     name = snapshot.definition.name if snapshot.definition else "?"
     lines = [f"run {snapshot.run_id} (workflow {name}), version {snapshot.version}"]
+    parent = snapshot.metadata.get("parent")
+    if isinstance(parent, dict):
+        lines.append(f"  child of run {parent.get('runId')} (node {parent.get('node')})")
+    children = snapshot.metadata.get("children")
+    if isinstance(children, list) and children:
+        lines.append(f"  child runs: {', '.join(str(c) for c in children)}")
     first = rows[0][0] if rows else snapshot.last_started_at
     if first is not None:
         lines.append(f"  started {_date(first)}")
@@ -78,7 +85,8 @@ def render_timeline(snapshot: Snapshot, *, now: int | None = None) -> str:
             now_line += f", sleeping until {_date(snapshot.wait.until)}"
         else:
             event = repr(snapshot.wait.event) if snapshot.wait.event else "an event"
-            now_line += f", waiting for {event}"
+            child = child_of_event(snapshot.wait.event)
+            now_line += f", waiting for child run {child}" if child else f", waiting for {event}"
             if snapshot.wait.until is not None:
                 now_line += f" until {_date(snapshot.wait.until)}"
     elif snapshot.status == "paused":
@@ -88,6 +96,17 @@ def render_timeline(snapshot: Snapshot, *, now: int | None = None) -> str:
     if snapshot.status == "failed" and "failedReason" in snapshot.metadata:
         now_line += f" ({snapshot.metadata['failedReason']})"
     lines.append(now_line)
+    for bid, branch in (snapshot.branches or {}).items():
+        line = f"    branch {bid}: {branch.status} at {branch.node_id or '-'}"
+        if branch.status == "error" and branch.retry_state:
+            rs = branch.retry_state
+            line += f", retry {rs.attempts + 1} at {_time(rs.next_retry_at)}"
+        if branch.wait is not None:
+            waits = "sleeping" if branch.wait.kind == "sleep" else "waiting for an event"
+            line += f", {waits} until {_time(branch.wait.until)}"
+        if branch.error:
+            line += f" ({branch.error})"
+        lines.append(line)
     refused = snapshot.metadata.get("refused")
     if isinstance(refused, dict) and not snapshot.is_terminal:
         lines.append(
@@ -194,12 +213,37 @@ def _label(text: str) -> str:
 
 
 def to_mermaid(definition: WorkflowDefinition) -> str:
-    """The workflow as a Mermaid flowchart: one box per node (id and type), edges with handles."""
+    """The workflow as a Mermaid flowchart: one box per node (id and type), edges with handles.
+
+    A fork (several edges for one handle) is marked ``fork`` and its edges drawn thick; a join
+    (where branches meet) is a hexagon saying how it waits (``join: all`` or ``join: any``).
+    A sub-workflow node names the workflow it runs.
+    """
     ids = {node.id: f"n{i}" for i, node in enumerate(definition.nodes)}
+    fanout: dict[tuple[str, str | None], int] = {}
+    sources: dict[str, set[str]] = {}
+    for edge in definition.edges:
+        key = (edge.source, edge.source_handle)
+        fanout[key] = fanout.get(key, 0) + 1
+        sources.setdefault(edge.target, set()).add(edge.source)
+    forks = {source for (source, _), n in fanout.items() if n > 1}
     lines = ["flowchart TD"]
     for node in definition.nodes:
-        lines.append(f'    {ids[node.id]}["{_label(node.id)}<br/><i>{_label(node.type)}</i>"]')
+        label = f"{_label(node.id)}<br/><i>{_label(node.type)}</i>"
+        if node.id in forks:
+            label += "<br/>fork"
+        child = node.data.get("workflow") if isinstance(node.data, dict) else None
+        if node.type == SUBWORKFLOW_TYPE and isinstance(child, str):
+            label += f"<br/>runs {_label(child)}"
+        join = node.join or ("all" if forks and len(sources.get(node.id, ())) > 1 else None)
+        if join is not None:
+            lines.append(f'    {ids[node.id]}{{{{"{label}<br/>join: {join}"}}}}')
+        else:
+            lines.append(f'    {ids[node.id]}["{label}"]')
     for edge in definition.edges:
-        arrow = f"-- {_label(edge.source_handle)} -->" if edge.source_handle else "-->"
+        parallel = fanout[(edge.source, edge.source_handle)] > 1
+        line = "==" if parallel else "--"
+        tip = "==>" if parallel else "-->"
+        arrow = f"{line} {_label(edge.source_handle)} {tip}" if edge.source_handle else tip
         lines.append(f"    {ids[edge.source]} {arrow} {ids[edge.target]}")
     return "\n".join(lines)

@@ -221,13 +221,13 @@ async def test_kv_stores_the_version_in_metadata():
 
 
 async def test_kv_stores_the_due_time_in_metadata_with_the_value():
-    store = KVStateStore(env.STATE, prefix="due-meta:")
+    store = KVStateStore(env.STATE, prefix="due-meta/")
     before = now_ms()
     await store.create(snapshot())  # active: due since it was written
-    found = await env.STATE.getWithMetadata("due-meta:run-1", type="text")
+    found = await env.STATE.getWithMetadata("due-meta/run-1", type="text")
     assert before <= found["metadata"]["due"] <= now_ms()
     await store.save(snapshot(version=1, status="completed"), expected_version=0)
-    found = await env.STATE.getWithMetadata("due-meta:run-1", type="text")
+    found = await env.STATE.getWithMetadata("due-meta/run-1", type="text")
     assert found["metadata"]["due"] is None
 
 
@@ -254,7 +254,7 @@ class SmallPages:
 
 async def test_kv_due_runs_follows_the_listing_cursor_across_pages():
     pages = SmallPages(env.STATE)
-    store = KVStateStore(pages, prefix="paged:")
+    store = KVStateStore(pages, prefix="paged/")
     now = now_ms()
     for i in range(5):
         sleeping = snapshot(f"r{i}", status="paused", wait={"kind": "sleep", "until": now - i})

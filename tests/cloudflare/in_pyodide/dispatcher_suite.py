@@ -29,7 +29,7 @@ def d1_store(clock):
 
 
 def kv_store(clock):
-    return KVStateStore(env.STATE, prefix=f"scenario{next(_fresh)}:")
+    return KVStateStore(env.STATE, prefix=f"scenario{next(_fresh)}/")
 
 
 def fixtures(make):

@@ -12,23 +12,25 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
-from pydantic import ValidationError
-
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
-from refluxo.core.model import NodeResult, Snapshot, encode_snapshot, now_ms
-from refluxo.core.ports import (
-    DueRuns,
-    ResultArchive,
-    RunIndex,
-    RunInfo,
-    StateStore,
-    stored_due_time,
+from refluxo.core.model import Snapshot, decode_snapshot, encode_snapshot, now_ms
+from refluxo.core.ports import DueRuns, RunIndex, RunInfo, StateStore, stored_due_time
+from refluxo.core.sql import (
+    Row,
+    SqlDialect,
+    SqlDriver,
+    SqlStateStore,
+    archive_table,
+    find_runs_statement,
+    standard_dialect,
 )
 
-from ._bindings import D1Database, KVNamespace
-from ._errors import describe, store_error
+from ._bindings import D1Database, D1PreparedStatement, KVNamespace
+from ._errors import describe, is_transient, store_error
 from .limits import D1_MAX_ROW_BYTES, KV_MAX_KEY_BYTES, KV_MAX_VALUE_BYTES
 
 __all__ = [
@@ -37,8 +39,10 @@ __all__ = [
     "DEFAULT_D1_MAX_BYTES",
     "KV_MAX_KEY_BYTES",
     "KV_MAX_VALUE_BYTES",
+    "D1Driver",
     "D1StateStore",
     "KVStateStore",
+    "d1_dialect",
 ]
 
 DEFAULT_D1_MAX_BYTES = D1_MAX_ROW_BYTES - 1024
@@ -53,14 +57,6 @@ def _field(obj: Any, name: str) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
-
-
-def _parse(run_id: str, raw: Any, where: str) -> Snapshot:
-    return Snapshot.from_stored(run_id, raw, where)
-
-
-def _encoded(snapshot: Snapshot, limit: int) -> str:
-    return encode_snapshot(snapshot, limit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +186,7 @@ class KVStateStore(StateStore, DueRuns, RunIndex):
                 f"cannot store run id {run_id!r}: with the prefix {self.prefix!r} its KV key "
                 f"would be empty or over {KV_MAX_KEY_BYTES} bytes"
             )
-        raw = _encoded(snapshot, self.max_bytes)
+        raw = encode_snapshot(snapshot, self.max_bytes)
         existing = await self._call(self._kv.get(key), f"read run {run_id!r} before creating it")
         if existing is not None:
             return False
@@ -205,14 +201,14 @@ class KVStateStore(StateStore, DueRuns, RunIndex):
         raw = await self._call(self._kv.get(key, type="text"), f"load run {run_id!r}")
         if raw is None:
             raise RunNotFound(run_id)
-        return _parse(run_id, raw, f"KV key {key!r}")
+        return decode_snapshot(run_id, raw, f"KV key {key!r}")
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
         run_id = snapshot.workflow_id
         key = self._key(run_id)
         if key is None:
             raise RunNotFound(run_id)
-        raw = _encoded(snapshot, self.max_bytes)
+        raw = encode_snapshot(snapshot, self.max_bytes)
         found = await self._call(
             self._kv.getWithMetadata(key, type="text"), f"read run {run_id!r} before saving it"
         )
@@ -422,13 +418,7 @@ D1_SCHEMA = (
 )""",
     "CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status, updated_at)",
     "CREATE INDEX IF NOT EXISTS {table}_due ON {table} (due_at) WHERE due_at IS NOT NULL",
-    """CREATE TABLE IF NOT EXISTS {table}_results (
-    run_id TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    result TEXT NOT NULL,
-    PRIMARY KEY (run_id, node_id, idx)
-) WITHOUT ROWID""",
+    archive_table("{table}_results") + " WITHOUT ROWID",
 )
 """The statements that create the runs table and its results archive (``{table}`` is the
 runs table's name); idempotent."""
@@ -436,7 +426,6 @@ runs table's name); idempotent."""
 # Statements per D1 batch when archiving: one round trip each, well under D1's limits.
 _ARCHIVE_BATCH = 50
 
-_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,55}")
 _NO_TABLE = re.compile(r"no such table", re.IGNORECASE)
 _NO_DUE_AT = re.compile(r"(no such column|has no column named):? due_at", re.IGNORECASE)
 D1_ADD_DUE_AT = (
@@ -448,9 +437,112 @@ D1_ADD_DUE_AT = (
 """The migration of a runs table created before ``due_at`` (run when a statement misses it)."""
 
 
-class D1StateStore(StateStore, ResultArchive, DueRuns, RunIndex):
+def _schema_missing(message: str) -> bool:
+    return bool(_NO_TABLE.search(message) or _NO_DUE_AT.search(message))
+
+
+async def _prepare_d1(driver: SqlDriver, dialect: SqlDialect) -> None:
+    """Create the tables; a table from before ``due_at`` gets the column first (its index
+    would not be created without it)."""
+    try:
+        await driver.script(dialect.schema)
+    except StoreError as exc:
+        if not _NO_DUE_AT.search(str(exc)):
+            raise
+    else:
+        return
+    try:
+        await driver.script([sql.format(table=dialect.runs) for sql in D1_ADD_DUE_AT])
+    except StoreError as exc:
+        if not re.search(r"duplicate column", str(exc), re.IGNORECASE):
+            raise
+    await driver.script(dialect.schema)
+
+
+def d1_dialect(table: str = "refluxo_runs") -> SqlDialect:
+    """The D1 statements: the standard ones on ``table`` and ``<table>_results``, the schema of
+    :data:`D1_SCHEMA`, created (or migrated) when a statement finds it missing.
+
+    Raises:
+        ValueError: ``table`` is not letters, digits and ``_``.
+    """
+    try:
+        dialect = standard_dialect("D1", runs=table)
+    except ValueError:
+        raise ValueError(f"invalid D1 table name {table!r}: letters, digits and '_'") from None
+    return replace(
+        dialect,
+        schema=tuple(sql.format(table=table) for sql in D1_SCHEMA),
+        schema_missing=_schema_missing,
+        prepare=_prepare_d1,
+        # The table keeps no creation time: runs list with ``created_at`` None.
+        find_rows=find_runs_statement(table, created_at="NULL"),
+    )
+
+
+def _row(obj: Any) -> Row:
+    """A D1 row as a mapping (the SDK gives a dict; an unconverted JS object is converted)."""
+    if isinstance(obj, Mapping):
+        return obj
+    to_py = getattr(obj, "to_py", None)
+    if to_py is not None:
+        converted = to_py()
+        if isinstance(converted, Mapping):
+            return converted
+    raise StoreError(
+        f"D1 answered a row that is not an object: {type(obj).__name__}", transient=False
+    )
+
+
+class D1Driver:
+    """A :class:`~refluxo.core.sql.SqlDriver` on a D1 binding (``env.DB``).
+
+    D1 takes ``?`` placeholders as they are; every call is one round trip, ``script`` and
+    ``execute_many`` a ``batch`` (D1 runs a batch as one transaction). Binding failures become
+    StoreErrors, transient as D1's retryable errors are (see :mod:`._errors`).
+    """
+
+    def __init__(self, database: D1Database) -> None:
+        self._db = database
+
+    def _statement(self, sql: str, params: Sequence[Any]) -> D1PreparedStatement:
+        statement = self._db.prepare(sql)
+        return statement.bind(*params) if params else statement
+
+    @staticmethod
+    async def _call(call: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await call()
+        except Exception as exc:
+            raise StoreError(describe(exc), transient=is_transient(exc)) from exc
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        result = await self._call(lambda: self._statement(sql, params).run())
+        return _changes(result)
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        for start in range(0, len(rows), _ARCHIVE_BATCH):
+            await self._call(partial(self._batch, sql, rows[start : start + _ARCHIVE_BATCH]))
+
+    def _batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> Awaitable[Any]:
+        return self._db.batch([self._statement(sql, row) for row in rows])
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row = await self._call(lambda: self._statement(sql, params).first())
+        return None if row is None else _row(row)
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        found = await self._call(lambda: self._statement(sql, params).all())
+        return [_row(row) for row in _field(found, "results") or []]
+
+    async def script(self, statements: Sequence[str]) -> None:
+        await self._call(lambda: self._db.batch([self._db.prepare(sql) for sql in statements]))
+
+
+class D1StateStore(SqlStateStore):
     """Keeps each run as one row of a D1 (SQLite) table; every write is one atomic statement.
 
+    The SQL store of :mod:`refluxo.core.sql` on :class:`D1Driver` with :func:`d1_dialect`.
     The table (``refluxo_runs`` by default; created on first use, or ahead of time with
     :meth:`ensure_schema`)::
 
@@ -465,7 +557,7 @@ class D1StateStore(StateStore, ResultArchive, DueRuns, RunIndex):
 
     * ``create``: ``INSERT ... ON CONFLICT (id) DO NOTHING``; ``meta.changes`` says whether
       the row was inserted.
-    * ``save``: ``UPDATE ... WHERE id = ?7 AND version = ?8``; zero changed rows means the
+    * ``save``: ``UPDATE ... WHERE id = ? AND version = ?``; zero changed rows means the
       version moved on (VersionConflict) or the run does not exist (RunNotFound), which one
       read then tells apart.
 
@@ -493,238 +585,30 @@ class D1StateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         max_bytes: int = DEFAULT_D1_MAX_BYTES,
         clock: Callable[[], int] = now_ms,
     ) -> None:
-        if not _TABLE_NAME.fullmatch(table):
-            raise ValueError(f"invalid D1 table name {table!r}: letters, digits and '_'")
+        dialect = d1_dialect(table)
         if not 0 < max_bytes <= D1_MAX_ROW_BYTES:
             raise ValueError(
                 f"max_bytes must be between 1 and {D1_MAX_ROW_BYTES} (D1's row limit), "
                 f"got {max_bytes}"
             )
-        self._db = database
         self.table = table
-        self.max_bytes = max_bytes
-        self._clock = clock
-        t = table
-        self._insert = (
-            f"INSERT INTO {t} (id, version, status, workflow, snapshot, updated_at, due_at) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING"
-        )
-        self._due = (
-            f"SELECT id FROM {t} WHERE due_at IS NOT NULL AND due_at <= ?1 "
-            "ORDER BY due_at, id LIMIT ?2"
-        )
-        self._select = f"SELECT snapshot FROM {t} WHERE id = ?1"
-        self._select_version = f"SELECT version FROM {t} WHERE id = ?1"
-        self._update = (
-            f"UPDATE {t} SET version = ?1, status = ?2, workflow = ?3, snapshot = ?4, "
-            "updated_at = ?5, due_at = ?6 WHERE id = ?7 AND version = ?8"
-        )
-        self._archive = (
-            f"INSERT INTO {t}_results (run_id, node_id, idx, result) VALUES (?1, ?2, ?3, ?4) "
-            "ON CONFLICT DO NOTHING"
-        )
-        self._archived = (
-            f"SELECT result FROM {t}_results WHERE run_id = ?1 AND node_id = ?2 ORDER BY idx"
-        )
+        super().__init__(D1Driver(database), dialect, max_bytes=max_bytes, clock=clock)
 
-    async def ensure_schema(self) -> None:
-        """Create the table and its index if they do not exist (safe to call any time).
-
-        Raises:
-            StoreError: D1 failed.
-        """
-        statements = [self._db.prepare(sql.format(table=self.table)) for sql in D1_SCHEMA]
-        try:
-            await self._db.batch(statements)
-        except Exception as exc:
-            raise store_error(exc, "D1", f"create table {self.table!r}") from exc
-
-    async def _add_due_at(self) -> None:
-        statements = [self._db.prepare(sql.format(table=self.table)) for sql in D1_ADD_DUE_AT]
-        try:
-            await self._db.batch(statements)
-        except Exception as exc:
-            if not re.search(r"duplicate column", describe(exc), re.IGNORECASE):
-                raise store_error(exc, "D1", f"add due_at to table {self.table!r}") from exc
-
-    # --- the port --------------------------------------------------------------------------
-
-    async def create(self, snapshot: Snapshot) -> bool:
-        run_id = snapshot.workflow_id
-        args = self._row(snapshot)
-        result = await self._run(
-            lambda: self._db.prepare(self._insert).bind(*args).run(), f"create run {run_id!r}"
-        )
-        return _changes(result, run_id) == 1
-
-    async def load(self, run_id: str) -> Snapshot:
-        row = await self._run(
-            lambda: self._db.prepare(self._select).bind(run_id).first(), f"load run {run_id!r}"
-        )
-        if row is None:
-            raise RunNotFound(run_id)
-        return _parse(run_id, _field(row, "snapshot"), f"D1 table {self.table!r}")
-
-    async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
-        run_id = snapshot.workflow_id
-        args = self._row(snapshot)
-        update = (*args[1:], run_id, expected_version)
-        result = await self._run(
-            lambda: self._db.prepare(self._update).bind(*update).run(), f"save run {run_id!r}"
-        )
-        if _changes(result, run_id) == 1:
-            return
-        row = await self._run(
-            lambda: self._db.prepare(self._select_version).bind(run_id).first(),
-            f"read run {run_id!r} after a refused save",
-        )
-        if row is None:
-            raise RunNotFound(run_id)
-        actual = _field(row, "version")
-        raise VersionConflict(run_id, expected_version, actual if isinstance(actual, int) else None)
-
-    # --- DueRuns ----------------------------------------------------------------------------
-
-    async def due_runs(self, *, due_before: int, limit: int) -> list[str]:
-        """Runs due at or before ``due_before``, earliest first (the ``due_at`` index)."""
-        found = await self._run(
-            lambda: self._db.prepare(self._due).bind(due_before, limit).all(), "find due runs"
-        )
-        return [str(_field(row, "id")) for row in _field(found, "results") or []]
-
-    # --- RunIndex -----------------------------------------------------------------------------
-
-    async def find_runs(
-        self,
-        *,
-        workflow: str | None = None,
-        status: str | None = None,
-        updated_before: int | None = None,
-        updated_after: int | None = None,
-        after: tuple[int, str] | None = None,
-        limit: int = 50,
-    ) -> list[RunInfo]:
-        """Runs newest first (see :class:`~refluxo.core.ports.RunIndex`); the current node and
-        the failed reason are read from the JSON of the rows returned. The table keeps no
-        creation time: ``created_at`` is None."""
-        where: list[str] = []
-        params: list[Any] = []
-
-        def bind(value: Any) -> str:
-            params.append(value)
-            return f"?{len(params)}"
-
-        if workflow is not None:
-            where.append(f"workflow = {bind(workflow)}")
-        if status is not None:
-            where.append(f"status = {bind(status)}")
-        if updated_before is not None:
-            where.append(f"updated_at < {bind(updated_before)}")
-        if updated_after is not None:
-            where.append(f"updated_at >= {bind(updated_after)}")
-        if after is not None:
-            at, run_id = bind(after[0]), bind(after[1])
-            where.append(f"(updated_at < {at} OR (updated_at = {at} AND id > {run_id}))")
-        # The page's ids first, then the JSON of those rows alone (as the SQLite store does).
-        page = f"SELECT id FROM {self.table}"
-        if where:
-            page += " WHERE " + " AND ".join(where)
-        page += f" ORDER BY updated_at DESC, id LIMIT {bind(limit)}"
-        sql = (
-            "SELECT r.id AS id, r.workflow AS workflow, r.status AS status,"
-            " json_extract(r.snapshot, '$.currentNodeId') AS node, r.version AS version,"
-            " r.updated_at AS updated_at, CASE r.status WHEN 'failed' THEN"
-            " json_extract(r.snapshot, '$.metadata.failedReason') END AS reason"
-            f" FROM ({page}) AS page JOIN {self.table} AS r ON r.id = page.id"
-            " ORDER BY r.updated_at DESC, r.id"
-        )
-        found = await self._run(lambda: self._db.prepare(sql).bind(*params).all(), "find runs")
-        return [
-            RunInfo(
-                run_id=str(_field(row, "id")),
-                workflow=_text(_field(row, "workflow")),
-                status=str(_field(row, "status")),
-                current_node=_text(_field(row, "node")),
-                version=_ms(_field(row, "version")) or 0,
-                created_at=None,
-                updated_at=_ms(_field(row, "updated_at")) or 0,
-                failed_reason=_text(_field(row, "reason")),
-            )
-            for row in _field(found, "results") or []
-        ]
-
-    # --- ResultArchive ---------------------------------------------------------------------
-
-    async def archive_results(
-        self, run_id: str, node_id: str, first_index: int, results: Sequence[NodeResult]
-    ) -> None:
-        """Keep results trimmed out of a snapshot; an index kept already is left as it is."""
-        rows = [(run_id, node_id, first_index + i, r.to_json()) for i, r in enumerate(results)]
-        for start in range(0, len(rows), _ARCHIVE_BATCH):
-            chunk = rows[start : start + _ARCHIVE_BATCH]
-
-            def batch(chunk: list[tuple[Any, ...]] = chunk) -> Awaitable[Any]:
-                insert = self._db.prepare(self._archive)
-                return self._db.batch([insert.bind(*row) for row in chunk])
-
-            await self._run(batch, f"archive results of run {run_id!r}")
-
-    async def archived_results(self, run_id: str, node_id: str) -> list[NodeResult]:
-        """Every archived result of ``node_id`` in ``run_id``, oldest first."""
-        found = await self._run(
-            lambda: self._db.prepare(self._archived).bind(run_id, node_id).all(),
-            f"read archived results of run {run_id!r}",
-        )
-        try:
-            return [
-                NodeResult.model_validate_json(_field(row, "result"))
-                for row in _field(found, "results") or []
-            ]
-        except ValidationError as exc:
-            raise StoreError(
-                f"D1 table {self.table}_results holds an invalid result of run {run_id!r}: {exc}",
-                transient=False,
-            ) from exc
-
-    # --- internals -------------------------------------------------------------------------
-
-    def _row(self, snapshot: Snapshot) -> tuple[Any, ...]:
-        """(id, version, status, workflow, snapshot, updated_at, due_at); PayloadTooLarge if
-        too big."""
-        raw = _encoded(snapshot, self.max_bytes)
+    def encode(self, snapshot: Snapshot) -> str:
+        """The snapshot's JSON; PayloadTooLarge when it, or the whole row, is too big."""
+        raw = super().encode(snapshot)
         workflow = snapshot.definition.name if snapshot.definition is not None else None
-        row = (snapshot.workflow_id, snapshot.version, snapshot.status, workflow, raw)
+        row = (snapshot.workflow_id, snapshot.status, workflow, raw)
         size = sum(len(v.encode("utf-8")) for v in row if isinstance(v, str)) + 16
         if size > D1_MAX_ROW_BYTES:
             raise PayloadTooLarge(f"D1 row of run {snapshot.workflow_id!r}", size, D1_MAX_ROW_BYTES)
-        now = self._clock()
-        return (*row, now, stored_due_time(snapshot, now))
-
-    async def _run(self, call: Callable[[], Awaitable[Any]], doing: str) -> Any:
-        """Run a statement; when the table is missing (or older, without ``due_at``), create
-        (or migrate) it and run the statement again."""
-        try:
-            return await call()
-        except Exception as exc:
-            text = describe(exc)
-            if _NO_DUE_AT.search(text):
-                await self._add_due_at()
-            elif not _NO_TABLE.search(text):
-                raise store_error(exc, "D1", doing) from exc
-        await self.ensure_schema()
-        try:
-            return await call()
-        except Exception as exc:
-            raise store_error(exc, "D1", doing) from exc
+        return raw
 
 
-def _changes(result: Any, run_id: str) -> int:
+def _changes(result: Any) -> int:
     changes = _field(_field(result, "meta"), "changes")
     if isinstance(changes, float) and changes.is_integer():
         changes = int(changes)
     if not isinstance(changes, int):
-        raise StoreError(
-            f"D1 answered no meta.changes for a write to run {run_id!r}: {result!r}",
-            transient=False,
-        )
+        raise StoreError(f"D1 answered no meta.changes for a write: {result!r}", transient=False)
     return changes

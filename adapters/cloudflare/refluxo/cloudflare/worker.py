@@ -1,5 +1,5 @@
 """The Worker's composition root and handlers: HTTP API on ``fetch``, steps on ``queue``, the
-reconciler on ``scheduled``.
+workflows' schedules and the reconciler on ``scheduled``.
 
 A Worker's main module only delegates (``deploy/cloudflare/entry.py``)::
 
@@ -15,26 +15,6 @@ A Worker's main module only delegates (``deploy/cloudflare/entry.py``)::
 
 Configuration comes from the Worker's vars and secrets (``REFLUXO_`` prefix):
 
-``REFLUXO_APP``                the workflows, ``module`` or ``module:attribute`` (required)
-``REFLUXO_STORE``              ``d1`` (default: strictly consistent) or ``kv`` (see
-                               :class:`~refluxo.cloudflare.store.KVStateStore`'s limits)
-``REFLUXO_D1_BINDING``         the D1 binding's name (default ``DB``)
-``REFLUXO_D1_TABLE``           the runs table (default ``refluxo_runs``)
-``REFLUXO_KV_BINDING``         the KV binding's name (default ``STATE``)
-``REFLUXO_KV_PREFIX``          the runs' key prefix, ending in ``/`` (default ``run:``; see
-                               :class:`~refluxo.cloudflare.store.KVStateStore`)
-``REFLUXO_QUEUE_BINDING``      the Queues producer binding (default ``STEPS``); this Worker
-                               must also be that queue's consumer
-``REFLUXO_API_TOKEN``          a secret: the public routes require ``Bearer`` it; without
-                               it they answer 403, unless ``REFLUXO_PUBLIC_API`` is ``1``
-``REFLUXO_PUBLIC_API``         ``1``: serve the public routes to anyone, without a token
-``REFLUXO_GLOBALS``            JSON object passed to executors as ``globals`` (a secret)
-``REFLUXO_MAX_BODY_BYTES``     request body limit (default 262144)
-``REFLUXO_RETRY_BASE_SECONDS`` first queue redelivery delay after a transient failure (1)
-``REFLUXO_RETRY_MAX_SECONDS``  longest redelivery delay (300)
-``REFLUXO_LOG_LEVEL``          ``DEBUG``, ``INFO`` (default), ``WARNING``, ``ERROR``
-=============================  ===========================================================
-=======
 ===================================  =====================================================
 ``REFLUXO_APP``                      the workflows, ``module`` or ``module:attribute`` (required)
 ``REFLUXO_STORE``                    ``d1`` (default: strictly consistent) or ``kv`` (see
@@ -88,22 +68,23 @@ Nothing here imports ``workers`` or ``js`` at import time; ``fetch`` imports
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from refluxo.core import BackendError, Dispatcher, Workflow
-from refluxo.core.dispatcher import load_workflows
-from refluxo.core.errors import DefinitionError
-from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, HttpApi, HttpRequest, HttpResponse
+from refluxo.core.delivery import Redelivery
+from refluxo.core.dispatcher import DispatchResult
+from refluxo.core.http import HttpApi, HttpRequest, HttpResponse, LimitedBody
 from refluxo.core.logs import configure_logging
-from refluxo.core.model import DispatchMessage
-from refluxo.core.ports import StateStore
+from refluxo.core.model import DispatchMessage, now_ms
+from refluxo.core.ports import Scheduler, StateStore
+from refluxo.core.schedules import last_tick
+from refluxo.core.settings import ConfigurationError, Environment, Settings, build_api
+from refluxo.core.settings import load_app as _load_app
 
 from .scheduler import MAX_DELAY_SECONDS, QueuesScheduler
 from .store import D1StateStore, KVStateStore
@@ -126,15 +107,9 @@ logger = logging.getLogger("refluxo.cloudflare")
 Decision = Literal["ack", "retry"]
 
 
-class ConfigurationError(ValueError):
-    """A var or binding is missing or malformed; the message names it."""
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
+class WorkerSettings(Settings):
     """Everything the Worker needs; see the module docstring for the vars."""
 
-    app: str
     store: Literal["d1", "kv"] = "d1"
     d1_binding: str = "DB"
     d1_table: str = "refluxo_runs"
@@ -144,73 +119,31 @@ class WorkerSettings:
     dead_letter_queue: str | None = None
     reconcile_grace_seconds: int = 300
     reconcile_limit: int = 100
-    api_token: str | None = None
-    public_api: bool = False
-    globals: Any = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry_base_seconds: int = 1
     retry_max_seconds: int = 300
-    log_level: str = "INFO"
 
     @classmethod
-    def from_env(cls, env: Any) -> WorkerSettings:
-        """Read the ``REFLUXO_*`` vars and secrets of a Worker's ``env``."""
-
-        def var(name: str) -> str | None:
-            value = getattr(env, name, None)
-            if value is None or value == "":
-                return None
-            if not isinstance(value, str):
-                raise ConfigurationError(f"{name} must be a plain-text var or secret")
-            return value
-
-        def number(name: str, default: int, low: int, high: int) -> int:
-            raw = var(name)
-            if raw is None:
-                return default
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
-            if not low <= value <= high:
-                raise ConfigurationError(f"{name} must be between {low} and {high}, got {value}")
-            return value
-
-        app = var("REFLUXO_APP")
-        if app is None:
-            raise ConfigurationError("REFLUXO_APP is not set (the workflows' module)")
-        store = (var("REFLUXO_STORE") or "d1").lower()
+    def read_env(cls, env: Environment) -> dict[str, Any]:
+        """The shared settings, then the bindings' names, the reconciler's and the backoff's."""
+        store = (env.text("REFLUXO_STORE") or "d1").lower()
         if store not in ("d1", "kv"):
             raise ConfigurationError(f"REFLUXO_STORE must be 'd1' or 'kv', got {store!r}")
-        raw_globals = var("REFLUXO_GLOBALS")
-        try:
-            globals_ = json.loads(raw_globals) if raw_globals else None
-        except ValueError as exc:
-            raise ConfigurationError(f"REFLUXO_GLOBALS is not valid JSON: {exc}") from None
-        level = (var("REFLUXO_LOG_LEVEL") or "INFO").upper()
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigurationError(f"REFLUXO_LOG_LEVEL {level!r} is not a log level")
-        return cls(
-            app=app,
-            store="kv" if store == "kv" else "d1",
-            d1_binding=var("REFLUXO_D1_BINDING") or "DB",
-            d1_table=var("REFLUXO_D1_TABLE") or "refluxo_runs",
-            kv_binding=var("REFLUXO_KV_BINDING") or "STATE",
-            kv_prefix=var("REFLUXO_KV_PREFIX") or "run:",
-            queue_binding=var("REFLUXO_QUEUE_BINDING") or "STEPS",
-            dead_letter_queue=var("REFLUXO_DEAD_LETTER_QUEUE"),
-            reconcile_grace_seconds=number("REFLUXO_RECONCILE_GRACE_SECONDS", 300, 0, 86_400),
-            reconcile_limit=number("REFLUXO_RECONCILE_LIMIT", 100, 1, 1000),
-            api_token=var("REFLUXO_API_TOKEN"),
-            public_api=(var("REFLUXO_PUBLIC_API") or "").lower() in ("1", "true"),
-            globals=globals_,
-            max_body_bytes=number(
-                "REFLUXO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1, 100 * 1024 * 1024
+        return {
+            **super().read_env(env),
+            "store": store,
+            "d1_binding": env.text("REFLUXO_D1_BINDING") or "DB",
+            "d1_table": env.text("REFLUXO_D1_TABLE") or "refluxo_runs",
+            "kv_binding": env.text("REFLUXO_KV_BINDING") or "STATE",
+            "kv_prefix": env.text("REFLUXO_KV_PREFIX") or "run:",
+            "queue_binding": env.text("REFLUXO_QUEUE_BINDING") or "STEPS",
+            "dead_letter_queue": env.text("REFLUXO_DEAD_LETTER_QUEUE"),
+            "reconcile_grace_seconds": env.number(
+                "REFLUXO_RECONCILE_GRACE_SECONDS", 300, 0, 86_400
             ),
-            retry_base_seconds=number("REFLUXO_RETRY_BASE_SECONDS", 1, 0, MAX_DELAY_SECONDS),
-            retry_max_seconds=number("REFLUXO_RETRY_MAX_SECONDS", 300, 0, MAX_DELAY_SECONDS),
-            log_level=level,
-        )
+            "reconcile_limit": env.number("REFLUXO_RECONCILE_LIMIT", 100, 1, 1000),
+            "retry_base_seconds": env.number("REFLUXO_RETRY_BASE_SECONDS", 1, 0, MAX_DELAY_SECONDS),
+            "retry_max_seconds": env.number("REFLUXO_RETRY_MAX_SECONDS", 300, 0, MAX_DELAY_SECONDS),
+        }
 
 
 _APPS: dict[str, list[Workflow]] = {}
@@ -229,15 +162,11 @@ def configure_worker_logging(level: str) -> None:
 
 
 def load_app(spec: str) -> list[Workflow]:
-    """The workflows named by ``module`` or ``module:attribute`` (default ``workflows``)."""
-    if spec in _APPS:
-        return _APPS[spec]
-    try:
-        found = load_workflows(spec)
-    except DefinitionError as exc:
-        raise ConfigurationError(f"REFLUXO_APP: {exc}") from exc
-    _APPS[spec] = found
-    return found
+    """The workflows ``REFLUXO_APP`` names (:func:`refluxo.core.settings.load_app`), loaded
+    once per isolate."""
+    if spec not in _APPS:
+        _APPS[spec] = _load_app(spec)
+    return _APPS[spec]
 
 
 def _binding(env: Any, name: str, what: str) -> Any:
@@ -277,41 +206,34 @@ async def to_http_request(request: Any, max_body_bytes: int) -> HttpRequest | Ht
     path = url.path + (f"?{url.query}" if url.query else "")
     headers = {str(k): str(v) for k, v in request.headers.items()}
     length = next((v for k, v in headers.items() if k.lower() == "content-length"), None)
-    declared = length is not None and length.strip().isdigit()
-    if declared and int(str(length)) > max_body_bytes:
-        return HttpResponse.too_large(int(str(length)), max_body_bytes)
+    body = LimitedBody(max_body_bytes, length)
+    refused = body.refusal()
+    if refused is not None:
+        return refused
     if method in ("GET", "HEAD"):
-        body = b""
-    elif declared:
-        body = bytes(await request.bytes())
+        pass
+    elif body.declared is not None:
+        body.add(bytes(await request.bytes()))
     else:
-        read = await _read_at_most(getattr(request, "body", None), max_body_bytes)
-        if read is None:
-            return HttpResponse.error(
-                413, "payload_too_large", f"the body is over the limit of {max_body_bytes} bytes"
-            )
-        body = read
-    return HttpRequest(method=method, path=path, body=body, headers=headers)
+        refused = await _read_at_most(getattr(request, "body", None), body)
+        if refused is not None:
+            return refused
+    return HttpRequest(method=method, path=path, body=body.bytes(), headers=headers)
 
 
-async def _read_at_most(stream: Any, limit: int) -> bytes | None:
-    """The bytes of a ``ReadableStream`` (None: no body), or None once past ``limit``."""
+async def _read_at_most(stream: Any, body: LimitedBody) -> HttpResponse | None:
+    """Read a ``ReadableStream`` (None: no body) into ``body``; its 413 once past the limit."""
     if stream is None:
-        return b""
+        return None
     reader = stream.getReader()
-    chunks: list[bytes] = []
-    total = 0
     while True:
         result = await reader.read()
         if result.done:
-            return b"".join(chunks)
-        value = result.value
-        chunk = value.to_bytes() if hasattr(value, "to_bytes") else bytes(value)
-        total += len(chunk)
-        if total > limit:
-            await reader.cancel()
             return None
-        chunks.append(chunk)
+        value = result.value
+        if not body.add(value.to_bytes() if hasattr(value, "to_bytes") else bytes(value)):
+            await reader.cancel()
+            return body.refusal()
 
 
 def to_workers_response(response: HttpResponse) -> Any:
@@ -332,10 +254,18 @@ class RefluxoWorker:
         settings: the configuration (body limit, redelivery backoff).
     """
 
-    def __init__(self, dispatcher: Dispatcher, settings: WorkerSettings) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, settings: WorkerSettings, *, api: HttpApi | None = None
+    ) -> None:
         self.dispatcher = dispatcher
         self.settings = settings
-        self.api = HttpApi(
+        # Queues dead-letters after the consumer's max_retries, so no max_attempts here.
+        self.redelivery = Redelivery(
+            base_ms=settings.retry_base_seconds * 1000,
+            max_ms=settings.retry_max_seconds * 1000,
+            slow_permanent=True,
+        )
+        self.api = api or HttpApi(
             dispatcher,
             api_token=settings.api_token,
             dispatch_auth=None,
@@ -349,6 +279,8 @@ class RefluxoWorker:
         *,
         settings: WorkerSettings | None = None,
         workflows: Iterable[Workflow] | None = None,
+        store: StateStore | None = None,
+        scheduler: Scheduler | None = None,
     ) -> RefluxoWorker:
         """The composition root: settings from ``env``'s vars, adapters from its bindings.
 
@@ -356,6 +288,8 @@ class RefluxoWorker:
             env: the Worker's ``env`` (``self.env`` of the entrypoint).
             settings: the settings, when already read from ``env``.
             workflows: the workflows to host, instead of loading ``REFLUXO_APP``.
+            store: a state store to use instead of the one ``REFLUXO_STORE`` names.
+            scheduler: a scheduler to use instead of the queue binding's.
 
         Raises:
             ConfigurationError: a var is malformed, a binding or the app is missing, or the
@@ -364,22 +298,22 @@ class RefluxoWorker:
         settings = settings or WorkerSettings.from_env(env)
         hosted = list(workflows) if workflows is not None else load_app(settings.app)
         try:
-            store: StateStore
-            if settings.store == "kv":
+            if store is None and settings.store == "kv":
                 store = KVStateStore(
                     _binding(env, settings.kv_binding, "KV namespace"), prefix=settings.kv_prefix
                 )
-            else:
+            elif store is None:
                 store = D1StateStore(
                     _binding(env, settings.d1_binding, "D1 database"), table=settings.d1_table
                 )
-            scheduler = QueuesScheduler(_binding(env, settings.queue_binding, "queue producer"))
-            dispatcher = Dispatcher(hosted, store, scheduler, globals=settings.globals)
+            if scheduler is None:
+                scheduler = QueuesScheduler(_binding(env, settings.queue_binding, "queue producer"))
+            api = build_api(hosted, store, scheduler, settings)
         except ConfigurationError:
             raise
         except ValueError as exc:  # a bad table name; archiving workflows on KV
             raise ConfigurationError(str(exc)) from exc
-        return cls(dispatcher, settings)
+        return cls(api.dispatcher, settings, api=api)
 
     # --- fetch -----------------------------------------------------------------------------
 
@@ -444,8 +378,8 @@ class RefluxoWorker:
                 dispatch_message, f"dead-lettered by the steps queue (in {queue_name})"
             )
         except Exception as exc:
-            transient = isinstance(exc, BackendError) and exc.transient
-            delay = self.backoff_seconds(attempts, transient=transient)
+            decision = self.redelivery.decide(exc, attempts)
+            delay = decision.delay_seconds
             logger.warning(
                 "dead letter %s not handled, redelivered in %s s: %s",
                 dispatch_message.key,
@@ -460,6 +394,24 @@ class RefluxoWorker:
 
     # --- scheduled -------------------------------------------------------------------------
 
+    async def fire_schedules(self, scheduled_time: int) -> list[str]:
+        """Start the runs of the schedules' ticks that fall in the minute of ``scheduled_time``.
+
+        A cron trigger fires at the start of a minute (``controller.scheduledTime``); every
+        schedule whose tick is that minute starts that tick's run. Two triggers of one minute
+        (the reconciler's and a schedule's, or one delivered twice) start it once: the run id
+        derives from the tick. Returns the ids of the runs started now.
+        """
+        started: list[str] = []
+        for workflow, name, plan in self.dispatcher.schedules():
+            tick = last_tick(plan, scheduled_time)
+            if tick is None or scheduled_time - tick >= 60_000:
+                continue
+            snapshot, created = await self.dispatcher.fire_tick(workflow, name, tick)
+            if created:
+                started.append(snapshot.run_id)
+        return started
+
     async def scheduled(self) -> list[str]:
         """The cron trigger: schedule again the runs due for longer than the grace period.
 
@@ -473,11 +425,7 @@ class RefluxoWorker:
 
     def backoff_seconds(self, attempts: int, *, transient: bool) -> int:
         """The redelivery delay after a failed attempt (``attempts`` counts from 1)."""
-        cap = self.settings.retry_max_seconds
-        if not transient:
-            return cap
-        exponent = min(max(attempts, 1) - 1, 30)
-        return min(self.settings.retry_base_seconds * (1 << exponent), cap)
+        return self.redelivery.backoff_ms(attempts, transient=transient) // 1000
 
     async def handle_message(self, message: Any) -> Decision:
         """Dispatch one queue message, then ``ack()`` or ``retry()`` it; returns which."""
@@ -493,30 +441,36 @@ class RefluxoWorker:
             message.ack()
             return "ack"
         fields.update(run=dispatch_message.run_id, version=dispatch_message.version)
+        result: DispatchResult | Exception
         try:
             result = await self.dispatcher.dispatch(dispatch_message)
-        except BackendError as exc:
-            delay = self.backoff_seconds(attempts, transient=exc.transient)
-            level = logging.WARNING if exc.transient else logging.ERROR
-            logger.log(
-                level,
-                "delivery %s failed (%s), redelivered in %s s: %s",
-                dispatch_message.key,
-                "transient" if exc.transient else "permanent",
-                delay,
-                exc,
-                extra={"refluxo": {**fields, "retryInSeconds": delay}},
-            )
-            message.retry(delaySeconds=delay)
-            return "retry"
-        except Exception:
-            delay = self.backoff_seconds(attempts, transient=False)
-            logger.exception(
-                "delivery %s raised, redelivered in %s s",
-                dispatch_message.key,
-                delay,
-                extra={"refluxo": {**fields, "retryInSeconds": delay}},
-            )
+        except Exception as exc:  # any failure: the decision says when to deliver again
+            result = exc
+        decision = self.redelivery.decide(
+            result if isinstance(result, Exception) else result.outcome, attempts
+        )
+        if isinstance(result, Exception):
+            delay = decision.delay_seconds
+            extra = {"refluxo": {**fields, "retryInSeconds": delay}}
+            if not isinstance(result, BackendError):
+                logger.error(
+                    "delivery %s raised, redelivered in %s s",
+                    dispatch_message.key,
+                    delay,
+                    exc_info=result,  # outside the except block: name the exception
+                    extra=extra,
+                )
+            else:
+                logger.log(
+                    logging.WARNING if decision.transient else logging.ERROR,
+                    "delivery %s failed (%s), redelivered in %s s: %s",
+                    dispatch_message.key,
+                    "transient" if decision.transient else "permanent",
+                    delay,
+                    result,
+                    extra=extra,
+                )
+            # The queue dead-letters after its max_retries: this policy sets no max_attempts.
             message.retry(delaySeconds=delay)
             return "retry"
         if result.outcome != "stepped":  # a step is logged by the dispatcher itself
@@ -581,7 +535,8 @@ async def queue(batch: Any, env: Any) -> None:
 
 
 async def scheduled(controller: Any, env: Any) -> None:
-    """A Worker's ``scheduled`` handler (a cron trigger): reconcile the runs of ``env``.
+    """A Worker's ``scheduled`` handler (a cron trigger): start the runs of the schedules'
+    ticks of ``controller.scheduledTime``'s minute, then reconcile the runs of ``env``.
 
     A failure is logged and raised, so the platform records the invocation as failed; the next
     trigger tries again.
@@ -591,6 +546,11 @@ async def scheduled(controller: Any, env: Any) -> None:
     except ConfigurationError as exc:
         logging.getLogger("refluxo.cloudflare").error("misconfigured Worker: %s", exc)
         raise
+    at = getattr(controller, "scheduledTime", None)
+    at = int(at) if isinstance(at, int | float) else now_ms()
+    fired = await worker.fire_schedules(at)
+    if fired:
+        logger.info("cron: started %s", ", ".join(fired), extra={"refluxo": {"started": fired}})
     found = await worker.scheduled()
     logger.info(
         "cron %s: %d run(s) scheduled again",

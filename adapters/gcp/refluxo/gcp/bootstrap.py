@@ -17,38 +17,38 @@ Environment variables (``REFLUXO_`` prefix):
 ``REFLUXO_DISPATCH_TOKEN``   a shared secret for ``/_dispatch`` instead of OIDC (emulators)
 ``REFLUXO_API_TOKEN``        when set, the public routes require this bearer token
 ``REFLUXO_GLOBALS``          JSON object passed to executors as ``globals`` (secrets)
-``REFLUXO_MAX_BODY_BYTES``   request body limit (default 262144)
+``REFLUXO_MAX_BODY_BYTES``   request body limit (default 262144, at most 100 MiB)
+``REFLUXO_LOG_LEVEL``        ``DEBUG``, ``INFO`` (default), ``WARNING``, ``ERROR``
 ===========================  ============================================================
 
+The variables every platform shares are read by :class:`refluxo.core.settings.Settings`.
 The emulators are used when their usual variables are set: ``FIRESTORE_EMULATOR_HOST`` (read by
 the Firestore client itself) and ``CLOUD_TASKS_EMULATOR_HOST``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from refluxo.core import Dispatcher, Workflow
-from refluxo.core.dispatcher import load_workflows
-from refluxo.core.errors import DefinitionError
-from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, Authenticator, HttpApi
+from refluxo.core import Workflow
+from refluxo.core.http import HttpApi
+from refluxo.core.ports import Scheduler, StateStore
+from refluxo.core.settings import (
+    ConfigurationError,
+    Environment,
+    Settings,
+    build_api,
+    load_app,
+)
 
 from .auth import DISPATCH_TOKEN_HEADER, OidcVerifier, shared_secret
 
-
-class ConfigurationError(ValueError):
-    """A required setting is missing or malformed; the message names it."""
+__all__ = ["ConfigurationError", "GcpSettings", "bootstrap", "load_app"]
 
 
-@dataclass(frozen=True)
-class GcpSettings:
+class GcpSettings(Settings):
     """Everything the Google Cloud runtime needs; see the module docstring for the variables."""
 
-    app: str
     project: str
     location: str
     queue: str
@@ -57,9 +57,6 @@ class GcpSettings:
     service_account: str | None = None
     trust_platform_auth: bool = False
     dispatch_token: str | None = None
-    api_token: str | None = None
-    globals: Any = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     tasks_emulator_host: str | None = None
 
     @property
@@ -71,119 +68,74 @@ class GcpSettings:
         return self.function_url.rstrip("/") + "/_dispatch"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> GcpSettings:
-        """The settings from ``env`` (default: the process environment).
+    def read_env(cls, env: Environment) -> dict[str, Any]:
+        """The shared settings, then Cloud Tasks', Firestore's and ``/_dispatch``'s."""
+        return {
+            **super().read_env(env),
+            "project": env.required("REFLUXO_PROJECT", fallback="GOOGLE_CLOUD_PROJECT"),
+            "location": env.required("REFLUXO_LOCATION"),
+            "queue": env.required("REFLUXO_QUEUE"),
+            "function_url": env.required("REFLUXO_FUNCTION_URL"),
+            "collection": env.text("REFLUXO_COLLECTION") or "refluxo_runs",
+            "service_account": env.text("REFLUXO_SERVICE_ACCOUNT"),
+            "trust_platform_auth": env.flag("REFLUXO_TRUST_PLATFORM_AUTH"),
+            "dispatch_token": env.text("REFLUXO_DISPATCH_TOKEN"),
+            "tasks_emulator_host": env.text("CLOUD_TASKS_EMULATOR_HOST"),
+        }
 
-        Raises:
-            ConfigurationError: naming every required variable that is missing or empty, or
-                the variable whose value is malformed; also when neither
-                ``REFLUXO_SERVICE_ACCOUNT`` nor ``REFLUXO_DISPATCH_TOKEN`` is set.
-        """
-        env = os.environ if env is None else env
-        missing: list[str] = []
-
-        def need(name: str, fallback: str | None = None) -> str:
-            value = env.get(name) or (env.get(fallback) if fallback else None)
-            if not value:
-                missing.append(f"{name} (or {fallback})" if fallback else name)
-                return ""
-            return value
-
-        app = need("REFLUXO_APP")
-        project = need("REFLUXO_PROJECT", "GOOGLE_CLOUD_PROJECT")
-        location = need("REFLUXO_LOCATION")
-        queue = need("REFLUXO_QUEUE")
-        function_url = need("REFLUXO_FUNCTION_URL")
-        if missing:
-            raise ConfigurationError(f"not set: {', '.join(missing)}")
-
-        raw_globals = env.get("REFLUXO_GLOBALS")
-        try:
-            globals_ = json.loads(raw_globals) if raw_globals else None
-        except ValueError as exc:
-            raise ConfigurationError(f"REFLUXO_GLOBALS is not valid JSON: {exc}") from None
-        raw_max = env.get("REFLUXO_MAX_BODY_BYTES")
-        try:
-            max_body_bytes = int(raw_max) if raw_max else DEFAULT_MAX_BODY_BYTES
-        except ValueError:
-            max_body_bytes = 0
-        if max_body_bytes < 1:
-            raise ConfigurationError(
-                f"REFLUXO_MAX_BODY_BYTES must be a positive integer, got {raw_max!r}"
-            )
-        settings = cls(
-            app=app,
-            project=project,
-            location=location,
-            queue=queue,
-            function_url=function_url,
-            collection=env.get("REFLUXO_COLLECTION") or "refluxo_runs",
-            service_account=env.get("REFLUXO_SERVICE_ACCOUNT") or None,
-            trust_platform_auth=env.get("REFLUXO_TRUST_PLATFORM_AUTH", "") in ("1", "true"),
-            dispatch_token=env.get("REFLUXO_DISPATCH_TOKEN") or None,
-            api_token=env.get("REFLUXO_API_TOKEN") or None,
-            globals=globals_,
-            max_body_bytes=max_body_bytes,
-            tasks_emulator_host=env.get("CLOUD_TASKS_EMULATOR_HOST") or None,
-        )
-        if settings.service_account is None and settings.dispatch_token is None:
+    def check(self) -> None:
+        """Raises ConfigurationError when neither ``REFLUXO_SERVICE_ACCOUNT`` nor
+        ``REFLUXO_DISPATCH_TOKEN`` is set."""
+        if self.service_account is None and self.dispatch_token is None:
             raise ConfigurationError(
                 "set REFLUXO_SERVICE_ACCOUNT (OIDC, in production) or REFLUXO_DISPATCH_TOKEN: "
                 "/_dispatch must be authenticated"
             )
-        return settings
 
 
-def load_app(spec: str) -> list[Workflow]:
-    """The workflows ``REFLUXO_APP`` names (see ``refluxo.core.dispatcher.load_workflows``)."""
-    try:
-        return load_workflows(spec)
-    except DefinitionError as exc:
-        raise ConfigurationError(f"REFLUXO_APP: {exc}") from exc
-
-
-def bootstrap(settings: GcpSettings, workflows: list[Workflow] | None = None) -> HttpApi:
+def bootstrap(
+    settings: GcpSettings,
+    workflows: list[Workflow] | None = None,
+    *,
+    firestore_client: Any = None,
+    tasks_client: Any = None,
+    store: StateStore | None = None,
+    scheduler: Scheduler | None = None,
+) -> HttpApi:
     """Build the Firestore store, the Cloud Tasks scheduler, the dispatcher and the HTTP API.
 
     Call it inside the event loop that will serve requests: the gRPC clients bind to it.
+
+    Args:
+        settings: the configuration.
+        workflows: the workflows to host, instead of loading ``REFLUXO_APP``.
+        firestore_client: a ``firestore.AsyncClient`` to use instead of building one.
+        tasks_client: a ``tasks_v2.CloudTasksAsyncClient`` to use instead of building one.
+        store: a state store to use instead of Firestore.
+        scheduler: a scheduler to use instead of Cloud Tasks.
     """
-    from google.cloud import firestore, tasks_v2
+    if store is None:
+        from .store import FirestoreStateStore
 
-    from .scheduler import CloudTasksScheduler
-    from .store import FirestoreStateStore
+        if firestore_client is None:
+            from google.cloud import firestore
 
-    db = firestore.AsyncClient(project=settings.project)
-    if settings.tasks_emulator_host:
-        import grpc
-        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
-            CloudTasksGrpcAsyncIOTransport,
+            firestore_client = firestore.AsyncClient(project=settings.project)
+        store = FirestoreStateStore(firestore_client, collection=settings.collection)
+    if scheduler is None:
+        from .scheduler import CloudTasksScheduler
+
+        headers = {}
+        if settings.dispatch_token and not settings.service_account:
+            headers[DISPATCH_TOKEN_HEADER] = settings.dispatch_token
+        scheduler = CloudTasksScheduler(
+            tasks_client if tasks_client is not None else _tasks_client(settings),
+            queue=settings.queue_path,
+            url=settings.dispatch_url,
+            service_account=settings.service_account,
+            audience=settings.function_url if settings.service_account else None,
+            headers=headers or None,
         )
-
-        channel = grpc.aio.insecure_channel(settings.tasks_emulator_host)
-        tasks = tasks_v2.CloudTasksAsyncClient(
-            transport=CloudTasksGrpcAsyncIOTransport(channel=channel)
-        )
-    else:
-        tasks = tasks_v2.CloudTasksAsyncClient()
-    headers = {}
-    if settings.dispatch_token and not settings.service_account:
-        headers[DISPATCH_TOKEN_HEADER] = settings.dispatch_token
-    scheduler = CloudTasksScheduler(
-        tasks,
-        queue=settings.queue_path,
-        url=settings.dispatch_url,
-        service_account=settings.service_account,
-        audience=settings.function_url if settings.service_account else None,
-        headers=headers or None,
-    )
-    store = FirestoreStateStore(db, collection=settings.collection)
-    dispatcher = Dispatcher(
-        workflows if workflows is not None else load_app(settings.app),
-        store,
-        scheduler,
-        globals=settings.globals,
-    )
-    auth: Authenticator
     if settings.service_account:
         auth = OidcVerifier(
             settings.function_url,
@@ -193,9 +145,19 @@ def bootstrap(settings: GcpSettings, workflows: list[Workflow] | None = None) ->
     else:
         assert settings.dispatch_token is not None
         auth = shared_secret(settings.dispatch_token)
-    return HttpApi(
-        dispatcher,
-        api_token=settings.api_token,
-        dispatch_auth=auth,
-        max_body_bytes=settings.max_body_bytes,
+    hosted = workflows if workflows is not None else load_app(settings.app)
+    return build_api(hosted, store, scheduler, settings, dispatch_auth=auth)
+
+
+def _tasks_client(settings: GcpSettings) -> Any:
+    from google.cloud import tasks_v2
+
+    if not settings.tasks_emulator_host:
+        return tasks_v2.CloudTasksAsyncClient()
+    import grpc
+    from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+        CloudTasksGrpcAsyncIOTransport,
     )
+
+    channel = grpc.aio.insecure_channel(settings.tasks_emulator_host)
+    return tasks_v2.CloudTasksAsyncClient(transport=CloudTasksGrpcAsyncIOTransport(channel=channel))

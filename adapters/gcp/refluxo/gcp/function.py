@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from refluxo.core.http import HttpApi, HttpRequest, HttpResponse
+from refluxo.core.http import HttpApi, HttpRequest, LimitedBody
 from refluxo.core.logs import configure_logging
 
 from .bootstrap import GcpSettings, bootstrap
@@ -43,10 +43,13 @@ class FunctionApp:
 
     Args:
         settings: the configuration; read from the environment when None.
+        injected: passed to :func:`~refluxo.gcp.bootstrap.bootstrap` (``workflows``, the
+            clients, or a ``store`` and ``scheduler`` of a test's own).
     """
 
-    def __init__(self, settings: GcpSettings | None = None) -> None:
+    def __init__(self, settings: GcpSettings | None = None, **injected: Any) -> None:
         self._settings = settings
+        self._injected = injected
         self._lock = threading.Lock()
         self._loop: _LoopThread | None = None
         self._api: HttpApi | None = None
@@ -60,9 +63,10 @@ class FunctionApp:
                 # A failure here (bad settings) fails this request; the next one tries again,
                 # on the same loop thread.
                 settings = self._settings or GcpSettings.from_env()
+                configure_logging("json", getattr(logging, settings.log_level))
 
                 async def build() -> HttpApi:
-                    return bootstrap(settings)
+                    return bootstrap(settings, **self._injected)
 
                 self._api = self._loop.run(build())
             return self._loop, self._api
@@ -70,45 +74,33 @@ class FunctionApp:
     def __call__(self, request: Any) -> tuple[bytes, int, dict[str, str]]:
         """Answer a Flask request (what functions-framework passes)."""
         loop, api = self._ready()
-        limit = api.max_body_bytes
-        declared = request.content_length
-        if declared is not None and declared > limit:
-            return _too_large(f"the body is {declared} bytes, over the limit of {limit}")
-        if declared is None:
-            # No Content-Length (a chunked body): read no more than one byte past the limit.
-            body = _read_at_most(request.stream, limit + 1)
-            if len(body) > limit:
-                return _too_large(f"the body is over the limit of {limit} bytes")
-        else:
-            body = request.get_data(cache=False)
+        body = LimitedBody(api.max_body_bytes, request.content_length)
+        refused = body.refusal()
+        if refused is None:
+            if body.declared is None:
+                # No Content-Length (a chunked body): read no more than one byte past the limit.
+                while body.wanted > 0:
+                    chunk = request.stream.read(body.wanted)
+                    if not chunk or not body.add(chunk):
+                        break
+                refused = body.refusal()
+            else:
+                body.add(request.get_data(cache=False))
+        if refused is not None:
+            return refused.body, refused.status, dict(refused.headers)
         req = HttpRequest(
             method=request.method,
             path=request.full_path,
-            body=body,
+            body=body.bytes(),
             headers=dict(request.headers.items()),
         )
         response = loop.run(api.handle(req))
         return response.body, response.status, dict(response.headers)
 
 
-def _too_large(message: str) -> tuple[bytes, int, dict[str, str]]:
-    response = HttpResponse.json(413, {"error": {"code": "payload_too_large", "message": message}})
-    return response.body, response.status, dict(response.headers)
+def create_handler(settings: GcpSettings | None = None, **injected: Any) -> Callable[[Any], Any]:
+    """The function functions-framework calls: ``refluxo = create_handler()`` in ``main.py``.
 
-
-def _read_at_most(stream: Any, size: int) -> bytes:
-    """Up to ``size`` bytes of ``stream``: fewer only at its end (one read may return less)."""
-    chunks: list[bytes] = []
-    left = size
-    while left > 0:
-        chunk = stream.read(left)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def create_handler(settings: GcpSettings | None = None) -> Callable[[Any], Any]:
-    """The function functions-framework calls: ``refluxo = create_handler()`` in ``main.py``."""
-    return FunctionApp(settings)
+    ``injected`` goes to :func:`~refluxo.gcp.bootstrap.bootstrap`.
+    """
+    return FunctionApp(settings, **injected)

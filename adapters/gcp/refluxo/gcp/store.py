@@ -58,7 +58,15 @@ from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, VersionConflict
-from refluxo.core.model import NodeResult, Snapshot, Status, encode_snapshot, now_ms
+from refluxo.core.model import (
+    NodeResult,
+    Snapshot,
+    Status,
+    decode_result,
+    decode_snapshot,
+    encode_snapshot,
+    now_ms,
+)
 from refluxo.core.ports import (
     DueRuns,
     ResultArchive,
@@ -328,7 +336,8 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         except BACKEND_ERRORS as exc:
             raise store_error(exc, f"read archived results of run {run_id!r}") from exc
         docs.sort(key=lambda d: int(d["index"]))
-        return [NodeResult.model_validate_json(d["result"]) for d in docs]
+        where = f"the archive of run {run_id!r} in Firestore"
+        return [decode_result(run_id, d.get("result"), where) for d in docs]
 
     # --- beyond the port -------------------------------------------------------------------
 
@@ -514,4 +523,4 @@ def _version(doc: DocumentSnapshot[AsyncDocumentReference]) -> int | None:
 
 def _parse(run_id: str, doc: DocumentSnapshot[AsyncDocumentReference]) -> Snapshot:
     raw = (doc.to_dict() or {}).get(_SNAPSHOT)
-    return Snapshot.from_stored(run_id, raw, f"document {doc.reference.path!r}")
+    return decode_snapshot(run_id, raw, f"document {doc.reference.path!r}")

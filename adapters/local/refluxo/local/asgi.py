@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from refluxo.core.http import HttpApi, HttpRequest, HttpResponse
+from refluxo.core.http import HttpApi, HttpRequest, HttpResponse, LimitedBody
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -169,24 +169,24 @@ class AsgiApp:
             ):
                 return HttpResponse.error(411, "length_required", "send a Content-Length")
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return HttpResponse.too_large(int(declared), limit)
-        body = bytearray()
+        body = LimitedBody(limit, declared)
+        refused = body.refusal()
+        if refused is not None:
+            return refused
         # A request without Content-Length or Transfer-Encoding has no body (RFC 9112 6.3).
         more = declared is not None or "transfer-encoding" in headers
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 break
-            body += message.get("body", b"")
-            if len(body) > limit:
-                return HttpResponse.too_large(len(body), limit)
+            if not body.add(message.get("body", b"")):
+                return body.refusal() or HttpResponse.too_large(body.size, limit)
             more = bool(message.get("more_body", False))
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         request = HttpRequest(
             method=method,
             path=f"{path}?{query}" if query else path,
-            body=bytes(body),
+            body=body.bytes(),
             headers=headers,
         )
         return await self.api.handle(request)

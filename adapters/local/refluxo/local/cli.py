@@ -1,7 +1,8 @@
 """``refluxo``: run the embedded runtime and talk to any refluxo deployment.
 
-    refluxo dev [--app refluxo.demo] [--db .refluxo/dev.db] [--port 8000] [--lease 60]
-                [--allowed-host H]
+    refluxo dev [--app refluxo.demo] [--db .refluxo/dev.db | --postgres URL] [--port 8000]
+                [--lease 60] [--allowed-host H]
+    refluxo worker --postgres URL [--app refluxo.demo] [--concurrency 8] [--lease 60]
     refluxo start WORKFLOW [--id ID] [--input JSON]
     refluxo event RUN_ID [--payload JSON] [--name NAME] [--id EVENT_ID]
     refluxo cancel RUN_ID [--reason TEXT]
@@ -228,7 +229,68 @@ def _seconds(value: float) -> float:
     return value
 
 
-@_command("dev", help="Serve the HTTP API with SQLite and the local scheduler.")
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _postgres_runtime(
+    workflows: list[Any], url: str, token: str | None, concurrency: int, lease: float
+) -> Any:
+    try:
+        from refluxo.postgres.runtime import PostgresRuntime
+    except ImportError as exc:
+        raise CliError(
+            f"--postgres needs the postgres extra (pip install 'refluxo[postgres]'): {exc}"
+        ) from None
+    return PostgresRuntime(
+        workflows,
+        url=url,
+        api_token=token,
+        globals=_json_arg(os.environ.get("REFLUXO_GLOBALS")),
+        concurrency=concurrency,
+        lease_ms=round(lease * 1000),
+    )
+
+
+def _lease_option(command: _F) -> _F:
+    return click.option(
+        "--lease",
+        type=float,
+        default=DEFAULT_LEASE_MS / 1000,
+        show_default=True,
+        metavar="SECONDS",
+        callback=lambda ctx, param, value: _seconds(value),
+        help="how long a step's message stays leased to a process that stopped renewing it "
+        "(one that died) before another takes it over; with SQLite, a restart on the same "
+        "host takes back its dead predecessor's leases at once",
+    )(command)
+
+
+def _log_option(command: _F) -> _F:
+    return click.option(
+        "--log",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="the format of the log, one line per step",
+    )(command)
+
+
+def _app_option(command: _F) -> _F:
+    return click.option(
+        "--app",
+        default=lambda: os.environ.get("REFLUXO_APP", "refluxo.demo"),
+        show_default="$REFLUXO_APP or refluxo.demo",
+        help="the module (or module:attribute) that names the workflows; found in the "
+        "current folder too",
+    )(command)
+
+
+@_command("dev", help="Serve the HTTP API with SQLite (or PostgreSQL) and its scheduler.")
 @click.option(
     "--app",
     default=lambda: os.environ.get("REFLUXO_APP", "refluxo.demo"),
@@ -237,6 +299,13 @@ def _seconds(value: float) -> float:
     "current folder too",
 )
 @click.option("--db", default=".refluxo/dev.db", show_default=True, help="the SQLite file")
+@click.option(
+    "--postgres",
+    metavar="URL",
+    default=lambda: os.environ.get("REFLUXO_POSTGRES"),
+    help="keep runs and messages in this PostgreSQL database instead of --db "
+    "(the postgres extra); `refluxo worker` processes may share it",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on")
 @click.option("--port", type=int, default=8000, show_default=True, help="the port to listen on")
 @click.option(
@@ -267,6 +336,7 @@ def dev(
     settings: Settings,
     app: str,
     db: str,
+    postgres: str | None,
     host: str,
     port: int,
     allowed_host: tuple[str, ...],
@@ -274,9 +344,11 @@ def dev(
     lease: float,
 ) -> None:
     workflows = _load(app)
-    where = os.path.abspath(db)
+    where = "PostgreSQL" if postgres else os.path.abspath(db)
     allowed = list(allowed_host)
-    asyncio.run(_dev(settings, workflows, app, db, where, host, port, allowed, log, lease))
+    asyncio.run(
+        _dev(settings, workflows, app, db, postgres, where, host, port, allowed, log, lease)
+    )
 
 
 async def _dev(
@@ -284,6 +356,7 @@ async def _dev(
     workflows: list[Any],
     app: str,
     db: str,
+    postgres: str | None,
     where: str,
     host: str,
     port: int,
@@ -294,31 +367,71 @@ async def _dev(
     from .runtime import LocalRuntime
 
     configure_logging(log)
-    globals_ = _json_arg(os.environ.get("REFLUXO_GLOBALS"))
-    async with LocalRuntime(
-        workflows,
-        db_path=db,
-        api_token=settings.token,
-        globals=globals_,
-        lease_ms=round(lease * 1000),
-    ) as runtime:
+    if postgres:
+        runtime: Any = _postgres_runtime(workflows, postgres, settings.token, 8, lease)
+    else:
+        runtime = LocalRuntime(
+            workflows,
+            db_path=db,
+            api_token=settings.token,
+            globals=_json_arg(os.environ.get("REFLUXO_GLOBALS")),
+            lease_ms=round(lease * 1000),
+        )
+    async with runtime:
         server = await runtime.serve(
             host, port, allowed_hosts=allowed_hosts or None, dashboard=True
         )
         names = ", ".join(runtime.dispatcher.workflows)
-        _say(f"refluxo dev: serving {names} on {server.url} (state in {db})")
+        state = "PostgreSQL" if postgres else db
+        _say(f"refluxo dev: serving {names} on {server.url} (state in {state})")
         _say(f"  API       {server.url}  (OpenAPI: {server.url}/openapi.json)")
         _say(f"  dashboard {server.url}/ui/")
         _say(f"  database  {where}")
         _say(f"  apps      {app}: {names}")
         _say("  steps     one log line per step below (--log json for JSON)")
         sys.stdout.flush()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await _until_signalled()
         print("refluxo dev: stopping", flush=True)
+
+
+@_command("worker", help="Run steps from a PostgreSQL database (any number, on any machine).")
+@_app_option
+@click.option(
+    "--postgres",
+    metavar="URL",
+    default=lambda: os.environ.get("REFLUXO_POSTGRES"),
+    help="the database (default: $REFLUXO_POSTGRES)",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="steps at once"
+)
+@_log_option
+@_lease_option
+def worker(
+    settings: Settings, app: str, postgres: str | None, concurrency: int, log: str, lease: float
+) -> None:
+    if not postgres:
+        raise click.UsageError("worker needs --postgres URL (or $REFLUXO_POSTGRES)")
+    workflows = _load(app)
+    asyncio.run(_worker(settings, workflows, postgres, concurrency, log, lease))
+
+
+async def _worker(
+    settings: Settings,
+    workflows: list[Any],
+    postgres: str,
+    concurrency: int,
+    log: str,
+    lease: float,
+) -> None:
+    configure_logging(log)
+    runtime = _postgres_runtime(workflows, postgres, settings.token, concurrency, lease)
+    async with runtime:
+        names = ", ".join(runtime.dispatcher.workflows)
+        _say(f"refluxo worker: running {names}, {concurrency} steps at a time")
+        sys.stdout.flush()
+        await _until_signalled()
+        print("refluxo worker: stopping", flush=True)
 
 
 # --- writes -------------------------------------------------------------------------------

@@ -11,13 +11,16 @@ from types import TracebackType
 from typing import Any
 
 from refluxo.core import Dispatcher, DispatchMessage, Snapshot, Workflow
-from refluxo.core.http import DEFAULT_MAX_BODY_BYTES, HttpApi
+from refluxo.core.http import DEFAULT_MAX_BODY_BYTES
 from refluxo.core.model import now_ms
+from refluxo.core.ports import StateStore
+from refluxo.core.settings import Settings, build_api
 
 from ._sqlite import sqlite_clock
 from .scheduler import DEFAULT_LEASE_MS, SQLiteScheduler
 from .server import LocalServer
 from .store import SQLiteStateStore
+from .ticks import SQLiteScheduleMarks
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +61,19 @@ class LocalRuntime:
     dropped) and frees its slot. A step running in another process on the same file runs to
     its end or its timeout, and its result is dropped.
 
+    Every ``schedule_every_s`` seconds it starts the runs of the schedules' ticks that came
+    (see :meth:`~refluxo.core.dispatcher.Dispatcher.fire_due`). Up to when each schedule's
+    ticks were started is kept in the same file, so the ticks missed while the runtime was
+    down are started when it comes back (unless a schedule says ``catch_up=False``); a tick's
+    run starts once, whichever process on the file sees it first.
+
     Args:
         concurrency: steps that run at once.
         lease_ms: how long a step's message stays leased to this process without a renewal
             before another process takes it over (see :class:`SQLiteScheduler`).
+        store: a state store to use instead of the SQLite store on ``db_path``.
+        scheduler: a scheduler to use instead of the one on ``db_path`` (its ``lease_ms``
+            then applies).
     """
 
     def __init__(
@@ -76,6 +88,9 @@ class LocalRuntime:
         reconcile_every_s: float | None = 60.0,
         reconcile_grace_ms: int = 300_000,
         lease_ms: int = DEFAULT_LEASE_MS,
+        store: StateStore | None = None,
+        scheduler: SQLiteScheduler | None = None,
+        schedule_every_s: float = 1.0,
     ) -> None:
         path = Path(db_path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,17 +99,19 @@ class LocalRuntime:
             # One clock for every process on the file: SQLite's, not this process's Python.
             if workflow.engine.clock is now_ms:
                 workflow.engine.clock = sqlite_clock
-        self.store = SQLiteStateStore(path, clock=sqlite_clock)
-        self.scheduler = SQLiteScheduler(path, lease_ms=lease_ms, clock=sqlite_clock)
-        self.dispatcher: Dispatcher = _CancellingDispatcher(
+        self.store: StateStore = store or SQLiteStateStore(path, clock=sqlite_clock)
+        self.scheduler = scheduler or SQLiteScheduler(path, lease_ms=lease_ms, clock=sqlite_clock)
+        settings = Settings(globals=globals, api_token=api_token, max_body_bytes=max_body_bytes)
+        self.api = build_api(
             hosted,
             self.store,
             self.scheduler,
-            globals=globals,
+            settings,
+            dispatcher=_CancellingDispatcher,
             stop_run=self._stop_run,
             clock=sqlite_clock,
         )
-        self.api = HttpApi(self.dispatcher, api_token=api_token, max_body_bytes=max_body_bytes)
+        self.dispatcher: Dispatcher = self.api.dispatcher
         self._api_token = api_token
         self.concurrency = concurrency
         self._stop = asyncio.Event()
@@ -102,6 +119,9 @@ class LocalRuntime:
         self.reconcile_every_s = reconcile_every_s
         self.reconcile_grace_ms = reconcile_grace_ms
         self._reconciler: asyncio.Task[None] | None = None
+        self.schedule_every_s = schedule_every_s
+        self.marks = SQLiteScheduleMarks(path)
+        self._ticker: asyncio.Task[None] | None = None
         self._servers: list[LocalServer] = []
         # The tasks delivering each run's messages, and those cancelled because their run was.
         self._delivering: dict[str, set[asyncio.Task[Any]]] = {}
@@ -142,6 +162,21 @@ class LocalRuntime:
             except Exception:  # the next round tries again
                 logger.exception("reconcile failed")
 
+    async def fire_schedules(self) -> None:
+        """Start the runs of the ticks due since the last call (or the last process's)."""
+        marks = await self.dispatcher.fire_due(self.marks.load())
+        self.marks.save(marks)
+
+    async def _fire_schedules_periodically(self, every_s: float) -> None:
+        while True:
+            try:
+                await self.fire_schedules()
+            except Exception:  # the next round tries again
+                logger.exception("starting the scheduled runs failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), every_s)
+                return
+
     async def __aenter__(self) -> LocalRuntime:
         self._stop.clear()
         self._worker = asyncio.create_task(
@@ -150,6 +185,10 @@ class LocalRuntime:
         if self.reconcile_every_s is not None:
             self._reconciler = asyncio.create_task(
                 self._reconcile_periodically(self.reconcile_every_s)
+            )
+        if self.dispatcher.schedules():
+            self._ticker = asyncio.create_task(
+                self._fire_schedules_periodically(self.schedule_every_s)
             )
         return self
 
@@ -162,9 +201,10 @@ class LocalRuntime:
         for server in self._servers:
             await server.stop()
         self._stop.set()
-        if self._reconciler is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._reconciler, 10)
+        for timer in (self._reconciler, self._ticker):
+            if timer is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(timer, 10)
         if self._worker is not None:
             try:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -175,7 +215,7 @@ class LocalRuntime:
                 logger.warning(
                     "steps still running %g s after the stop were cancelled", SHUTDOWN_GRACE_S
                 )
-        for resource in (self.scheduler, self.store):
+        for resource in (self.scheduler, self.store, self.marks):
             close = getattr(resource, "close", None)
             if close is not None:
                 close()

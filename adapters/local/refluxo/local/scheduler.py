@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import os
 import socket
@@ -42,6 +41,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal
 
+from refluxo.core.delivery import Decision, Redelivery
 from refluxo.core.errors import SchedulerError
 from refluxo.core.model import DispatchMessage
 from refluxo.core.ports import Scheduler
@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS messages (
     run_id TEXT NOT NULL,
     version INTEGER NOT NULL,
     hop INTEGER NOT NULL,
+    branch TEXT,  -- the parallel branch the delivery steps, if any (added by _migrate)
     due_at INTEGER NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'leased', 'done', 'dead')),
     lease_until INTEGER,
@@ -110,15 +111,24 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 """
 
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add ``branch`` to files made before parallel branches existed."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+    if "branch" not in columns:
+        db.execute("ALTER TABLE messages ADD COLUMN branch TEXT")
+
+
 # A key seen before collapses into the existing row, unless that row is a done tombstone
 # older than tombstone_ms: then the message is new again (the prune may not have run yet).
 # A new row is pending, or leased at once to the worker it is handed to (see schedule).
 _SCHEDULE = """
 INSERT INTO messages (
-    key, run_id, version, hop, due_at, state, lease_until, lease_token, attempts, created_at
+    key, run_id, version, hop, branch, due_at, state, lease_until, lease_token, attempts,
+    created_at
 )
 VALUES (
-    :key, :run_id, :version, :hop, :due_at, :state, :lease_until, :lease_token, 0, :now
+    :key, :run_id, :version, :hop, :branch, :due_at, :state, :lease_until, :lease_token, 0, :now
 )
 ON CONFLICT (key) DO UPDATE SET
     due_at = excluded.due_at, state = excluded.state, attempts = 0, last_error = NULL,
@@ -216,12 +226,22 @@ class _Worker:
     inflight: dict[asyncio.Task[None], _Lease] = field(default_factory=dict)
     # Leased to this worker (committed) but not started: each will take a slot about to free.
     ready: deque[_Lease] = field(default_factory=deque)
+    # Handler tasks that scheduled their follow-up into their own slot, which frees when they
+    # return: each task promises its slot once.
+    promised: set[asyncio.Task[None]] = field(default_factory=set)
     # Handlers returned, not yet marked done (still leased to this worker), oldest first.
     delivered: list[_Lease] = field(default_factory=list)
     delivered_since: float = 0.0  # loop.time() when the oldest of them was delivered
 
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
+
+    def caller_slot(self) -> asyncio.Task[None] | None:
+        """The handler task calling, if it runs for this worker and has not promised its slot."""
+        task = asyncio.current_task()
+        if task in self.inflight and task not in self.promised:
+            return task
+        return None
 
     def delivered_to_mark(self) -> list[_Lease]:
         """The delivered messages, once the oldest has waited DONE_FLUSH_S; else none."""
@@ -232,20 +252,6 @@ class _Worker:
     def room(self) -> int:
         """Slots neither running a handler nor promised to a ready lease."""
         return self.concurrency - len(self.inflight) - len(self.ready)
-
-
-@dataclass(eq=False)
-class _Delivery:
-    """The delivery a handler task is running, for :meth:`SQLiteScheduler.schedule` calls it
-    makes: its slot frees when it returns, so it may be promised to the message it schedules."""
-
-    worker: _Worker
-    slot_promised: bool = False
-
-
-_delivery: contextvars.ContextVar[_Delivery | None] = contextvars.ContextVar(
-    "refluxo_local_delivery", default=None
-)
 
 
 class SQLiteScheduler(Scheduler):
@@ -306,7 +312,12 @@ class SQLiteScheduler(Scheduler):
         self.tombstone_ms = tombstone_ms
         self.poll_interval_s = poll_interval_s
         self.busy_timeout_ms = busy_timeout_ms
-        self._database = Database(path, busy_timeout_ms=busy_timeout_ms, schema=_SCHEMA)
+        self.redelivery = Redelivery(
+            base_ms=retry_base_ms, max_ms=retry_max_ms, max_attempts=max_attempts
+        )
+        self._database = Database(
+            path, busy_timeout_ms=busy_timeout_ms, schema=_SCHEMA, migrate=_migrate
+        )
         self._last_prune: int | None = None
         self._last_expiry_check: int | None = None
         # The worker loops running on this object (each with its event loop and wake-up event).
@@ -364,6 +375,7 @@ class SQLiteScheduler(Scheduler):
             "run_id": message.run_id,
             "version": message.version,
             "hop": message.hop,
+            "branch": message.branch,
             "due_at": due_at,
             "state": "pending",
             "lease_until": None,
@@ -379,53 +391,25 @@ class SQLiteScheduler(Scheduler):
             return
         # A worker loop runs on this event loop: lease it what it has room for in the same
         # transaction. A handler of that worker scheduling its follow-up counts its own slot,
-        # which frees when it returns; it is promised once.
-        room = max(worker.room(), 0)
-        delivery = _delivery.get()
-        promise = delivery is not None and delivery.worker is worker and not delivery.slot_promised
-        if promise:
-            room += 1
-        leases = self._schedule_leasing(worker, message, params, now, room)
-        if promise and leases:
-            assert delivery is not None
-            delivery.slot_promised = True
-        self._wake(skip=worker if len(worker.inflight) >= worker.concurrency else None)
-
-    def _schedule_leasing(
-        self,
-        worker: _Worker,
-        message: DispatchMessage,
-        params: dict[str, object],
-        now: int,
-        room: int,
-    ) -> list[_Lease]:
-        """Insert a message, mark the worker's delivered messages done and lease it up to
-        ``room`` due messages (older ones first, then this one), in one transaction."""
-        due_at = params["due_at"]
-        assert isinstance(due_at, int)
+        # which frees when it returns.
+        caller = worker.caller_slot()
+        room = max(worker.room(), 0) + (caller is not None)
+        last = self._last_expiry_check
         delivered = worker.delivered_to_mark()
-        with self._transaction(f"schedule {message.key!r}") as db:
-            self._mark_done(db, delivered, now)
-            leases = []
-            if room > 0:
-                last = self._last_expiry_check
-                expire = last is None or not 0 <= now - last < EXPIRY_CHECK_EVERY_MS
-                leases = self._claim(db, now, room, worker.token, expire=expire)
-            if due_at <= now and len(leases) < room:
-                params = {
-                    **params,
-                    "state": "leased",
-                    "lease_until": now + self.lease_ms,
-                    "lease_token": worker.token,
-                }
-                # rowcount is 0 when the key collapsed into a stored row: nothing to deliver.
-                if db.execute(_SCHEDULE, params).rowcount == 1:
-                    leases.append(_Lease(message.key, message, due_at, 0, worker.token))
-            else:
-                db.execute(_SCHEDULE, params)
+        leases = self._write(
+            f"schedule {message.key!r}",
+            worker.token,
+            room,
+            delivered=delivered,
+            new=(message, params),
+            expire=last is None or not 0 <= now - last < EXPIRY_CHECK_EVERY_MS,
+            now=now,
+        )
         del worker.delivered[: len(delivered)]
         worker.ready.extend(leases)
-        return leases
+        if caller is not None and leases:
+            worker.promised.add(caller)
+        self._wake(skip=worker if len(worker.inflight) >= worker.concurrency else None)
 
     # Workers ---------------------------------------------------------------------------
 
@@ -462,10 +446,11 @@ class SQLiteScheduler(Scheduler):
 
         def finished(task: asyncio.Task[None]) -> None:
             inflight.pop(task, None)
+            worker.promised.discard(task)
             wake.set()
 
         def start(lease: _Lease) -> None:
-            task = asyncio.create_task(self._deliver_for(worker, handler, lease))
+            task = asyncio.create_task(self._deliver(handler, lease, worker))
             inflight[task] = lease
             task.add_done_callback(finished)
 
@@ -625,7 +610,10 @@ class SQLiteScheduler(Scheduler):
             state: only messages in this state (``dead`` lists the dead letters).
             limit: at most this many.
         """
-        sql = "SELECT key, run_id, version, hop, state, due_at, attempts, last_error FROM messages"
+        sql = (
+            "SELECT key, run_id, version, hop, branch, state, due_at, attempts, last_error"
+            " FROM messages"
+        )
         if state is not None:
             if state not in _STATES:
                 raise ValueError(f"state must be one of {', '.join(_STATES)}, not {state!r}")
@@ -636,13 +624,13 @@ class SQLiteScheduler(Scheduler):
         return [
             MessageInfo(
                 key=key,
-                message=DispatchMessage(run_id=run_id, version=version, hop=hop),
+                message=DispatchMessage(run_id=run_id, version=version, hop=hop, branch=branch),
                 state=row_state,
                 due_at=due_at,
                 attempts=attempts,
                 last_error=last_error,
             )
-            for key, run_id, version, hop, row_state, due_at, attempts, last_error in rows
+            for key, run_id, version, hop, branch, row_state, due_at, attempts, last_error in rows
         ]
 
     # Internals -------------------------------------------------------------------------
@@ -651,10 +639,6 @@ class SQLiteScheduler(Scheduler):
         """A worker loop of this object running on the current event loop and not stopping."""
         if not self._workers:
             return None
-        delivery = _delivery.get()
-        if delivery is not None and delivery.worker in self._workers:
-            if not delivery.worker.stopping():
-                return delivery.worker
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:
@@ -678,19 +662,50 @@ class SQLiteScheduler(Scheduler):
                 with contextlib.suppress(RuntimeError):  # That loop closed meanwhile.
                     worker.loop.call_soon_threadsafe(worker.wake.set)
 
-    def _backoff_ms(self, attempts: int) -> int:
-        return int(min(self.retry_base_ms * 2 ** (attempts - 1), self.retry_max_ms))
+    def _write(
+        self,
+        what: str,
+        token: str,
+        room: int,
+        *,
+        delivered: Sequence[_Lease] = (),
+        new: tuple[DispatchMessage, dict[str, object]] | None = None,
+        expire: bool = True,
+        now: int | None = None,
+    ) -> list[_Lease]:
+        """The scheduler's one write transaction: mark ``delivered`` done, lease up to ``room``
+        due messages to ``token`` (older ones first) and insert the ``new`` message, leased to
+        ``token`` at once when it is due and room is left. Returns the leases taken."""
+        now = self.clock() if now is None else now
+        with self._transaction(what) as db:
+            self._mark_done(db, delivered, now)
+            leases = self._claim(db, now, room, token, expire=expire) if room > 0 else []
+            if new is not None:
+                message, params = new
+                due_at = params["due_at"]
+                assert isinstance(due_at, int)
+                if due_at <= now and len(leases) < room:
+                    params = {
+                        **params,
+                        "state": "leased",
+                        "lease_until": now + self.lease_ms,
+                        "lease_token": token,
+                    }
+                    # rowcount is 0 when the key collapsed into a stored row: nothing to deliver.
+                    if db.execute(_SCHEDULE, params).rowcount == 1:
+                        leases.append(_Lease(message.key, message, due_at, 0, token))
+                else:
+                    db.execute(_SCHEDULE, params)
+        return leases
 
     def _lease(self, limit: int, worker: _Worker | None = None) -> list[_Lease]:
         """Lease up to ``limit`` due messages (pending, or leased by a worker that vanished);
         for a worker loop, also mark the messages it delivered done, in the same transaction."""
-        now = self.clock()
-        delivered = list(worker.delivered) if worker is not None else []
-        with self._transaction("lease messages") as db:
-            self._mark_done(db, delivered, now)
-            leases = self._claim(db, now, limit, worker.token if worker else uuid.uuid4().hex)
-        if worker is not None:
-            del worker.delivered[: len(delivered)]
+        if worker is None:
+            return self._write("lease messages", uuid.uuid4().hex, limit)
+        delivered = list(worker.delivered)
+        leases = self._write("lease messages", worker.token, limit, delivered=delivered)
+        del worker.delivered[: len(delivered)]
         return leases
 
     def _claim(
@@ -715,7 +730,7 @@ class SQLiteScheduler(Scheduler):
                 self._expire(db, now, expired)
             self._last_expiry_check = now
         rows = db.execute(
-            "SELECT key, run_id, version, hop, due_at, attempts FROM messages"
+            "SELECT key, run_id, version, hop, branch, due_at, attempts FROM messages"
             " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, key LIMIT ?",
             (now, limit),
         ).fetchall()
@@ -728,16 +743,17 @@ class SQLiteScheduler(Scheduler):
         return [
             _Lease(
                 key=key,
-                message=DispatchMessage(run_id=run_id, version=version, hop=hop),
+                message=DispatchMessage(run_id=run_id, version=version, hop=hop, branch=branch),
                 due_at=due_at,
                 attempts=attempts,
                 token=token,
             )
-            for key, run_id, version, hop, due_at, attempts in rows
+            for key, run_id, version, hop, branch, due_at, attempts in rows
         ]
 
     def _expire(self, db: sqlite3.Connection, now: int, expired: list[tuple[str, int]]) -> None:
-        dead = [key for key, attempts in expired if attempts + 1 >= self.max_attempts]
+        # An expired lease is a failed attempt, delivered again at once if any attempt is left.
+        dead = [key for key, attempts in expired if self.redelivery.exhausted(attempts + 1)]
         db.executemany(
             "UPDATE messages SET state = 'dead', attempts = attempts + 1, done_at = ?,"
             " lease_until = NULL, lease_token = NULL,"
@@ -754,7 +770,7 @@ class SQLiteScheduler(Scheduler):
             "UPDATE messages SET state = 'pending', attempts = attempts + 1,"
             " lease_until = NULL, lease_token = NULL,"
             " last_error = 'lease expired: the worker died or hung' WHERE key = ?",
-            [(key,) for key, attempts in expired if attempts + 1 < self.max_attempts],
+            [(key,) for key, attempts in expired if not self.redelivery.exhausted(attempts + 1)],
         )
 
     def _mark_done(self, db: sqlite3.Connection, leases: Sequence[_Lease], now: int) -> None:
@@ -778,8 +794,7 @@ class SQLiteScheduler(Scheduler):
             return
         delivered = list(worker.delivered)
         try:
-            with self._transaction("mark messages done") as db:
-                self._mark_done(db, delivered, self.clock())
+            self._write("mark messages done", worker.token, 0, delivered=delivered)
         except SchedulerError as exc:
             if not quiet:
                 raise
@@ -793,41 +808,36 @@ class SQLiteScheduler(Scheduler):
         try:
             await handler(lease.message)
         except Exception as exc:  # Any failure of the handler is a failed delivery.
-            error = f"{type(exc).__name__}: {exc}"
             try:
-                self._fail(lease, error)
+                self._fail(lease, self.redelivery.decide(exc, lease.attempts + 1))
             except SchedulerError as db_exc:
                 logger.warning("could not record the failure of %s: %s", lease.key, db_exc)
             return False
         return True
 
-    async def _deliver_for(self, worker: _Worker, handler: Handler, lease: _Lease) -> None:
-        """Deliver for a worker loop, which marks it done with others later."""
-        _delivery.set(_Delivery(worker))  # This task's own context: seen by its schedule calls.
-        if await self._attempt(handler, lease):
+    async def _deliver(
+        self, handler: Handler, lease: _Lease, worker: _Worker | None = None
+    ) -> None:
+        """Deliver ``lease``: for a worker loop, which marks it done with others later; for
+        :meth:`drain` (no worker), marked done at once."""
+        if not await self._attempt(handler, lease):
+            return
+        if worker is not None:
             if not worker.delivered:
                 worker.delivered_since = worker.loop.time()
             worker.delivered.append(lease)
+            return
+        try:
+            self._write(f"finish {lease.key!r}", lease.token, 0, delivered=[lease])
+        except SchedulerError as exc:
+            # The lease will expire and the message be delivered again: at least once.
+            logger.warning("could not mark %s done: %s", lease.key, exc)
 
-    async def _deliver(self, handler: Handler, lease: _Lease) -> None:
-        """Deliver for :meth:`drain`, marking it done at once."""
-        if await self._attempt(handler, lease):
-            try:
-                self._finish(lease)
-            except SchedulerError as exc:
-                # The lease will expire and the message be delivered again: at least once.
-                logger.warning("could not mark %s done: %s", lease.key, exc)
-
-    def _finish(self, lease: _Lease) -> None:
-        with self._use(f"finish {lease.key!r}") as db:
-            cur = db.execute(_MARK_DONE, (self.clock(), lease.key, lease.token))
-        if cur.rowcount == 0:
-            logger.warning("%s was delivered after its lease expired", lease.key)
-
-    def _fail(self, lease: _Lease, error: str) -> None:
+    def _fail(self, lease: _Lease, decision: Decision) -> None:
         attempts = lease.attempts + 1
         now = self.clock()
-        dead = attempts >= self.max_attempts
+        dead = decision.action == "dead_letter"
+        error = decision.error
         with self._use(f"retry {lease.key!r}") as db:
             db.execute(
                 "UPDATE messages SET state = ?, due_at = ?, attempts = ?, last_error = ?,"
@@ -835,7 +845,7 @@ class SQLiteScheduler(Scheduler):
                 " WHERE key = ? AND lease_token = ?",
                 (
                     "dead" if dead else "pending",
-                    now if dead else now + self._backoff_ms(attempts),
+                    now + decision.delay_ms,
                     attempts,
                     error,
                     now if dead else None,
@@ -850,7 +860,7 @@ class SQLiteScheduler(Scheduler):
                 "delivery %d of %s failed, retrying in %d ms: %s",
                 attempts,
                 lease.key,
-                self._backoff_ms(attempts),
+                decision.delay_ms,
                 error,
             )
 
