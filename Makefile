@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-core demo bench clean
+.PHONY: install lint test test-core demo bench clean setup-browser screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,20 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test: install lint setup-gcp setup-cloudflare setup-postgres
+test: install lint setup-gcp setup-cloudflare setup-postgres setup-browser
 	$(PY) -m pytest
+
+# The dashboard's browser tests drive Debian's chromium (Playwright with the system browser);
+# chromium-driver serves WebDriver clients. Installed only when missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+setup-browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends \
+			chromium chromium-driver; }
+
+# Writes the dashboard's screenshots shown in the README (docs/dashboard/*.png).
+screenshots: install setup-browser
+	$(PY) -m tests.local.screenshots docs/dashboard
 
 demo: install
 	$(PY) -m refluxo.demo

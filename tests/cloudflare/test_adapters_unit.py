@@ -525,6 +525,28 @@ async def test_two_deployments_with_nested_prefixes_cannot_read_each_other() -> 
     assert KVStateStore(kv, prefix="run:").prefix == "run:"  # the former default still loads
 
 
+async def test_kv_metadata_stays_within_kv_s_1024_bytes_whatever_the_run_holds() -> None:
+    import json
+
+    from refluxo.core.model import Snapshot
+
+    kv = RecordingKV()
+    store = KVStateStore(kv, prefix="m/")  # type: ignore[arg-type]
+    run = Snapshot.model_validate(
+        {
+            "workflowId": "big",
+            "status": "failed",
+            "currentNodeId": "\x01" * 200,
+            "definition": {"name": "w" * 64, "hash": "0123456789abcdef"},
+            "metadata": {"failedReason": "你\x02" * 500},
+        }
+    )
+    assert await store.create(run)
+    metadata = kv.data["m/big"][1]
+    assert len(json.dumps(metadata).encode()) <= 1024
+    assert metadata["s"] == "failed" and metadata["f"].startswith("你")
+
+
 def test_the_d1_driver_implements_the_sql_driver_protocol() -> None:
     from refluxo.cloudflare.store import D1Driver
     from refluxo.core.sql import SqlDriver

@@ -26,6 +26,7 @@ import pytest
 from refluxo.testing import dispatcher as test_dispatcher
 from refluxo.testing.archive import ResultArchiveContract
 from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.run_index import RunIndexContract
 from refluxo.testing.scheduler import SchedulerContract
 from refluxo.testing.store import StateStoreContract
 
@@ -43,6 +44,7 @@ SCENARIOS = sorted(
 RACING = test_dispatcher.RACING
 DUE_RUNS_TESTS = sorted(n for n in dir(DueRunsContract) if n.startswith("test_"))
 ARCHIVE_TESTS = sorted(n for n in dir(ResultArchiveContract) if n.startswith("test_"))
+RUN_INDEX_TESTS = sorted(n for n in dir(RunIndexContract) if n.startswith("test_"))
 SCHEDULER_TESTS = sorted(n for n in dir(SchedulerContract) if n.startswith("test_"))
 # What KVStateStore declares missing (no atomic compare-and-set), and Queues (no dedup).
 KV_SKIPPED = {
@@ -177,6 +179,14 @@ def test_d1_and_kv_stores_find_due_runs_for_the_reconciler(
 @pytest.mark.parametrize("name", ARCHIVE_TESTS)
 def test_d1_state_store_passes_the_result_archive_contract(contracts: Results, name: str) -> None:
     _expect(contracts, f"TestD1ResultArchive::{name}", "PASSED")
+
+
+@pytest.mark.parametrize("name", RUN_INDEX_TESTS)
+@pytest.mark.parametrize("store", ["TestD1RunIndex", "TestKVRunIndex"])
+def test_d1_and_kv_stores_list_runs_newest_first_with_filters_and_pages(
+    contracts: Results, store: str, name: str
+) -> None:
+    _expect(contracts, f"{store}::{name}", "PASSED")
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -293,3 +293,48 @@ def test_a_worker_without_an_api_token_refuses_the_public_routes(
     status, body = request(f"{server.url}/runs/anything")
     assert status == 403
     assert request(f"{server.url}/healthz")[0] == 200
+
+
+def test_runs_are_listed_and_retried_through_the_worker(api: Api) -> None:
+    status, body = post(f"{api.url}/workflows/demo/runs", {"id": "listed-1"})
+    assert status == 201, body
+    status, body = post(f"{api.url}/runs/listed-1/cancel", {"reason": "to list it"})
+    assert status == 200, body
+    status, page = request(f"{api.url}/runs?status=failed&workflow=demo&limit=200", headers=AUTH)
+    assert status == 200, page
+    found = {run["id"]: run for run in page["runs"]}
+    assert found["listed-1"]["failedReason"] == "cancelled: to list it"
+    assert all(run["status"] == "failed" for run in page["runs"])
+    status, body = post(f"{api.url}/runs/listed-1/retry", {"force": True})
+    assert (status, body["status"]) == (200, "active"), body
+    api.wait_until("listed-1", lambda s: s.get("wait", {}).get("kind") == "event")
+
+
+def test_a_run_moves_from_a_local_server_to_the_worker_and_back(api: Api, tmp_path: Path) -> None:
+    from tests.local.test_cli import DevServer, cli, wait_status
+
+    local = DevServer(tmp_path / "local.db")
+    local.start()
+    try:
+        cli("start", "demo", "--id", "trip-1", url=local.url)
+        wait_status(local.url, "trip-1", lambda s: (s.get("wait") or {}).get("kind") == "event")
+        out = cli("move", "trip-1", "--from", local.url, "--to", api.url, "--to-token", TOKEN)
+        assert out.returncode == 0, out.stderr
+        there = api.get("trip-1")
+        assert there["status"] == "paused" and there["metadata"]["movedFrom"]["from"] == local.url
+        back = cli("move", "trip-1", "--from", api.url, "--to", local.url, "--token", TOKEN)
+        assert back.returncode == 0, back.stderr
+        assert api.get("trip-1")["metadata"]["failedReason"] == "moved"
+        cli(
+            "event",
+            "trip-1",
+            "--name",
+            "approval",
+            "--payload",
+            '{"approved": true}',
+            url=local.url,
+        )
+        done = wait_status(local.url, "trip-1", lambda s: s["status"] == "completed")
+        assert "ship" in done["context"]  # type: ignore[operator]
+    finally:
+        local.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -12,6 +12,7 @@ from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.testing.archive import ResultArchiveContract
 from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.run_index import RunIndexContract
 from refluxo.testing.scheduler import NextDelivery, SchedulerContract
 from refluxo.testing.store import StateStoreContract
 
@@ -80,3 +81,9 @@ class TestMemoryScheduler(SchedulerContract):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class TestMemoryRunIndex(RunIndexContract):
+    @pytest.fixture
+    def make_store(self) -> Callable[[Callable[[], int]], MemoryStateStore]:
+        return lambda clock: MemoryStateStore(clock=clock)

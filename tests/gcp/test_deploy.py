@@ -406,6 +406,26 @@ def test_the_readme_shows_the_commands_the_dry_run_prints(
     assert shown == printed
 
 
+def test_the_dry_run_creates_the_composite_indexes_the_run_list_needs(
+    deploy_script: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle"
+    argv = ["--project", PROJECT, "--region", REGION, "--out", str(out), "--dry-run"]
+    assert deploy_script.main(argv) == 0
+    cmds = commands(capsys.readouterr().out)
+    created = [c for c in cmds if c[1:5] == ["firestore", "indexes", "composite", "create"]]
+    fields = {
+        tuple(a.split("=", 1)[1] for a in c if a.startswith("--field-config=")) for c in created
+    }
+    assert (
+        "field-path=workflow,order=ascending",
+        "field-path=updatedMs,order=descending",
+        "field-path=__name__,order=ascending",
+    ) in fields
+    assert len(fields) == 4
+    assert all("--collection-group=refluxo_runs" in c and "--async" in c for c in created)
+
+
 def test_each_schedule_gets_a_scheduler_job_calling_cron_with_the_accounts_token(
     deploy_script: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from unittest import mock
 
@@ -26,6 +26,7 @@ from refluxo.gcp.store import (
 )
 from refluxo.testing.archive import ResultArchiveContract
 from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.run_index import RunIndexContract
 from refluxo.testing.store import StateStoreContract, padded, snapshot, wire
 
 # Small enough to keep the contract's padded snapshots quick; the real limit is tested below.
@@ -216,7 +217,15 @@ async def test_top_level_fields_are_queryable(
     docs = [doc async for doc in query.stream()]
     assert sorted(doc.id for doc in docs) == ["a", "c"]
     fields = {doc.id: doc.to_dict() for doc in docs}["c"]
-    assert set(fields) == {"status", "version", "workflow", "updatedAt", "dueAt", "snapshot"}
+    assert set(fields) == {
+        "status",
+        "version",
+        "workflow",
+        "updatedAt",
+        "dueAt",
+        "snapshot",
+        *("updatedMs", "createdMs", "node", "failedReason"),
+    }
     assert (fields["status"], fields["version"], fields["workflow"]) == ("paused", 1, "orders")
     assert fields["updatedAt"].tzinfo is not None  # a server timestamp
     assert wire(Snapshot.from_json(fields["snapshot"])) == wire(_run("c", "paused", "orders", 1))
@@ -389,6 +398,10 @@ async def test_document_size_is_computed_exactly_as_firestore_counts_it(
         "workflow": "wörkflow",
         "updatedAt": firestore.SERVER_TIMESTAMP,
         "dueAt": 1_700_000_000_000,  # an active run's: an integer
+        "updatedMs": 1_700_000_000_000,
+        "createdMs": 1_700_000_000_000,
+        "node": over.current_node_id,
+        "failedReason": None,
         "snapshot": over.to_json(),
     }
     with pytest.raises(gexc.InvalidArgument, match="1048576"):
@@ -468,3 +481,9 @@ async def test_an_unreachable_firestore_fails_fast_and_transient(
         assert time.monotonic() - started < 10
     finally:
         await client._firestore_api.transport.close()
+
+
+class TestFirestoreRunIndex(RunIndexContract):
+    @pytest.fixture
+    def make_store(self, firestore_client: Any) -> Callable[[Callable[[], int]], Any]:
+        return lambda clock: FirestoreStateStore(firestore_client, COLLECTION, clock=clock)

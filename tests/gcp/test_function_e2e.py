@@ -652,3 +652,20 @@ async def test_a_run_whose_only_task_was_lost_is_recovered_through_the_reconcile
     assert waiting.current_node_id == "approval"
     status, body = await asyncio.to_thread(api.request, "POST", "/_reconcile", {})
     assert status == 401  # only the scheduler's credential may ask
+
+
+def test_runs_are_listed_through_the_function_with_their_query(
+    api: Api, clean_run: DemoRun, suffix: str
+) -> None:
+    status, body = api.request("GET", "/runs?workflow=demo&status=completed&limit=200")
+    assert status == 200, body
+    listed = {run["id"]: run for run in body["runs"]}
+    run = listed[f"clean-{suffix}"]
+    assert (run["workflow"], run["status"], run["version"]) == (
+        "demo",
+        "completed",
+        clean_run.done.version,
+    )
+    assert all(r["status"] == "completed" for r in body["runs"])
+    status, body = api.request("GET", "/runs?status=sleeping")
+    assert (status, body["error"]["code"]) == (400, "invalid_query")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.local.test_cli import free_port
 
@@ -80,4 +81,10 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 def test_every_documented_operation_answers_as_documented_and_never_5xx(
     case: schemathesis.Case,
 ) -> None:
-    case.call_and_validate()
+    excluded = []
+    if (case.method.upper(), case.operation.path) in (("GET", "/runs"), ("POST", "/runs/import")):
+        # An opaque cursor, a time as epoch ms or ISO 8601, and a whole snapshot (its run id,
+        # its JSON limits) are not fully described by a JSON schema: a value the document
+        # allows may still be refused (a 400, never a 5xx).
+        excluded.append(positive_data_acceptance)
+    case.call_and_validate(excluded_checks=excluded)

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from refluxo.local import SQLiteStateStore
 from refluxo.local.store import DEFAULT_MAX_BYTES, RunSummary
 from refluxo.testing.archive import ResultArchiveContract
 from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.run_index import RunIndexContract
 from refluxo.testing.store import StateStoreContract, snapshot
 from tests.conftest import FakeClock
 
@@ -381,6 +382,12 @@ async def test_an_unreadable_stored_run_is_reported_without_echoing_its_content(
     response = await api.handle(HttpRequest("GET", "/runs/r1"))
     assert response.status == 500 and b"4111" not in response.body
     store.close()
+
+
+class TestSQLiteRunIndex(RunIndexContract):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> Callable[[Callable[[], int]], SQLiteStateStore]:
+        return lambda clock: SQLiteStateStore(tmp_path / "index.db", clock=clock)
 
 
 async def test_an_unreadable_archived_result_is_reported_without_echoing_its_content(

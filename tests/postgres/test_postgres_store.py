@@ -3,6 +3,7 @@ real PostgreSQL server."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from refluxo.core.model import NodeResult
 from refluxo.postgres import PostgresStateStore
 from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.run_index import RunIndexContract
 from refluxo.testing.store import StateStoreContract, snapshot
 
 
@@ -32,6 +34,29 @@ class TestPostgresDueRuns(DueRunsContract):
     @pytest.fixture
     def store(self, pool: AsyncConnectionPool[Any]) -> PostgresStateStore:
         return PostgresStateStore(pool)
+
+
+class TestPostgresRunIndex(RunIndexContract):
+    @pytest.fixture
+    def make_store(
+        self, pool: AsyncConnectionPool[Any]
+    ) -> Callable[[Callable[[], int]], PostgresStateStore]:
+        return lambda clock: PostgresStateStore(pool, clock=clock)
+
+
+async def test_a_table_from_before_creation_times_gets_the_column_and_lists_its_runs(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(
+            "CREATE TABLE refluxo_runs (id text PRIMARY KEY, workflow text, status text NOT NULL,"
+            " version bigint NOT NULL, updated_at bigint NOT NULL, snapshot text NOT NULL,"
+            " due_at bigint)"
+        )
+    store = PostgresStateStore(pool, clock=lambda: 1_700_000_000_000)
+    assert await store.create(snapshot("old", status="failed"))
+    [found] = await store.find_runs(status="failed")
+    assert found.run_id == "old" and found.created_at == 1_700_000_000_000
 
 
 async def test_archived_results_come_back_oldest_first_and_archiving_is_idempotent(

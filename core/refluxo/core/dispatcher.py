@@ -43,6 +43,8 @@ from .engine import _REMEMBERED_EVENT_IDS, DEFAULT_STEP_TIMEOUT_S, WorkflowEngin
 from .errors import (
     DefinitionError,
     InboxFull,
+    NodeNotFound,
+    NotRetryable,
     NotStrictJson,
     PayloadTooLarge,
     RunFinished,
@@ -58,6 +60,7 @@ from .model import (
     DefinitionRef,
     DispatchMessage,
     Event,
+    NodeResult,
     Snapshot,
     WorkflowDefinition,
     now_ms,
@@ -222,6 +225,20 @@ class DispatchResult:
     version: int | None = None
     status: str | None = None
     detail: str | None = None
+
+
+def _downstream(definition: WorkflowDefinition, node_id: str) -> set[str]:
+    """``node_id`` and every node an edge path leads to from it."""
+    targets: dict[str, list[str]] = {}
+    for edge in definition.edges:
+        targets.setdefault(edge.source, []).append(edge.target)
+    seen, stack = {node_id}, [node_id]
+    while stack:
+        for target in targets.get(stack.pop(), []):
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
 
 
 def _trimmed(snapshot: Snapshot, *, keep_outputs: bool) -> Snapshot:
@@ -538,6 +555,241 @@ class RunService:
                     await self._notify_parent(cancelled)
                     return cancelled
         raise VersionConflict(run_id, -1, None)
+
+    async def retry(
+        self,
+        run_id: str,
+        *,
+        reason: str | None = None,
+        force: bool = False,
+        by: str | None = None,
+    ) -> Snapshot:
+        """Continue a failed run from the node that failed, with its attempts reset.
+
+        The run's results are kept; ``metadata.retries`` gains ``{"at", "by", "reason",
+        "failedReason"}``. A run refused for its definition (``metadata.refused``) is
+        delivered again at once. A cancelled run is retried only with ``force``; a run moved
+        to another deployment never is (it runs there).
+
+        Raises:
+            RunNotFound; NotRetryable (completed, running normally, cancelled without
+            ``force``, moved, or failed before any node); NotStrictJson (the reason or label
+            holds a lone surrogate); store and scheduler errors.
+        """
+        if reason is not None:
+            reason = check_text(reason[:_MAX_REASON_CHARS], "the reason", _MAX_REASON_CHARS)
+        if by is not None:
+            by = check_text(by[:200], "the caller's label", 200)
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            current = await self.store.load(run_id)
+            metadata = dict(current.metadata)
+            entry: dict[str, Any] = {"at": self.clock(), "by": by, "reason": reason}
+            if current.status == "failed":
+                if metadata.get("movedTo") is not None:
+                    raise NotRetryable(
+                        f"run {run_id!r} moved to {metadata['movedTo']!r}; it runs there"
+                    )
+                if metadata.get("cancelled") and not force:
+                    raise NotRetryable(f"run {run_id!r} was cancelled; retry it with force")
+                node_id = current.current_node_id
+                if node_id is None:
+                    raise NotRetryable(f"run {run_id!r} failed before any node; start it again")
+                entry["failedReason"] = metadata.pop("failedReason", None)
+                for key in ("cancelled", "cancelledAt", "refused"):
+                    metadata.pop(key, None)
+                first = not any(r.error is None for r in current.results(node_id))
+                pending = True if current.input is not None and first else None
+                pending = pending if node_id == self._start_of(current) else None
+                update: dict[str, Any] = {"status": "active", "input_pending": pending}
+            elif "refused" in metadata and not current.is_terminal:
+                entry["refused"] = metadata.pop("refused")
+                update = {}
+            else:
+                raise NotRetryable(
+                    f"run {run_id!r} is {current.status}; only failed or refused runs are retried"
+                )
+            retries = metadata.get("retries")
+            metadata["retries"] = [*(retries if isinstance(retries, list) else []), entry]
+            update.update(
+                metadata=metadata,
+                version=current.version + 1,
+                step_version=None,
+                retry_state=None,
+                wait=None if current.status == "failed" else current.wait,
+            )
+            retried = current.model_copy(update=update)
+            try:
+                await self.store.save(retried, expected_version=current.version)
+            except VersionConflict:
+                continue
+            await self._schedule_next(retried)
+            return retried
+        raise VersionConflict(run_id, -1, None)
+
+    def _start_of(self, snapshot: Snapshot) -> str | None:
+        try:
+            return self._workflow_of(snapshot).start
+        except (WorkflowMismatch, WorkflowNotFound):
+            return None
+
+    async def rerun(
+        self,
+        run_id: str,
+        from_node: str,
+        *,
+        input: Any = None,
+        new_id: str | None = None,
+        by: str | None = None,
+    ) -> Snapshot:
+        """Start a new run at ``from_node`` with the source run's results up to that point.
+
+        The new run holds every result the source recorded before ``from_node`` first ran
+        (all of them when it never ran; none of ``from_node``'s own), so ``{{ }}``
+        expressions see what they saw in the source; ``input``, when given, goes to
+        ``from_node`` as a run's input goes to its first node (from the start node without
+        one, the source's input does). ``metadata.rerunOf`` of the
+        new run names the source; the source's ``metadata.reruns`` gains the new run (the
+        source's state is otherwise unchanged, and a step in flight on it still saves).
+
+        Raises:
+            RunNotFound (the source); NodeNotFound; WorkflowNotFound or WorkflowMismatch (the
+            source's workflow is not deployed as it was); WorkflowMismatch (``new_id`` is
+            taken); ValueError (bad ``new_id``); NotStrictJson; store and scheduler errors.
+        """
+        source = await self.store.load(run_id)
+        workflow = self._workflow_of(source)
+        try:
+            workflow.engine.node(from_node)
+        except KeyError:
+            raise NodeNotFound(f"workflow {workflow.name!r} has no node {from_node!r}") from None
+        new_id = check_run_id(new_id) if new_id is not None else os.urandom(16).hex()
+        if input is None and from_node == workflow.start:
+            input = source.input  # a rerun from the start is the same run again
+        input = strict_json(input, max_depth=self.limits.max_depth, what="input")
+        ran = [r.timestamp for r in source.results(from_node)]
+        cut = min(ran) if ran else None
+        # Timestamps are milliseconds: a result of the same millisecond as the node's first
+        # run counts as before it unless its node comes after ``from_node`` in the graph.
+        after = _downstream(workflow.engine.workflow, from_node)
+
+        def before(node: str, result: NodeResult) -> bool:
+            if cut is None:
+                return True
+            return result.timestamp < cut or (result.timestamp == cut and node not in after)
+
+        context = {
+            node: kept
+            for node, results in source.context.items()
+            if node != from_node or cut is None
+            if (kept := [r for r in results if before(node, r)])
+        }
+        now = self.clock()
+        link = {"run": run_id, "from": from_node, "at": now, "by": by}
+        snapshot = workflow.engine.create_initial_snapshot(
+            new_id, from_node, input=input, definition=workflow.ref
+        ).model_copy(update={"context": context, "metadata": {"rerunOf": link}})
+        if not await self.store.create(snapshot):
+            raise WorkflowMismatch(f"a run with id {new_id!r} exists already")
+        await self._schedule_next(snapshot)
+        entry = {"run": new_id, "from": from_node, "at": now, "by": by}
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            current = await self.store.load(run_id)
+            reruns = current.metadata.get("reruns")
+            metadata = {
+                **current.metadata,
+                "reruns": [*(reruns if isinstance(reruns, list) else []), entry],
+            }
+            # Like an event: the version moves, the step in flight keeps its own.
+            linked = current.model_copy(
+                update={
+                    "metadata": metadata,
+                    "version": current.version + 1,
+                    "step_version": current.last_step_version,
+                }
+            )
+            try:
+                await self.store.save(linked, expected_version=current.version)
+                break
+            except VersionConflict:
+                continue
+            except PayloadTooLarge:
+                break  # the link lives in the new run alone
+        return snapshot
+
+    async def export_run(self, run_id: str, *, version: int, to: str) -> Snapshot:
+        """Hand a run over to another deployment: it ends here ``failed`` with reason ``moved``.
+
+        Only when its stored version is still ``version`` (the one the caller read), so that
+        nothing the caller did not see is lost. ``metadata.movedTo`` names ``to``; such a run
+        is never retried here, so it cannot run twice. A step in flight here loses its save.
+
+        Returns:
+            The snapshot as it was before (what the other deployment imports).
+
+        Raises:
+            RunNotFound; RunFinished (completed or failed); VersionConflict (it changed since
+            ``version``: read it again); NotStrictJson (``to`` holds a lone surrogate);
+            store errors.
+        """
+        to = check_text(to[:2000], "the target", 2000)
+        current = await self.store.load(run_id)
+        if current.is_terminal:
+            raise RunFinished(f"run {run_id!r} is {current.status}; there is nothing to move")
+        if current.version != version:
+            raise VersionConflict(run_id, version, current.version)
+        moved = self._failed(current, "moved")
+        moved.metadata.update(movedTo=to, movedAt=self.clock())
+        await self.store.save(moved, expected_version=current.version)
+        return current
+
+    async def import_run(self, snapshot: Snapshot, *, source: str | None = None) -> Snapshot:
+        """Continue here a run exported from another deployment (see :meth:`export_run`).
+
+        The run keeps its id, results, wait and inbox; ``metadata.movedFrom`` records where
+        it came from; its next delivery is scheduled as after a step. A run that moved away
+        from here (``failed`` with ``metadata.movedTo``) may come back: its record is replaced.
+
+        Raises:
+            RunFinished (the snapshot is of a finished run); WorkflowNotFound or
+            WorkflowMismatch (this deployment does not host its workflow with the same shape:
+            the message says why, or the id is taken here); ValueError (a bad run id);
+            PayloadTooLarge, NotStrictJson; store and scheduler errors.
+        """
+        if snapshot.is_terminal:
+            raise RunFinished(
+                f"run {snapshot.run_id!r} is {snapshot.status}; only a run that "
+                "is active, waiting or paused can move"
+            )
+        check_run_id(snapshot.run_id)
+        if snapshot.definition is None:
+            raise WorkflowMismatch(
+                f"run {snapshot.run_id!r} does not record its workflow, so its shape cannot "
+                "be checked"
+            )
+        self._workflow_of(snapshot)
+        metadata = {k: v for k, v in snapshot.metadata.items() if k != "refused"}
+        moved_from: dict[str, Any] = {"at": self.clock()}
+        if source is not None:
+            moved_from["from"] = check_text(source[:2000], "the source", 2000)
+        metadata["movedFrom"] = moved_from
+        imported = snapshot.model_copy(
+            update={"metadata": metadata, "version": snapshot.version + 1, "step_version": None}
+        )
+        if not await self.store.create(imported):
+            # A run that moved away from here may come back: its record here is replaced.
+            existing = await self.store.load(snapshot.run_id)
+            if existing.status != "failed" or not existing.metadata.get("movedTo"):
+                raise WorkflowMismatch(f"a run with id {snapshot.run_id!r} exists here already")
+            version = max(existing.version, snapshot.version) + 1
+            imported = imported.model_copy(update={"version": version})
+            try:
+                await self.store.save(imported, expected_version=existing.version)
+            except VersionConflict:
+                raise WorkflowMismatch(
+                    f"run {snapshot.run_id!r} changed here while it was imported"
+                ) from None
+        await self._schedule_next(imported)
+        return imported
 
     async def dispatch(self, message: DispatchMessage) -> DispatchResult:
         """Handle one scheduler delivery: at most one step of the run it names.

@@ -11,6 +11,8 @@ The tree::
     ├── VersionConflict                     save() lost the optimistic-locking race
     ├── WorkflowMismatch                    the run was started on an incompatible definition
     ├── RunFinished                         the run is completed or failed; nothing more can happen
+    ├── NotRetryable                        a retry was asked of a run that cannot take one
+    ├── NodeNotFound (LookupError)          no node with that id in the run's workflow
     ├── PayloadTooLarge (ValueError)        a snapshot or request body is over a limit
     ├── NotStrictJson (ValueError)          a value breaks the strict JSON rule (depth, NaN...)
     ├── InboxFull                           a run's inbox holds as many events as it may
@@ -73,6 +75,14 @@ class WorkflowMismatch(RefluxoError):
 
 class RunFinished(RefluxoError):
     """The run is completed or failed; it accepts no more events or steps."""
+
+
+class NotRetryable(RefluxoError):
+    """A retry was asked of a run that is not failed (or refused), or was cancelled or moved."""
+
+
+class NodeNotFound(RefluxoError, LookupError):
+    """No node with that id in the workflow."""
 
 
 class PayloadTooLarge(RefluxoError, ValueError):

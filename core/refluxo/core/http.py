@@ -2,10 +2,19 @@
 
 Routes::
 
+    GET  /workflows                                              200 {"workflows": [...]}
+    GET  /workflows/{name}                                       200 its definition
     POST /workflows/{name}/runs   {"id"?: str, "input"?: any}    201 new run, 200 existing
+    GET  /runs?workflow=&status=&updated_before=&updated_after=&limit=&cursor=
+                                                                 200 {"runs": [...], "cursor"}
     GET  /runs/{id}                                              200 the snapshot as JSON
     POST /runs/{id}/events        {"payload": any, "name"?, "id"?} 202 (id: safe retries)
     POST /runs/{id}/cancel        {"reason"?: str}               200
+    POST /runs/{id}/retry         {"reason"?: str, "force"?: bool} 200 the failed run continues
+    POST /runs/{id}/rerun         {"from": node, "input"?, "id"?} 201 a new run from that node
+    GET  /runs/{id}/timeline                                     200 steps, waits, events, links
+    POST /runs/{id}/export        {"to": str, "version": int}    200 {"snapshot"}: ended here
+    POST /runs/import             {"snapshot": {...}, "from"?}   201 the run continues here
     POST /_dispatch               a DispatchMessage              200 with the outcome
     POST /_reconcile              {"graceMs"?: int, "limit"?: int} 200 {"scheduled": [ids]}
     POST /_cron                   {"workflow", "schedule", "tick"?} 200 {"runId", "created"}
@@ -27,12 +36,16 @@ which also give the OpenAPI document. A runtime converts its request into
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import logging
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -43,6 +56,8 @@ from .dispatcher import RunService, check_run_id
 from .errors import (
     BackendError,
     InboxFull,
+    NodeNotFound,
+    NotRetryable,
     NotStrictJson,
     PayloadTooLarge,
     RunFinished,
@@ -52,7 +67,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .model import DispatchMessage
-from .ports import DueRuns
+from .ports import DueRuns, RunIndex
 
 logger = logging.getLogger("refluxo.http")
 
@@ -230,10 +245,18 @@ def _check_json_value(value: Any) -> None:
 
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("GET", re.compile(r"/workflows"), "workflows"),
+    ("GET", re.compile(r"/workflows/(?P<name>[^/]+)"), "workflow"),
     ("POST", re.compile(r"/workflows/(?P<name>[^/]+)/runs"), "start"),
+    ("GET", re.compile(r"/runs"), "list"),
     ("GET", re.compile(r"/runs/(?P<run_id>[^/]+)"), "get"),
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/events"), "event"),
     ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), "cancel"),
+    ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/retry"), "retry"),
+    ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/rerun"), "rerun"),
+    ("GET", re.compile(r"/runs/(?P<run_id>[^/]+)/timeline"), "timeline"),
+    ("POST", re.compile(r"/runs/(?P<run_id>[^/]+)/export"), "export"),
+    ("POST", re.compile(r"/runs/import"), "import_run"),
     ("POST", re.compile(r"/_dispatch"), "dispatch"),
     ("POST", re.compile(r"/_reconcile"), "reconcile"),
     ("POST", re.compile(r"/_cron"), "cron"),
@@ -241,6 +264,10 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/openapi\.json"), "openapi"),
 ]
 """Matched whole (``fullmatch``): a trailing newline is not part of any route."""
+
+_IMPORT_ROUTES = [route for route in _ROUTES if route[2] == "import_run"]
+_RESERVED_IDS = frozenset({"import"})
+"""Run ids the API refuses to give a new run: they would be read as another route."""
 
 
 def _schema() -> Any:
@@ -256,6 +283,62 @@ def _normal_path(target: str) -> str:
     return path[:-1] if len(path) > 1 and path.endswith("/") else path
 
 
+MAX_LIST_LIMIT = 200
+"""The most runs one page of ``GET /runs`` holds."""
+
+_STATUSES = ("active", "paused", "error", "completed", "failed")
+
+
+def _query(target: str) -> dict[str, str]:
+    """The query parameters of a request target; a parameter given twice is refused."""
+    raw = target.partition("?")[2]
+    try:
+        pairs = urllib.parse.parse_qsl(
+            raw, keep_blank_values=True, strict_parsing=bool(raw), errors="strict"
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, "invalid_query", f"the query string is malformed: {exc}") from None
+    query: dict[str, str] = {}
+    for key, value in pairs:
+        if key in query:
+            raise HttpError(400, "invalid_query", f"{key} is given more than once")
+        query[key] = value
+    return query
+
+
+def _time_param(name: str, text: str) -> int:
+    """Epoch milliseconds, or an ISO 8601 date-time (UTC when it names no zone)."""
+    if text.isdigit() and len(text) <= 16:
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise HttpError(
+            400, "invalid_query", f"{name} must be epoch milliseconds or an ISO 8601 date-time"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def encode_cursor(updated_at: int, run_id: str) -> str:
+    """The opaque cursor of ``GET /runs``: where the next page starts."""
+    raw = json.dumps([updated_at, run_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """The position a cursor of :func:`encode_cursor` names; HttpError 400 for any other."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        updated_at, run_id = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error):
+        raise HttpError(400, "invalid_cursor", "the cursor is not one this API gave") from None
+    if type(updated_at) is not int or not isinstance(run_id, str):
+        raise HttpError(400, "invalid_cursor", "the cursor is not one this API gave")
+    return updated_at, run_id
+
+
 def _refuse_constant(token: str) -> Any:
     raise NotStrictJson(f"the body holds {token}, which is not a JSON number", "nan")
 
@@ -266,6 +349,10 @@ def _summary(snapshot: Any) -> dict[str, Any]:
         "status": snapshot.status,
         "version": snapshot.version,
     }
+
+
+def _workflow_info(workflow: Any) -> dict[str, Any]:
+    return {"name": workflow.name, "hash": workflow.ref.hash, "start": workflow.start}
 
 
 class HttpApi:
@@ -328,7 +415,10 @@ class HttpApi:
     async def _route(self, request: HttpRequest) -> HttpResponse:
         path = _normal_path(request.path)
         allowed: list[str] = []
-        for method, pattern, action in _ROUTES:
+        # /runs/import is the import route alone, not also the run named "import" (a name no
+        # run can take: see _RESERVED_IDS).
+        routes = _IMPORT_ROUTES if path == "/runs/import" else _ROUTES
+        for method, pattern, action in routes:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
@@ -351,6 +441,8 @@ class HttpApi:
                 return await self._cron(request)
             if self._api_auth is not None and not await self._api_auth(request):
                 raise HttpError(401, "unauthorized", "a valid bearer token is required")
+            if action == "list":
+                return await self._list(request)
             handler = getattr(self, f"_{action}")
             response: HttpResponse = await handler(request, **match.groupdict())
             return response
@@ -400,11 +492,19 @@ class HttpApi:
         except ValueError as exc:
             raise HttpError(400, "invalid_run_id", str(exc)) from None
 
+    @classmethod
+    def _new_run_id(cls, run_id: str) -> str:
+        if run_id in _RESERVED_IDS:
+            raise HttpError(
+                400, "invalid_run_id", f"{run_id!r} is reserved (POST /runs/{run_id} is a route)"
+            )
+        return cls._run_id(run_id)
+
     # --- routes --------------------------------------------------------------------------
 
     async def _start(self, request: HttpRequest, name: str) -> HttpResponse:
         body = self._body(_schema().StartRun, self._json(request, required=False))
-        run_id = self._run_id(body.id) if body.id is not None else None
+        run_id = self._new_run_id(body.id) if body.id is not None else None
         try:
             snapshot, created = await self.dispatcher.start(name, run_id=run_id, input=body.input)
         except WorkflowNotFound as exc:
@@ -414,6 +514,56 @@ class HttpApi:
         except PayloadTooLarge as exc:
             raise HttpError(413, "payload_too_large", str(exc)) from None
         return HttpResponse.json(201 if created else 200, _summary(snapshot))
+
+    async def _workflows(self, request: HttpRequest) -> HttpResponse:
+        hosted = [_workflow_info(w) for w in self.dispatcher.workflows.values()]
+        return HttpResponse.json(200, {"workflows": hosted})
+
+    async def _workflow(self, request: HttpRequest, name: str) -> HttpResponse:
+        try:
+            workflow = self.dispatcher.workflow(name)
+        except WorkflowNotFound as exc:
+            raise HttpError(404, "unknown_workflow", str(exc)) from None
+        return HttpResponse.json(
+            200, {**_workflow_info(workflow), "definition": workflow.engine.workflow.to_dict()}
+        )
+
+    async def _list(self, request: HttpRequest) -> HttpResponse:
+        """``GET /runs``: summaries, newest first, one page at a time (see :class:`RunIndex`)."""
+        query = _query(request.path)
+        known = {"workflow", "status", "updated_before", "updated_after", "limit", "cursor"}
+        unknown = sorted(set(query) - known)
+        if unknown:
+            raise HttpError(400, "invalid_query", f"unknown parameter(s): {', '.join(unknown)}")
+        status = query.get("status")
+        if status is not None and status not in _STATUSES:
+            raise HttpError(400, "invalid_query", f"status must be one of {', '.join(_STATUSES)}")
+        limit = 50
+        if "limit" in query:
+            text = query["limit"]
+            if not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+                raise HttpError(
+                    400, "invalid_query", f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}"
+                )
+            limit = int(text)
+        options: dict[str, Any] = {
+            "workflow": query.get("workflow") or None,
+            "status": status,
+            "after": decode_cursor(query["cursor"]) if query.get("cursor") else None,
+        }
+        for name in ("updated_before", "updated_after"):
+            if query.get(name):
+                options[name] = _time_param(name, query[name])
+        store = self.dispatcher.store
+        if not isinstance(store, RunIndex):
+            raise HttpError(501, "not_implemented", f"{type(store).__name__} cannot list runs")
+        # One more than asked for tells whether another page follows.
+        found = await store.find_runs(**options, limit=limit + 1)
+        page = found[:limit]
+        cursor = None
+        if len(found) > limit:
+            cursor = encode_cursor(page[-1].updated_at, page[-1].run_id)
+        return HttpResponse.json(200, {"runs": [r.to_wire() for r in page], "cursor": cursor})
 
     async def _get(self, request: HttpRequest, run_id: str) -> HttpResponse:
         try:
@@ -451,6 +601,89 @@ class HttpApi:
         except VersionConflict as exc:
             raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
         return HttpResponse.json(200, _summary(snapshot))
+
+    async def _retry(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        body = self._body(_schema().RetryRun, self._json(request, required=False))
+        try:
+            snapshot = await self.dispatcher.retry(
+                self._run_id(run_id),
+                reason=body.reason,
+                force=body.force,
+                by=request.header("x-refluxo-caller"),
+            )
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        except NotRetryable as exc:
+            raise HttpError(409, "not_retryable", str(exc)) from None
+        except VersionConflict as exc:
+            raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
+        return HttpResponse.json(200, _summary(snapshot))
+
+    async def _rerun(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        body = self._body(_schema().RerunRun, self._json(request))
+        new_id = self._new_run_id(body.id) if body.id is not None else None
+        try:
+            snapshot = await self.dispatcher.rerun(
+                self._run_id(run_id),
+                body.from_,
+                input=body.input,
+                new_id=new_id,
+                by=request.header("x-refluxo-caller"),
+            )
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        except NodeNotFound as exc:
+            raise HttpError(400, "unknown_node", str(exc)) from None
+        except WorkflowNotFound as exc:
+            raise HttpError(409, "workflow_not_deployed", str(exc)) from None
+        except WorkflowMismatch as exc:
+            raise HttpError(409, "not_rerunnable", str(exc)) from None
+        except PayloadTooLarge as exc:
+            raise HttpError(413, "payload_too_large", str(exc)) from None
+        return HttpResponse.json(201, _summary(snapshot))
+
+    async def _export(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        body = self._body(_schema().ExportRun, self._json(request))
+        try:
+            snapshot = await self.dispatcher.export_run(
+                self._run_id(run_id), version=body.version, to=body.to
+            )
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        except RunFinished as exc:
+            raise HttpError(409, "run_finished", str(exc)) from None
+        except VersionConflict:
+            raise HttpError(
+                409, "run_changed", "the run changed since that version: read it and try again"
+            ) from None
+        return HttpResponse.json(200, {"snapshot": snapshot.to_dict()})
+
+    async def _import_run(self, request: HttpRequest) -> HttpResponse:
+        body = self._body(_schema().ImportRun, self._json(request))
+        snapshot = body.snapshot
+        self._new_run_id(snapshot.run_id)
+        try:
+            imported = await self.dispatcher.import_run(snapshot, source=body.from_)
+        except ValueError as exc:
+            if isinstance(exc, PayloadTooLarge):
+                raise HttpError(413, "payload_too_large", str(exc)) from None
+            if isinstance(exc, NotStrictJson):
+                raise
+            raise HttpError(400, "invalid_run_id", str(exc)) from None
+        except RunFinished as exc:
+            raise HttpError(409, "run_finished", str(exc)) from None
+        except (WorkflowNotFound, WorkflowMismatch) as exc:
+            raise HttpError(409, "not_importable", str(exc)) from None
+        return HttpResponse.json(201, _summary(imported))
+
+    async def _timeline(self, request: HttpRequest, run_id: str) -> HttpResponse:
+        from .timeline import timeline
+
+        try:
+            snapshot = await self.dispatcher.get(self._run_id(run_id))
+        except RunNotFound as exc:
+            raise HttpError(404, "unknown_run", str(exc)) from None
+        return HttpResponse.json(200, timeline(snapshot))
 
     async def _check_scheduler(self, request: HttpRequest, what: str) -> None:
         if self._dispatch_auth is None:

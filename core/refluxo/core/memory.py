@@ -19,14 +19,23 @@ from .model import (
     encode_snapshot,
     now_ms,
 )
-from .ports import DueRuns, ResultArchive, Scheduler, StateStore, stored_due_time
+from .ports import (
+    DueRuns,
+    ResultArchive,
+    RunIndex,
+    RunInfo,
+    Scheduler,
+    StateStore,
+    run_info,
+    stored_due_time,
+)
 
 
-class MemoryStateStore(StateStore, ResultArchive, DueRuns):
+class MemoryStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
     """Keeps snapshots as JSON text in a dict; copies in and out so callers share nothing.
 
     It also keeps the results a retention limit trims (:class:`ResultArchive`) and finds due
-    runs (:class:`DueRuns`).
+    runs (:class:`DueRuns`) and lists them (:class:`RunIndex`).
 
     Args:
         max_bytes: refuse snapshots whose JSON is larger (None: no limit).
@@ -37,6 +46,7 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns):
         self._runs: dict[str, str] = {}
         self._versions: dict[str, int] = {}
         self._due: dict[str, int] = {}
+        self._times: dict[str, tuple[int, int]] = {}  # run id -> (created, updated)
         self._archive: dict[tuple[str, str], dict[int, str]] = {}
         self.max_bytes = max_bytes
         self.clock = clock
@@ -57,6 +67,8 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns):
             return False
         self._runs[snapshot.run_id] = raw
         self._versions[snapshot.run_id] = snapshot.version
+        now = self.clock()
+        self._times[snapshot.run_id] = (now, now)
         self._set_due(snapshot)
         return True
 
@@ -75,11 +87,40 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns):
             raise VersionConflict(run_id, expected_version, current)
         self._runs[run_id] = self._encode(snapshot)
         self._versions[run_id] = snapshot.version
+        self._times[run_id] = (self._times[run_id][0], self.clock())
         self._set_due(snapshot)
 
     async def due_runs(self, *, due_before: int, limit: int) -> list[str]:
         due = sorted((at, run_id) for run_id, at in self._due.items() if at <= due_before)
         return [run_id for _, run_id in due[:limit]]
+
+    async def find_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        updated_before: int | None = None,
+        updated_after: int | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> list[RunInfo]:
+        found: list[RunInfo] = []
+        for run_id, raw in self._runs.items():
+            created, updated = self._times[run_id]
+            info = run_info(Snapshot.from_json(raw), created_at=created, updated_at=updated)
+            if workflow is not None and info.workflow != workflow:
+                continue
+            if status is not None and info.status != status:
+                continue
+            if updated_before is not None and updated >= updated_before:
+                continue
+            if updated_after is not None and updated < updated_after:
+                continue
+            if after is not None and (-updated, run_id) <= (-after[0], after[1]):
+                continue
+            found.append(info)
+        found.sort(key=lambda r: (-r.updated_at, r.run_id))
+        return found[:limit]
 
     async def archive_results(
         self, run_id: str, node_id: str, first_index: int, results: Sequence[NodeResult]

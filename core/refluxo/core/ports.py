@@ -8,7 +8,8 @@ checker catches a missing method. Every adapter passes the contract suites of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from .model import DispatchMessage, NodeResult, Snapshot
 
@@ -141,6 +142,97 @@ class DueRuns(Protocol):
         """Ids of runs that are not finished and whose due time (``Snapshot.due_at()``,
         where ``active`` counts as due at its last save time) is at or before
         ``due_before`` (epoch ms), earliest first, at most ``limit``.
+
+        Raises:
+            StoreError: the backend failed.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run as a :class:`RunIndex` lists it: a summary, never the whole snapshot.
+
+    Attributes:
+        run_id: the run's id.
+        workflow: the name of its workflow definition (None when the run records none).
+        status: ``active``, ``paused``, ``error``, ``completed`` or ``failed``.
+        current_node: the node the run is at (None once it completed).
+        version: the stored snapshot's version.
+        created_at: when the run was stored first, epoch ms (None when the store did not
+            keep it: runs stored before it did).
+        updated_at: when the run was last written, epoch ms.
+        failed_reason: ``metadata.failedReason`` of a failed run, else None.
+    """
+
+    run_id: str
+    workflow: str | None
+    status: str
+    current_node: str | None
+    version: int
+    created_at: int | None
+    updated_at: int
+    failed_reason: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The summary as the HTTP API answers it (camelCase, epoch ms)."""
+        return {
+            "id": self.run_id,
+            "workflow": self.workflow,
+            "status": self.status,
+            "currentNode": self.current_node,
+            "version": self.version,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            "failedReason": self.failed_reason,
+        }
+
+
+def run_info(snapshot: Snapshot, *, created_at: int | None, updated_at: int) -> RunInfo:
+    """The :class:`RunInfo` of ``snapshot`` stored at ``updated_at`` (for stores that list runs)."""
+    reason = snapshot.metadata.get("failedReason") if snapshot.status == "failed" else None
+    return RunInfo(
+        run_id=snapshot.run_id,
+        workflow=snapshot.definition.name if snapshot.definition is not None else None,
+        status=snapshot.status,
+        current_node=snapshot.current_node_id,
+        version=snapshot.version,
+        created_at=created_at,
+        updated_at=updated_at,
+        failed_reason=reason if isinstance(reason, str) else None,
+    )
+
+
+@runtime_checkable
+class RunIndex(Protocol):
+    """Optional: a store that lists runs, newest first, for operators (``GET /runs``).
+
+    Runs are ordered by their last write, newest first, ties broken by run id (ascending):
+    the order is total, so a page that starts after a given ``(updated_at, run_id)`` position
+    never repeats or skips a run that was not written meanwhile. A run written between two
+    pages moves to the front and is not seen again by a walk already past it.
+    """
+
+    async def find_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        updated_before: int | None = None,
+        updated_after: int | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> list[RunInfo]:
+        """Up to ``limit`` runs, newest first, that match every filter given.
+
+        Args:
+            workflow: only runs of the workflow with this name.
+            status: only runs with this status.
+            updated_before: only runs last written before this time (epoch ms, exclusive).
+            updated_after: only runs last written at or after this time (epoch ms).
+            after: only runs that come after this ``(updated_at, run_id)`` position in the
+                order (the last run of the previous page).
+            limit: at most this many (at least 1).
 
         Raises:
             StoreError: the backend failed.

@@ -7,7 +7,8 @@ A backend supplies two things:
   :class:`~refluxo.core.errors.StoreError`;
 * a **dialect** (:class:`SqlDialect`): the statements, as data: the schema, the
   compare-and-set ``UPDATE ... WHERE id = ? AND version = ?``, the re-read that tells
-  RunNotFound from VersionConflict, the results archive, ``due_runs`` and ``list_runs``.
+  RunNotFound from VersionConflict, the results archive, ``due_runs``, ``list_runs`` and
+  ``find_runs`` (the operator's run listing, with filters and a cursor).
   :func:`standard_dialect` writes them in the SQL that SQLite, D1 and PostgreSQL share; a
   backend replaces only what differs.
 
@@ -40,7 +41,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .errors import RunNotFound, StoreError, VersionConflict
 from .model import NodeResult, Snapshot, decode_result, decode_snapshot, encode_snapshot, now_ms
-from .ports import DueRuns, ResultArchive, StateStore, stored_due_time
+from .ports import DueRuns, ResultArchive, RunIndex, RunInfo, StateStore, stored_due_time
 
 __all__ = [
     "Row",
@@ -49,6 +50,7 @@ __all__ = [
     "SqlDriver",
     "SqlStateStore",
     "archive_table",
+    "find_runs_statement",
     "standard_dialect",
 ]
 
@@ -154,6 +156,12 @@ class SqlDialect:
         due: ``(due_before, limit)`` -> the column ``id``, earliest ``due_at`` first.
         list_runs: ``SELECT id, workflow, status, version, updated_at FROM <runs>``, to which
             :meth:`SqlStateStore.list_runs` adds its conditions, order and limit.
+        find_page: ``SELECT id FROM <runs>``, to which :meth:`SqlStateStore.find_runs` adds
+            its conditions, order and limit: the ids of one page.
+        find_rows: the page's runs as ``id, workflow, status, node, version, created_at,
+            updated_at, reason`` (the current node and a failed run's reason read from the
+            snapshot's JSON), newest first, with ``{page}`` where the page's query goes; see
+            :func:`find_runs_statement`.
         settled_hint: a condition added to ``list_runs`` when it asks for a status other than
             ``active`` (a partial index's own predicate, which SQLite's planner needs to use
             the index); empty for none.
@@ -177,6 +185,8 @@ class SqlDialect:
     archived: str
     due: str
     list_runs: str
+    find_page: str
+    find_rows: str
     settled_hint: str = ""
     schema_missing: Callable[[str], bool] | None = None
     prepare: Callable[[SqlDriver, SqlDialect], Awaitable[None]] | None = None
@@ -193,6 +203,34 @@ def archive_table(results: str) -> str:
         "    result TEXT NOT NULL,\n"
         "    PRIMARY KEY (run_id, node_id, idx)\n"
         ")"
+    )
+
+
+def find_runs_statement(
+    runs: str,
+    *,
+    current_node: str = "json_extract(r.snapshot, '$.currentNodeId')",
+    failed_reason: str = "json_extract(r.snapshot, '$.metadata.failedReason')",
+    created_at: str = "r.created_at",
+) -> str:
+    """The dialect's ``find_rows``: the runs of a page (``{page}``, a query of their ids),
+    joined back to ``runs`` (as ``r``) so that only their JSON is read.
+
+    A sort carries every column it outputs, so reading the snapshots in the sort itself would
+    parse every matching row; the page's ids are sorted first.
+
+    Args:
+        runs: the runs table.
+        current_node: the SQL that reads ``currentNodeId`` from ``r.snapshot``.
+        failed_reason: the SQL that reads ``metadata.failedReason`` from ``r.snapshot``.
+        created_at: the creation time's column, or ``NULL`` for a table that keeps none.
+    """
+    return (
+        "SELECT r.id AS id, r.workflow AS workflow, r.status AS status,"
+        f" {current_node} AS node, r.version AS version, {created_at} AS created_at,"
+        f" r.updated_at AS updated_at, CASE r.status WHEN 'failed' THEN {failed_reason}"
+        f" END AS reason FROM ({{page}}) AS page JOIN {runs} AS r ON r.id = page.id"
+        " ORDER BY r.updated_at DESC, r.id"
     )
 
 
@@ -247,10 +285,12 @@ def standard_dialect(
             " ORDER BY due_at, id LIMIT ?"
         ),
         list_runs=f"SELECT id, workflow, status, version, updated_at FROM {runs}",
+        find_page=f"SELECT id FROM {runs}",
+        find_rows=find_runs_statement(runs),
     )
 
 
-class SqlStateStore(StateStore, ResultArchive, DueRuns):
+class SqlStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
     """Keeps each run as one row; ``create`` and ``save`` are each one atomic statement.
 
     * ``create``: the dialect's ``insert`` (``ON CONFLICT (id) DO NOTHING``); one changed row
@@ -505,3 +545,73 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns):
             )
             for row in rows
         ]
+
+    async def find_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        updated_before: int | None = None,
+        updated_after: int | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> list[RunInfo]:
+        """Runs newest first with keyset pagination (see :class:`~refluxo.core.ports.RunIndex`).
+
+        The page's ids are found first, then the current node and the failed reason are read
+        from the JSON of those rows alone, so a page costs ``limit`` snapshot reads. A table
+        that keeps no creation time lists ``created_at`` as None.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        where: list[str] = []
+        params: list[object] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+            if status != "active" and self.dialect.settled_hint:
+                where.append(self.dialect.settled_hint)
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        if updated_before is not None:
+            where.append("updated_at < ?")
+            params.append(updated_before)
+        if updated_after is not None:
+            where.append("updated_at >= ?")
+            params.append(updated_after)
+        if after is not None:
+            where.append("(updated_at < ? OR (updated_at = ? AND id > ?))")
+            params.extend((after[0], after[0], after[1]))
+        page = self.dialect.find_page
+        if where:
+            page += " WHERE " + " AND ".join(where)
+        page += " ORDER BY updated_at DESC, id LIMIT ?"
+        params.append(limit)
+        sql = self.dialect.find_rows.replace("{page}", page)
+        rows = await self._run("find runs", lambda: self.driver.fetch_all(sql, params))
+        return [
+            RunInfo(
+                run_id=str(row["id"]),
+                workflow=_text(row["workflow"]),
+                status=str(row["status"]),
+                current_node=_text(row["node"]),
+                version=int(row["version"]),
+                created_at=_ms(row["created_at"]),
+                updated_at=int(row["updated_at"]),
+                failed_reason=_text(row["reason"]),
+            )
+            for row in rows
+        ]
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ms(value: object) -> int | None:
+    # D1 gives numbers as floats; bool is not a time.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)

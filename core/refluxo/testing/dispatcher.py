@@ -298,6 +298,26 @@ async def test_a_refused_run_resumes_when_its_definition_is_redeployed(
     assert recorded(done) == await clean_run(clock)
 
 
+async def test_retry_delivers_a_refused_run_at_once_after_a_redeploy(
+    store: StateStore, clock: FakeClock
+) -> None:
+    h = Harness(store, clock)
+    await h.dispatcher.start("demo", run_id="r1")
+    rewired = DEFINITION.model_copy(deep=True)
+    rewired.edges[0].target = "approval"
+    other = RunService(
+        [Workflow("demo", rewired, NODES, clock=clock)], store, h.scheduler, clock=clock
+    )
+    (message,) = h.scheduler.pop_due()
+    assert (await other.dispatch(message)).outcome == "refused"
+    assert h.scheduler.pop_due() == []  # the next try is minutes away
+    retried = await h.dispatcher.retry("r1", reason="redeployed", by="ops")
+    assert "refused" not in retried.metadata
+    assert retried.metadata["retries"][0]["reason"] == "redeployed"
+    (again,) = h.scheduler.pop_due()  # due now
+    assert (await h.dispatcher.dispatch(again)).outcome == "stepped"
+
+
 async def test_data_changes_are_compatible_and_picked_up(
     store: StateStore, clock: FakeClock
 ) -> None:

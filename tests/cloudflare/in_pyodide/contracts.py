@@ -1,8 +1,8 @@
 """Runs inside Pyodide: ``harness.mjs run --kv STATE --d1 DB --queue STEPS --queue JOBS``.
 
-The StateStore and DueRuns contracts on D1StateStore (all of them) and KVStateStore
-(declaring no atomic compare-and-set), the Scheduler contract on QueuesScheduler, and the
-adapters' own tests, all on Miniflare's real KV, D1 and Queues.
+The StateStore, DueRuns and RunIndex contracts on D1StateStore (all of them) and
+KVStateStore (declaring no atomic compare-and-set), the Scheduler contract on
+QueuesScheduler, and the adapters' own tests, all on Miniflare's real KV, D1 and Queues.
 ``test_cloudflare_in_pyodide.py`` starts it and checks every result line.
 """
 
@@ -32,6 +32,7 @@ from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.demo import workflows
 from refluxo.testing.archive import ResultArchiveContract
 from refluxo.testing.due_runs import DueRunsContract
+from refluxo.testing.run_index import RunIndexContract
 from refluxo.testing.scheduler import SchedulerContract
 from refluxo.testing.store import StateStoreContract, padded, snapshot, wire
 from tests.dispatcher.longrun import loop_workflow, run_loop
@@ -98,6 +99,22 @@ class TestKVStateStore(StateStoreContract, DueRunsContract):
     @pytest.fixture
     def store_max_bytes(self):
         return CONTRACT_MAX_BYTES
+
+
+class TestD1RunIndex(RunIndexContract):
+    @pytest.fixture
+    def make_store(self):
+        return lambda clock: D1StateStore(env.DB, table=f"runs_{next(_fresh)}", clock=clock)
+
+    @pytest.fixture
+    def run_index_capabilities(self):
+        return frozenset()  # the table keeps no creation time
+
+
+class TestKVRunIndex(RunIndexContract):
+    @pytest.fixture
+    def make_store(self):
+        return lambda clock: KVStateStore(env.STATE, prefix=f"t{next(_fresh)}/", clock=clock)
 
 
 class TestQueuesScheduler(SchedulerContract):

@@ -18,13 +18,14 @@ from typing import Any
 
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
 from refluxo.core.model import Snapshot, decode_snapshot, encode_snapshot, now_ms
-from refluxo.core.ports import DueRuns, StateStore, stored_due_time
+from refluxo.core.ports import DueRuns, RunIndex, RunInfo, StateStore, stored_due_time
 from refluxo.core.sql import (
     Row,
     SqlDialect,
     SqlDriver,
     SqlStateStore,
     archive_table,
+    find_runs_statement,
     standard_dialect,
 )
 
@@ -90,13 +91,16 @@ def check_kv_prefix(prefix: str) -> str:
     return prefix
 
 
-class KVStateStore(StateStore, DueRuns):
+class KVStateStore(StateStore, DueRuns, RunIndex):
     """Keeps each run as one Workers KV value; read, check, write, and check again.
 
     Layout: key ``prefix + run_id``; value the snapshot's JSON text; KV metadata
-    ``{"version": N, "writer": W, "due": D}``, where ``W`` is a random token fresh for every
-    write and ``D`` the run's due time (:func:`~refluxo.core.ports.stored_due_time`, None when
-    it is not due), written with the value in one ``put``.
+    ``{"version": N, "writer": W, "due": D, ...}``, where ``W`` is a random token fresh for
+    every write and ``D`` the run's due time (:func:`~refluxo.core.ports.stored_due_time`, None
+    when it is not due), written with the value in one ``put``. The metadata also holds what
+    ``find_runs`` lists (status ``s``, workflow ``w``, node ``n``, failed reason ``f``, each cut
+    to keep the whole within KV's 1024 bytes of metadata; created ``c`` and updated ``u`` in
+    epoch ms).
 
     * ``create`` reads the key and writes only if it is absent.
     * ``save`` reads the stored version (from the metadata) and writes only if it is
@@ -122,6 +126,12 @@ class KVStateStore(StateStore, DueRuns):
       surfaces as a transient :class:`StoreError` and the queue consumer retries with backoff.
       Steps of one run closer than a second apart are therefore slowed down, not lost.
 
+    * **Listing runs (``find_runs``, ``GET /runs``) lists every run too**: KV can list keys
+      by prefix only, in key order, so every filter (workflow, status, time) and the order
+      (newest first) are applied here to all the keys' metadata. One page costs one list
+      call per 1,000 runs of the namespace's prefix, whatever its size, and the listing is
+      eventually consistent (up to a minute late). Runs written before the metadata held
+      these fields list with their status unknown (``?``) until their next save.
     * **Finding due runs lists every run.** KV has no query: ``due_runs`` lists the prefix's
       keys with their metadata (1,000 a call) and filters them, so it costs one list call per
       1,000 runs, finished ones included. KV's listing is eventually consistent too: a run
@@ -141,6 +151,7 @@ class KVStateStore(StateStore, DueRuns):
             run ``x`` of the second). ``run:``, the default of earlier versions, is still
             accepted, since every other prefix ends in ``/``.
         max_bytes: refuse snapshots whose JSON is larger (at most KV's 25 MiB value limit).
+        clock: epoch milliseconds, for the due time of active runs and the write times.
 
     ``create`` raises ValueError for a run id whose key would pass KV's 512-byte limit;
     ``load`` and ``save`` answer RunNotFound for one, since no such run can exist.
@@ -152,6 +163,7 @@ class KVStateStore(StateStore, DueRuns):
         *,
         prefix: str = "run:",
         max_bytes: int = KV_MAX_VALUE_BYTES,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         if not 0 < max_bytes <= KV_MAX_VALUE_BYTES:
             raise ValueError(
@@ -162,6 +174,7 @@ class KVStateStore(StateStore, DueRuns):
         self._kv = namespace
         self.prefix = prefix
         self.max_bytes = max_bytes
+        self._clock = clock
 
     # --- the port --------------------------------------------------------------------------
 
@@ -177,7 +190,7 @@ class KVStateStore(StateStore, DueRuns):
         existing = await self._call(self._kv.get(key), f"read run {run_id!r} before creating it")
         if existing is not None:
             return False
-        token = await self._write(key, raw, snapshot, f"create run {run_id!r}")
+        token = await self._write(key, raw, snapshot, f"create run {run_id!r}", None)
         writer, _ = await self._writer(key, run_id)
         return writer == token
 
@@ -205,7 +218,8 @@ class KVStateStore(StateStore, DueRuns):
         stored = _version_of(_field(found, "metadata"), value)
         if stored != expected_version:
             raise VersionConflict(run_id, expected_version, stored)
-        token = await self._write(key, raw, snapshot, f"save run {run_id!r}")
+        created = _field(_field(found, "metadata"), "c")
+        token = await self._write(key, raw, snapshot, f"save run {run_id!r}", created)
         writer, version = await self._writer(key, run_id)
         if writer != token:
             # Another writer passed the same check and wrote after us: its snapshot stands.
@@ -238,6 +252,63 @@ class KVStateStore(StateStore, DueRuns):
                 break
         return [run_id for _, run_id in sorted(due)[:limit]]
 
+    # --- RunIndex -----------------------------------------------------------------------------
+
+    async def find_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        updated_before: int | None = None,
+        updated_after: int | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> list[RunInfo]:
+        """Runs newest first (see :class:`~refluxo.core.ports.RunIndex`): a listing of every
+        key of the prefix, filtered and sorted here (see the class docstring for the cost)."""
+        found: list[RunInfo] = []
+        cursor: str | None = None
+        while True:
+            options: dict[str, Any] = {"prefix": self.prefix}
+            if cursor:
+                options["cursor"] = cursor
+            page = await self._call(self._kv.list(**options), "list runs")
+            for key in _field(page, "keys") or []:
+                name = _field(key, "name")
+                if not isinstance(name, str):
+                    continue
+                run_id = name[len(self.prefix) :]
+                if KV_PREFIX_SEPARATOR in run_id:  # another deployment's key (legacy prefix)
+                    continue
+                meta = _field(key, "metadata")
+                updated = _ms(_field(meta, "u")) or 0
+                info = RunInfo(
+                    run_id=run_id,
+                    workflow=_text(_field(meta, "w")),
+                    status=_text(_field(meta, "s")) or "?",
+                    current_node=_text(_field(meta, "n")),
+                    version=_ms(_field(meta, "version")) or 0,
+                    created_at=_ms(_field(meta, "c")),
+                    updated_at=updated,
+                    failed_reason=_text(_field(meta, "f")),
+                )
+                if workflow is not None and info.workflow != workflow:
+                    continue
+                if status is not None and info.status != status:
+                    continue
+                if updated_before is not None and updated >= updated_before:
+                    continue
+                if updated_after is not None and updated < updated_after:
+                    continue
+                if after is not None and (-updated, run_id) <= (-after[0], after[1]):
+                    continue
+                found.append(info)
+            cursor = _field(page, "cursor")
+            if _field(page, "list_complete") or not cursor:
+                break
+        found.sort(key=lambda r: (-r.updated_at, r.run_id))
+        return found[:limit]
+
     # --- internals -------------------------------------------------------------------------
 
     def _key(self, run_id: str) -> str | None:
@@ -252,10 +323,22 @@ class KVStateStore(StateStore, DueRuns):
             return None
         return key
 
-    async def _write(self, key: str, raw: str, snapshot: Snapshot, doing: str) -> str:
+    async def _write(self, key: str, raw: str, snapshot: Snapshot, doing: str, created: Any) -> str:
         token = uuid.uuid4().hex
-        due = stored_due_time(snapshot, now_ms())
-        metadata = {"version": snapshot.version, "writer": token, "due": due}
+        now = self._clock()
+        due = stored_due_time(snapshot, now)
+        reason = snapshot.metadata.get("failedReason") if snapshot.status == "failed" else None
+        metadata = {
+            "version": snapshot.version,
+            "writer": token,
+            "due": due,
+            "s": snapshot.status,
+            "w": _cut(snapshot.definition.name if snapshot.definition is not None else None, 100),
+            "n": _cut(snapshot.current_node_id, 150),
+            "f": _cut(reason if isinstance(reason, str) else None, 250),
+            "c": _ms(created) if created is not None else now,
+            "u": now,
+        }
         await self._call(self._kv.put(key, raw, metadata=metadata), doing)
         return token
 
@@ -277,6 +360,29 @@ class KVStateStore(StateStore, DueRuns):
             return await pending
         except Exception as exc:
             raise store_error(exc, "Workers KV", doing) from exc
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    """``text`` cut so that its JSON, every character escaped, takes at most ``limit`` bytes:
+    KV refuses a write whose metadata passes 1024 bytes."""
+    if text is None:
+        return None
+    while len(json.dumps(text)) > limit:
+        text = text[: max(0, len(text) - max(1, (len(json.dumps(text)) - limit) // 6))]
+    return text
+
+
+def _ms(value: Any) -> int | None:
+    """An integer from KV metadata (JS numbers may come back as floats), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _version_of(metadata: Any, value: Any) -> int | None:
@@ -369,6 +475,8 @@ def d1_dialect(table: str = "refluxo_runs") -> SqlDialect:
         schema=tuple(sql.format(table=table) for sql in D1_SCHEMA),
         schema_missing=_schema_missing,
         prepare=_prepare_d1,
+        # The table keeps no creation time: runs list with ``created_at`` None.
+        find_rows=find_runs_statement(table, created_at="NULL"),
     )
 
 

@@ -90,7 +90,7 @@ class FunctionApp:
             return refused.body, refused.status, dict(refused.headers)
         req = HttpRequest(
             method=request.method,
-            path=request.path,
+            path=request.full_path,
             body=body.bytes(),
             headers=dict(request.headers.items()),
         )

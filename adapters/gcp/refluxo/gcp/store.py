@@ -7,7 +7,16 @@ Document layout (collection ``refluxo_runs`` by default, document id = run id)::
     workflow   string|null snapshot.definition.name                   (queryable)
     updatedAt  timestamp   server time of the last write              (queryable)
     dueAt      integer|null when the run is due, epoch ms (None: not due)  (queryable)
+    updatedMs  integer     the last write, epoch ms by this process's clock (the list order)
+    createdMs  integer     the first write, epoch ms (set by ``create`` only)
+    node       string|null snapshot.currentNodeId (listed, not queried)
+    failedReason string|null why a failed run failed (listed, not queried)
     snapshot   string      the whole snapshot as JSON text
+
+``find_runs`` (``GET /runs``) orders by ``updatedMs`` descending, then by document name; with
+equality filters on ``workflow`` and/or ``status`` it needs the composite indexes that
+``deploy/gcp/firestore.indexes.json`` declares (the deploy script creates them). Runs stored
+before ``updatedMs`` existed are not listed until their next write.
 
 ``dueAt`` is :func:`~refluxo.core.ports.stored_due_time` (an active run: the time of its last
 write, by this process's clock), so the reconciler finds runs whose delivery was lost with a
@@ -58,7 +67,14 @@ from refluxo.core.model import (
     encode_snapshot,
     now_ms,
 )
-from refluxo.core.ports import DueRuns, ResultArchive, StateStore, stored_due_time
+from refluxo.core.ports import (
+    DueRuns,
+    ResultArchive,
+    RunIndex,
+    RunInfo,
+    StateStore,
+    stored_due_time,
+)
 
 from ._errors import BACKEND_ERRORS, store_error
 
@@ -90,6 +106,8 @@ _STATUS, _VERSION, _WORKFLOW, _UPDATED_AT, _DUE_AT, _SNAPSHOT = (
     "dueAt",
     "snapshot",
 )
+_UPDATED_MS, _CREATED_MS, _NODE, _FAILED_REASON = "updatedMs", "createdMs", "node", "failedReason"
+_LISTED = [_WORKFLOW, _STATUS, _NODE, _VERSION, _CREATED_MS, _UPDATED_MS, _FAILED_REASON]
 _NAME_ONLY = ["__name__"]  # a projection that returns document names, never the snapshots
 
 
@@ -148,7 +166,7 @@ def document_size(path: str, fields: Mapping[str, Any]) -> int:
 _REMEMBERED_RUNS = 4096
 
 
-class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
+class FirestoreStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
     """Keeps each run in one Firestore document; see the module docstring for the layout.
 
     Args:
@@ -208,7 +226,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
                 f"and at most {_MAX_ID_BYTES} bytes of UTF-8 (encoded)"
             )
         ref = self._collection.document(doc_id)
-        fields = self._fields(snapshot, ref.path)
+        fields = self._fields(snapshot, ref.path, created=True)
         try:
             await ref.create(fields, **self._call)
         except BACKEND_ERRORS as exc:
@@ -339,6 +357,63 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
 
     # --- beyond the port -------------------------------------------------------------------
 
+    async def find_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        updated_before: int | None = None,
+        updated_after: int | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> list[RunInfo]:
+        """Runs newest first (see :class:`~refluxo.core.ports.RunIndex`), read with a
+        projection that leaves the snapshots out.
+
+        Raises:
+            StoreError: the backend failed (FailedPrecondition names a missing index).
+        """
+        query: Any = self._collection
+        if workflow is not None:
+            query = query.where(filter=firestore.FieldFilter(_WORKFLOW, "==", workflow))
+        if status is not None:
+            query = query.where(filter=firestore.FieldFilter(_STATUS, "==", status))
+        if updated_before is not None:
+            query = query.where(filter=firestore.FieldFilter(_UPDATED_MS, "<", updated_before))
+        if updated_after is not None:
+            query = query.where(filter=firestore.FieldFilter(_UPDATED_MS, ">=", updated_after))
+        query = query.order_by(_UPDATED_MS, direction=firestore.Query.DESCENDING).order_by(
+            "__name__", direction=firestore.Query.ASCENDING
+        )
+        if after is not None:
+            doc_id = document_id(after[1])
+            if doc_id is None:
+                return []
+            query = query.start_after(
+                {_UPDATED_MS: after[0], "__name__": self._collection.document(doc_id)}
+            )
+        query = query.select(_LISTED).limit(limit)
+        try:
+            docs = [doc async for doc in query.stream(**self._call)]
+        except BACKEND_ERRORS as exc:
+            raise store_error(exc, "find runs") from exc
+        found = []
+        for doc in docs:
+            fields = doc.to_dict() or {}
+            found.append(
+                RunInfo(
+                    run_id=run_id_of(doc.id),
+                    workflow=fields.get(_WORKFLOW),
+                    status=str(fields.get(_STATUS)),
+                    current_node=fields.get(_NODE),
+                    version=int(fields.get(_VERSION) or 0),
+                    created_at=fields.get(_CREATED_MS),
+                    updated_at=int(fields.get(_UPDATED_MS) or 0),
+                    failed_reason=fields.get(_FAILED_REASON),
+                )
+            )
+        return found
+
     async def list_runs(
         self,
         *,
@@ -398,16 +473,21 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
         if doc_id is None:
             raise ValueError(f"cannot store run id {snapshot.run_id!r}")
         raw = snapshot.to_json()
-        fields = _layout(snapshot, raw, self.clock())
+        now = self.clock()
+        fields = {**_layout(snapshot, raw, now), _CREATED_MS: now}
         return document_size(self._collection.document(doc_id).path, fields)
 
     # --- internals -------------------------------------------------------------------------
 
-    def _fields(self, snapshot: Snapshot, path: str) -> dict[str, Any]:
+    def _fields(self, snapshot: Snapshot, path: str, *, created: bool = False) -> dict[str, Any]:
         """The document's fields; raises PayloadTooLarge before anything is written."""
         raw = encode_snapshot(snapshot, self.max_bytes)
-        fields = _layout(snapshot, raw, self.clock())
-        doc_size = document_size(path, fields)
+        now = self.clock()
+        fields = _layout(snapshot, raw, now)
+        # The document keeps createdMs from its create on: a save's size counts it too.
+        doc_size = document_size(path, {**fields, _CREATED_MS: now})
+        if created:
+            fields[_CREATED_MS] = now
         if doc_size > FIRESTORE_MAX_DOCUMENT_BYTES:
             raise PayloadTooLarge(
                 f"Firestore document of run {snapshot.run_id!r}",
@@ -438,12 +518,16 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns):
 
 
 def _layout(snapshot: Snapshot, raw: str, now: int) -> dict[str, Any]:
+    reason = snapshot.metadata.get("failedReason") if snapshot.status == "failed" else None
     return {
         _STATUS: snapshot.status,
         _VERSION: snapshot.version,
         _WORKFLOW: snapshot.definition.name if snapshot.definition is not None else None,
         _UPDATED_AT: firestore.SERVER_TIMESTAMP,
         _DUE_AT: stored_due_time(snapshot, now),
+        _UPDATED_MS: now,
+        _NODE: snapshot.current_node_id,
+        _FAILED_REASON: reason if isinstance(reason, str) else None,
         _SNAPSHOT: raw,
     }
 

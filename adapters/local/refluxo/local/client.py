@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -18,13 +20,29 @@ class ApiError(Exception):
         self.body = body
 
 
+def _who() -> str | None:
+    """The label a retry or rerun records as who asked (the login name), if there is one."""
+    try:
+        name = getpass.getuser()
+        return f"cli:{name}" if name.isascii() and name.isprintable() else None
+    except (OSError, KeyError):
+        return None
+
+
 class Client:
     """Calls one refluxo deployment at ``url`` (with ``token`` when the API requires one)."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 10.0,
+        caller: str | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.caller = caller if caller is not None else _who()
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
@@ -32,6 +50,8 @@ class Client:
         request.add_header("content-type", "application/json")
         if self.token:
             request.add_header("authorization", f"Bearer {self.token}")
+        if self.caller:
+            request.add_header("x-refluxo-caller", self.caller)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.status, json.loads(response.read() or b"null")
@@ -64,3 +84,43 @@ class Client:
 
     def cancel(self, run_id: str, reason: str | None = None) -> Any:
         return self.call("POST", f"/runs/{run_id}/cancel", {"reason": reason} if reason else {})[1]
+
+    def list_runs(self, **filters: Any) -> Any:
+        """One page of ``GET /runs``: ``{"runs": [...], "cursor"}``; filters left out when None."""
+        query = urllib.parse.urlencode({k: v for k, v in filters.items() if v is not None})
+        return self.call("GET", "/runs" + (f"?{query}" if query else ""))[1]
+
+    def retry(self, run_id: str, reason: str | None = None, force: bool = False) -> Any:
+        body: dict[str, Any] = {"force": force}
+        if reason:
+            body["reason"] = reason
+        return self.call("POST", f"/runs/{run_id}/retry", body)[1]
+
+    def rerun(
+        self, run_id: str, from_node: str, input: Any = None, new_id: str | None = None
+    ) -> Any:
+        body: dict[str, Any] = {"from": from_node}
+        if input is not None:
+            body["input"] = input
+        if new_id:
+            body["id"] = new_id
+        return self.call("POST", f"/runs/{run_id}/rerun", body)[1]
+
+    def timeline(self, run_id: str) -> Any:
+        return self.call("GET", f"/runs/{run_id}/timeline")[1]
+
+    def workflows(self) -> Any:
+        return self.call("GET", "/workflows")[1]
+
+    def workflow(self, name: str) -> Any:
+        return self.call("GET", f"/workflows/{name}")[1]
+
+    def export(self, run_id: str, to: str, version: int) -> Any:
+        """End the run here as moved to ``to`` (if still at ``version``); its snapshot."""
+        return self.call("POST", f"/runs/{run_id}/export", {"to": to, "version": version})[1]
+
+    def import_run(self, snapshot: Any, source: str | None = None) -> Any:
+        body: dict[str, Any] = {"snapshot": snapshot}
+        if source:
+            body["from"] = source
+        return self.call("POST", "/runs/import", body)[1]

@@ -112,6 +112,7 @@ class LocalRuntime:
             clock=sqlite_clock,
         )
         self.dispatcher: RunService = self.api.dispatcher
+        self._api_token = api_token
         self.concurrency = concurrency
         self._stop = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -225,13 +226,27 @@ class LocalRuntime:
         port: int = 8000,
         *,
         allowed_hosts: Iterable[str] | None = None,
+        dashboard: bool = False,
     ) -> LocalServer:
         """Start serving the HTTP API with uvicorn; returns the started server (``server.url``).
 
         ``allowed_hosts`` are the ``Host`` names answered (default: derived from ``host``); see
-        :class:`~refluxo.local.server.LocalServer` for the limits.
+        :class:`~refluxo.local.server.LocalServer` for the limits. With ``dashboard`` the
+        dashboard is served too, at ``/ui/`` (see :mod:`refluxo.local.dashboard`).
         """
-        server = LocalServer(self.api, host, port, allowed_hosts=allowed_hosts)
+        wrap = None
+        if dashboard:
+            from .dashboard import DashboardApp, api_upstream, mount
+
+            def wrap(app: Any) -> Any:
+                ui = DashboardApp(
+                    api_upstream(self.api, self._api_token),
+                    target="this server",
+                    allowed_hosts=app.allowed_hosts,
+                )
+                return mount(app, ui)
+
+        server = LocalServer(self.api, host, port, allowed_hosts=allowed_hosts, wrap=wrap)
         await server.start()
         self._servers.append(server)
         return server

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -63,6 +63,8 @@ class LocalServer:
         graceful_seconds: how long :meth:`stop` lets requests in flight finish.
         allowed_hosts: the ``Host`` names answered (default: derived from ``host``; None
             would answer any, which a server on ``0.0.0.0`` does unless given names).
+        wrap: builds the ASGI application served from the API's own (for example
+            :func:`refluxo.local.dashboard.mount`, which adds the dashboard at ``/ui``).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class LocalServer:
         max_header_bytes: int = 16 * 1024,
         graceful_seconds: float = 10.0,
         allowed_hosts: Iterable[str] | None = None,
+        wrap: Callable[[AsgiApp], Any] | None = None,
     ) -> None:
         self.api = api
         self.host = host
@@ -85,7 +88,9 @@ class LocalServer:
         self.max_header_bytes = max_header_bytes
         self.graceful_seconds = graceful_seconds
         hosts = frozenset(allowed_hosts) if allowed_hosts is not None else hosts_for(host)
+        self.allowed_hosts = hosts
         self.app = AsgiApp(api, allowed_hosts=hosts, max_header_bytes=max_header_bytes)
+        self.asgi: Any = wrap(self.app) if wrap is not None else self.app
         self._server: Any = None
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -98,7 +103,7 @@ class LocalServer:
     def _config(self) -> Any:
         uvicorn = _uvicorn()
         return uvicorn.Config(
-            self.app,
+            self.asgi,
             host=self.host,
             port=self.port,
             http=_protocol(self.max_header_bytes),

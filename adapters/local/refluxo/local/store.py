@@ -67,6 +67,9 @@ def _migrate(db: sqlite3.Connection) -> None:
                 " END"
             )
         db.execute("CREATE INDEX IF NOT EXISTS runs_due ON runs (due_at) WHERE due_at IS NOT NULL")
+        if "created_at" not in columns:
+            # Runs stored before the column existed list with no creation time.
+            db.execute("ALTER TABLE runs ADD COLUMN created_at INTEGER")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -76,6 +79,11 @@ def _migrate(db: sqlite3.Connection) -> None:
 SQLITE_DIALECT = replace(
     standard_dialect("SQLite", runs="runs", results="archived_results"),
     schema=SQLITE_SCHEMA,
+    # A run's creation time (listed by find_runs) is its first write's; ?5 is updated_at.
+    insert=(
+        "INSERT INTO runs (id, workflow, status, version, updated_at, snapshot, due_at, created_at)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?5) ON CONFLICT (id) DO NOTHING"
+    ),
     # Setting workflow, even to its stored value, would rewrite its index entry; a run keeps
     # its definition's name, so a save tries first the UPDATE that leaves it alone.
     update_same_workflow=(

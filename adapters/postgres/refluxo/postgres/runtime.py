@@ -111,10 +111,26 @@ class PostgresRuntime:
             except Exception:  # the next round tries again
                 logger.exception("reconcile failed")
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> LocalServer:
-        """Serve the HTTP API with uvicorn; returns the started server (``server.url``)."""
+    async def serve(
+        self, host: str = "127.0.0.1", port: int = 8000, *, dashboard: bool = False, **kwargs: Any
+    ) -> LocalServer:
+        """Serve the HTTP API with uvicorn; returns the started server (``server.url``). With
+        ``dashboard`` the dashboard is served too, at ``/ui/`` (see
+        :mod:`refluxo.local.dashboard`)."""
         from refluxo.local.server import LocalServer
 
+        if dashboard:
+            from refluxo.local.dashboard import DashboardApp, api_upstream, mount
+
+            def wrap(app: Any) -> Any:
+                ui = DashboardApp(
+                    api_upstream(self.api, self.api_token),
+                    target="this server",
+                    allowed_hosts=app.allowed_hosts,
+                )
+                return mount(app, ui)
+
+            kwargs["wrap"] = wrap
         server = LocalServer(self.api, host, port, **kwargs)
         await server.start()
         self._servers.append(server)

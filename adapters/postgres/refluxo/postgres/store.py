@@ -18,7 +18,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from refluxo.core.errors import StoreError
 from refluxo.core.model import now_ms
-from refluxo.core.sql import Row, SqlStateStore, archive_table, standard_dialect
+from refluxo.core.sql import (
+    Row,
+    SqlStateStore,
+    archive_table,
+    find_runs_statement,
+    standard_dialect,
+)
 
 MAX_BYTES = 10 * 1024 * 1024
 """The default limit on one snapshot's JSON (a ``text`` value may hold up to 1 GB)."""
@@ -31,8 +37,11 @@ SCHEMA = (
         version bigint NOT NULL,
         updated_at bigint NOT NULL,
         snapshot text NOT NULL,
-        due_at bigint
+        due_at bigint,
+        created_at bigint
     )""",
+    # Tables created before runs were listed with their creation time get the column.
+    "ALTER TABLE refluxo_runs ADD COLUMN IF NOT EXISTS created_at bigint",
     "CREATE INDEX IF NOT EXISTS refluxo_runs_due ON refluxo_runs (due_at, id)"
     " WHERE due_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS refluxo_runs_updated ON refluxo_runs (updated_at DESC, id)",
@@ -41,10 +50,28 @@ SCHEMA = (
 
 
 def _schema_missing(message: str) -> bool:
-    return 'relation "refluxo_runs' in message and "does not exist" in message
+    return "does not exist" in message and (
+        'relation "refluxo_runs' in message or 'column "created_at"' in message
+    )
 
 
-DIALECT = replace(standard_dialect("PostgreSQL", schema=SCHEMA), schema_missing=_schema_missing)
+DIALECT = replace(
+    standard_dialect("PostgreSQL", schema=SCHEMA),
+    schema_missing=_schema_missing,
+    # A run's creation time (listed by find_runs) is its first write's updated_at.
+    insert=(
+        "INSERT INTO refluxo_runs"
+        " (id, workflow, status, version, updated_at, snapshot, due_at, created_at)"
+        " SELECT v.*, v.updated_at FROM (VALUES (?::text, ?::text, ?::text, ?::bigint,"
+        " ?::bigint, ?::text, ?::bigint)) AS v (id, workflow, status, version, updated_at,"
+        " snapshot, due_at) ON CONFLICT (id) DO NOTHING"
+    ),
+    find_rows=find_runs_statement(
+        "refluxo_runs",
+        current_node="(r.snapshot::jsonb ->> 'currentNodeId')",
+        failed_reason="(r.snapshot::jsonb #>> '{metadata,failedReason}')",
+    ),
+)
 """The standard statements on ``refluxo_runs`` and ``refluxo_runs_results``."""
 
 
