@@ -124,6 +124,10 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+DEFAULT_RETENTION = 100
+"""How many results per node a :class:`Workflow`'s snapshots keep unless it says otherwise."""
+
+
 class Workflow:
     """A named workflow a deployment hosts: its definition and the code behind its nodes.
 
@@ -137,9 +141,15 @@ class Workflow:
             on one delivery.
             ``retention=N`` keeps the newest N results per node in the snapshot, so a run's
             snapshot (and each step's write) stays the same size however long the run is.
+            The default keeps :data:`DEFAULT_RETENTION` (100); ``retention=None`` keeps every
+            result (each step then writes the whole history: O(n) per step, O(n^2) per run).
+            An expression reading ``.all`` or ``.first`` of a node whose results were trimmed
+            fails the node, without retries, saying so.
         transform_engines: deprecated name of ``transforms``.
         archive: with a retention, keep the trimmed results in the store (which must then
-            be a :class:`~refluxo.core.ports.ResultArchive`) instead of dropping them.
+            be a :class:`~refluxo.core.ports.ResultArchive`) instead of dropping them. None
+            (the default) archives where the store keeps an archive and drops them elsewhere;
+            False always drops them.
         start: the start node; defaults to the one node without incoming edges.
         secrets: the names of the deployment's globals this workflow may use: its
             expressions and executors see only these. None (the default) gives it all.
@@ -155,8 +165,8 @@ class Workflow:
         plugins: Sequence[PluginHooks] = (),
         transforms: Sequence[Transform] | None = None,
         transform_engines: Sequence[Transform] | None = None,
-        retention: int | None = None,
-        archive: bool = False,
+        retention: int | None = DEFAULT_RETENTION,
+        archive: bool | None = None,
         start: str | None = None,
         clock: Callable[[], int] = now_ms,
         step_timeout: float | timedelta | None = DEFAULT_STEP_TIMEOUT_S,
@@ -264,6 +274,16 @@ class RunService:
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
         archiving = [w.name for w in self.workflows.values() if w.archive]
+        self._archiving = {
+            w.name
+            for w in self.workflows.values()
+            if w.archive
+            or (
+                w.archive is None
+                and w.engine.retention is not None
+                and isinstance(store, ResultArchive)
+            )
+        }
         if archiving and not isinstance(store, ResultArchive):
             raise DefinitionError(
                 f"workflow(s) {', '.join(archiving)} archive trimmed results, but "
@@ -591,7 +611,7 @@ class RunService:
         new = self._link_children(new, scope.started, node_id)
         if new.branches:
             new = self._settle(workflow, new)
-        if workflow.archive and node_id is not None:
+        if workflow.name in self._archiving and node_id is not None:
             await self._archive_trimmed(base, new, node_id)
         saved = await self._save_step(snapshot, new, node_id, self._merge_events(snapshot))
         if saved is None or saved is _EXHAUSTED:
@@ -681,7 +701,7 @@ class RunService:
         else:
             out = out_of_join
         duration_ms = (time.perf_counter() - started) * 1000
-        if workflow.archive and node_id is not None:
+        if workflow.name in self._archiving and node_id is not None:
             await self._archive_trimmed(view, out, node_id)
 
         def reapply(stored: Snapshot, _previous: Snapshot, _new: Snapshot) -> Snapshot | None:
