@@ -52,9 +52,10 @@ async def run_loop(
     store: StateStore, workflow: Workflow, run_id: str = "loop-1", *, every: int = 1
 ) -> dict[int, int]:
     """Run the loop to its end; return step -> stored snapshot's JSON size, every ``every``
-    steps (and at step 100, the baseline the flatness checks compare with)."""
+    steps (and at step 100, the baseline the flatness checks compare with). One step per
+    delivery, so every step's snapshot is seen."""
     scheduler = MemoryScheduler()
-    dispatcher = RunService([workflow], store, scheduler)
+    dispatcher = RunService([workflow], store, scheduler, delivery_budget_ms=0)
     await dispatcher.start(workflow.name, run_id=run_id)
     sizes: dict[int, int] = {}
     step = 0

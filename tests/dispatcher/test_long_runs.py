@@ -153,7 +153,9 @@ async def test_a_run_with_its_full_history_continues_under_the_default_retention
     store = MemoryStateStore()
     scheduler = MemoryScheduler()
     iterations = DEFAULT_RETENTION + 50
-    full = RunService([loop_workflow(iterations, retention=None)], store, scheduler)
+    full = RunService(
+        [loop_workflow(iterations, retention=None)], store, scheduler, delivery_budget_ms=0
+    )
     await full.start("loop", run_id="loop-1")
     for _ in range(DEFAULT_RETENTION + 20):
         for message in scheduler.pop_due():
