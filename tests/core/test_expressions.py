@@ -18,6 +18,9 @@ CTX = Context(
         ],
         "my-node": [NodeResult(output="dash", timestamp=3)],
     },
+)
+TRIMMED = Context(
+    {"fetch": [NodeResult(output={"n": 8}, timestamp=8), NodeResult(output={"n": 9}, timestamp=9)]},
     counts={"fetch": 9},
 )
 
@@ -30,7 +33,7 @@ CTX = Context(
         ("fetch.last.data['name']", "Grace"),
         ("fetch.last.data.items[1]", 2),
         ("fetch.all", [{"name": "Ada", "n": 2}, {"name": "Grace", "n": 5, "items": [1, 2, 3]}]),
-        ("fetch.count", 9),
+        ("fetch.count", 2),
         ("fetch.last.attempt", 1),
         ("nodes['my-node'].last.data", "dash"),
         ("fetch", {"name": "Grace", "n": 5, "items": [1, 2, 3]}),
@@ -79,6 +82,17 @@ def test_anything_outside_the_allow_list_is_refused(expr: str, message: str) -> 
         evaluate(expr, CTX, {})
 
 
+def test_count_and_last_read_past_results_that_retention_trimmed() -> None:
+    assert evaluate("fetch.count", TRIMMED) == 9
+    assert evaluate("fetch.last.data.n", TRIMMED) == 9
+
+
+@pytest.mark.parametrize("expr", ["fetch.all", "fetch.first.data.n", "len(fetch.all)"])
+def test_first_and_all_refuse_once_retention_trimmed_results(expr: str) -> None:
+    with pytest.raises(ExpressionError, match=r"produced 9 results .* keeps the newest 2"):
+        evaluate(expr, TRIMMED)
+
+
 def test_resolve_walks_structures_and_keeps_types_of_whole_expressions() -> None:
     data = {
         "n": "{{ fetch.last.data.n }}",
@@ -89,7 +103,7 @@ def test_resolve_walks_structures_and_keeps_types_of_whole_expressions() -> None
     }
     assert resolve(data, CTX, {}) == {
         "n": 5,
-        "s": "n=5 of 9",
+        "s": "n=5 of 2",
         "obj": 'x {"name":"Ada","n":2}',
         "plain": "no braces",
         "list": ["Ada", 3, None],
@@ -203,7 +217,7 @@ def test_templates_are_found_as_before() -> None:
     assert resolve("{{ 1 }}{{ 2 }}", CTX) == "12"
     assert resolve("a {{ 1 }} b {{ 'c' }} d {{ e", CTX) == "a 1 b c d {{ e"
     assert resolve("{{ {'a': {'b': 1}} }}", CTX) == {"a": {"b": 1}}
-    assert resolve(" {{ fetch.count }} ", CTX) == 9
+    assert resolve(" {{ fetch.count }} ", CTX) == 2
     assert resolve("}} {{ 1 }}", CTX) == "}} 1"
 
 

@@ -20,6 +20,7 @@ def test_settings_read_a_mapping_and_an_object_alike() -> None:
         "REFLUXO_GLOBALS": '{"k": 1}',
         "REFLUXO_MAX_BODY_BYTES": "1000",
         "REFLUXO_LOG_LEVEL": "debug",
+        "REFLUXO_DELIVERY_BUDGET_MS": "0",
     }
     from_mapping = Settings.from_env(values)
     assert from_mapping == Settings.from_env(SimpleNamespace(**values))
@@ -30,6 +31,7 @@ def test_settings_read_a_mapping_and_an_object_alike() -> None:
         globals={"k": 1},
         max_body_bytes=1000,
         log_level="DEBUG",
+        delivery_budget_ms=0,
     )
 
 
@@ -51,6 +53,7 @@ def test_settings_default_what_is_not_set() -> None:
         ({"REFLUXO_APP": "a", "REFLUXO_MAX_BODY_BYTES": "lots"}, "must be an integer"),
         ({"REFLUXO_APP": "a", "REFLUXO_MAX_BODY_BYTES": "0"}, "between 1 and 104857600"),
         ({"REFLUXO_APP": "a", "REFLUXO_LOG_LEVEL": "LOUD"}, "REFLUXO_LOG_LEVEL"),
+        ({"REFLUXO_APP": "a", "REFLUXO_DELIVERY_BUDGET_MS": "-1"}, "between 0 and 60000"),
     ],
 )
 def test_settings_name_what_is_wrong(env: dict[str, str], message: str) -> None:
@@ -79,12 +82,19 @@ async def test_build_api_wires_the_settings_into_the_api_and_dispatcher() -> Non
     )
     assert api.dispatcher.store is store and api.dispatcher.globals == {"g": 1}
     assert api.max_body_bytes == 64
+    assert api.dispatcher.delivery_budget_ms == 1000
     refused = await api.handle(HttpRequest("GET", "/runs/x"))
     assert refused.status == 401
     allowed = await api.handle(
         HttpRequest("GET", "/runs/x", headers={"Authorization": "Bearer s3cret"})
     )
     assert allowed.status == 404
+
+
+def test_the_delivery_budget_reaches_the_dispatcher() -> None:
+    settings = Settings.from_env({"REFLUXO_APP": "a", "REFLUXO_DELIVERY_BUDGET_MS": "250"})
+    api = build_api(load_app("refluxo.demo"), MemoryStateStore(), MemoryScheduler(), settings)
+    assert api.dispatcher.delivery_budget_ms == 250
 
 
 def _read(body: LimitedBody, chunks: list[bytes]) -> Any:

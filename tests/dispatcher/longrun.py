@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from refluxo.core import Context, NodeDefinition, StepResult, Workflow
+from refluxo.core import Context, NodeDefinition, RetryPolicy, StepResult, Workflow
 from refluxo.core.dispatcher import DispatchResult, RunService
 from refluxo.core.memory import MemoryScheduler
 from refluxo.core.model import DispatchMessage
@@ -18,17 +18,22 @@ async def tick(data: Any, context: Context, payload: Any, globals: Any) -> StepR
     return StepResult(data={"i": n, "pad": "x" * 200}, next_handle="done" if done else "again")
 
 
-def loop_workflow(iterations: int, **options: Any) -> Workflow:
+def loop_workflow(
+    iterations: int,
+    *,
+    end_data: dict[str, Any] | None = None,
+    end_retries: int | None = None,
+    **options: Any,
+) -> Workflow:
+    if end_data is None:
+        end_data = {"ran": "{{ tick.count }}", "last": "{{ tick.last.data.i }}"}
+    retry = None if end_retries is None else RetryPolicy(max_attempts=end_retries, interval=0)
     return Workflow(
         "loop",
         {
             "nodes": [
                 {"id": "tick", "type": "tick", "data": {"iterations": iterations}},
-                {
-                    "id": "end",
-                    "type": "end",
-                    "data": {"ran": "{{ tick.count }}", "last": "{{ tick.last.data.i }}"},
-                },
+                {"id": "end", "type": "end", "data": end_data},
             ],
             "edges": [
                 {"id": "again", "source": "tick", "target": "tick", "sourceHandle": "again"},
@@ -37,7 +42,7 @@ def loop_workflow(iterations: int, **options: Any) -> Workflow:
         },
         {
             "tick": NodeDefinition(executor=tick),
-            "end": NodeDefinition(executor=lambda data, ctx, payload, g: data),
+            "end": NodeDefinition(executor=lambda data, ctx, payload, g: data, retry_policy=retry),
         },
         **options,
     )
@@ -47,9 +52,10 @@ async def run_loop(
     store: StateStore, workflow: Workflow, run_id: str = "loop-1", *, every: int = 1
 ) -> dict[int, int]:
     """Run the loop to its end; return step -> stored snapshot's JSON size, every ``every``
-    steps (and at step 100, the baseline the flatness checks compare with)."""
+    steps (and at step 100, the baseline the flatness checks compare with). One step per
+    delivery, so every step's snapshot is seen."""
     scheduler = MemoryScheduler()
-    dispatcher = RunService([workflow], store, scheduler)
+    dispatcher = RunService([workflow], store, scheduler, delivery_budget_ms=0)
     await dispatcher.start(workflow.name, run_id=run_id)
     sizes: dict[int, int] = {}
     step = 0

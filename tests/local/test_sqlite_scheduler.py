@@ -735,7 +735,10 @@ CRASH_MID_RUN = LOOPER + textwrap.dedent(
 
     async def main(path):
         store, scheduler = SQLiteStateStore(path), SQLiteScheduler(path)
-        dispatcher = RunService([looper(10, crash_at=5)], store, scheduler)
+        # One step per delivery: each step's message is leased when the process dies.
+        dispatcher = RunService(
+            [looper(10, crash_at=5)], store, scheduler, delivery_budget_ms=0
+        )
         await dispatcher.start("looper", run_id="run-1")
 
         async def deliver(message):
@@ -772,7 +775,7 @@ async def test_messages_delivered_but_not_yet_marked_done_when_the_process_dies_
         ran: list[int] = []
         looper = namespace["looper"]
         assert callable(looper)
-        dispatcher = RunService([looper(10, ran=ran)], store, scheduler)
+        dispatcher = RunService([looper(10, ran=ran)], store, scheduler, delivery_budget_ms=0)
         outcomes: list[tuple[int, str]] = []
 
         async def deliver(message: DispatchMessage) -> None:

@@ -109,6 +109,10 @@ _MAX_BRANCH_REAPPLIES = 64  # a save losing to other branches this often is deli
 _AGAIN_HOP = 1 << 42  # hops of deliveries sent again start here: never a step's own hop count
 _MAX_REASON_CHARS = 1000
 
+DEFAULT_DELIVERY_BUDGET_MS = 1000
+"""How long one delivery may run consecutive steps of an active run: far below any platform's
+limit on a request (read when a :class:`RunService` is built, not when it is defined)."""
+
 DEFAULT_REFUSED_RETRY_MS = 10 * 60 * 1000
 """How often a refused run's delivery comes back to see whether its definition is deployed."""
 
@@ -127,6 +131,10 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+DEFAULT_RETENTION = 100
+"""How many results per node a :class:`Workflow`'s snapshots keep unless it says otherwise."""
+
+
 class Workflow:
     """A named workflow a deployment hosts: its definition and the code behind its nodes.
 
@@ -140,9 +148,15 @@ class Workflow:
             on one delivery.
             ``retention=N`` keeps the newest N results per node in the snapshot, so a run's
             snapshot (and each step's write) stays the same size however long the run is.
+            The default keeps :data:`DEFAULT_RETENTION` (100); ``retention=None`` keeps every
+            result (each step then writes the whole history: O(n) per step, O(n^2) per run).
+            An expression reading ``.all`` or ``.first`` of a node whose results were trimmed
+            fails the node, without retries, saying so.
         transform_engines: deprecated name of ``transforms``.
         archive: with a retention, keep the trimmed results in the store (which must then
-            be a :class:`~refluxo.core.ports.ResultArchive`) instead of dropping them.
+            be a :class:`~refluxo.core.ports.ResultArchive`) instead of dropping them. None
+            (the default) archives where the store keeps an archive and drops them elsewhere;
+            False always drops them.
         start: the start node; defaults to the one node without incoming edges.
         secrets: the names of the deployment's globals this workflow may use: its
             expressions and executors see only these. None (the default) gives it all.
@@ -158,8 +172,8 @@ class Workflow:
         plugins: Sequence[PluginHooks] = (),
         transforms: Sequence[Transform] | None = None,
         transform_engines: Sequence[Transform] | None = None,
-        retention: int | None = None,
-        archive: bool = False,
+        retention: int | None = DEFAULT_RETENTION,
+        archive: bool | None = None,
         start: str | None = None,
         clock: Callable[[], int] = now_ms,
         step_timeout: float | timedelta | None = DEFAULT_STEP_TIMEOUT_S,
@@ -266,6 +280,11 @@ class RunService:
         clock: epoch milliseconds.
         limits: what a run accepts: JSON depth, inbox size, text lengths (see :class:`Limits`).
         refused_retry_ms: how long a run refused for its definition waits before the next try.
+        delivery_budget_ms: how long one delivery may go on running consecutive steps of an
+            ``active`` run (each saved under compare-and-set, as a step of its own would be)
+            before it schedules the next delivery; it stops at once at anything else (a wait,
+            a retry, branches, the end). 0 runs one step per delivery; None (the default)
+            takes :data:`DEFAULT_DELIVERY_BUDGET_MS`.
     """
 
     def __init__(
@@ -278,9 +297,25 @@ class RunService:
         clock: Callable[[], int] = now_ms,
         limits: Limits | None = None,
         refused_retry_ms: int = DEFAULT_REFUSED_RETRY_MS,
+        delivery_budget_ms: int | None = None,
     ) -> None:
+        if delivery_budget_ms is None:
+            delivery_budget_ms = DEFAULT_DELIVERY_BUDGET_MS
+        if delivery_budget_ms < 0:
+            raise ValueError("delivery_budget_ms is 0 (one step per delivery) or more")
+        self.delivery_budget_ms = delivery_budget_ms
         self.workflows = {w.name: w for w in workflows}
         archiving = [w.name for w in self.workflows.values() if w.archive]
+        self._archiving = {
+            w.name
+            for w in self.workflows.values()
+            if w.archive
+            or (
+                w.archive is None
+                and w.engine.retention is not None
+                and isinstance(store, ResultArchive)
+            )
+        }
         if archiving and not isinstance(store, ResultArchive):
             raise DefinitionError(
                 f"workflow(s) {', '.join(archiving)} archive trimmed results, but "
@@ -804,7 +839,11 @@ class RunService:
         if message.branch is not None or snapshot.branches:
             return await self._dispatch_branch(message, snapshot)
         if message.version not in snapshot.accepted_versions:
-            if snapshot.last_step_version == message.version + 1 and self._needs_delivery(snapshot):
+            moved_on = (
+                snapshot.last_step_version == message.version + 1
+                or snapshot.chained_from == message.version
+            )
+            if moved_on and self._needs_delivery(snapshot):
                 await self._schedule_next(snapshot)
                 return self._result("recovered", message.run_id, snapshot)
             if snapshot.is_terminal:
@@ -823,6 +862,34 @@ class RunService:
         except (WorkflowMismatch, WorkflowNotFound) as exc:
             return await self._refuse(snapshot, message, str(exc))
 
+        deadline = time.perf_counter() + self.delivery_budget_ms / 1000
+        saved = await self._step(workflow, snapshot, chained_from=None)
+        if saved is None:
+            return self._result("conflict", message.run_id, snapshot)
+        while self._chains(saved) and time.perf_counter() < deadline:
+            # Each step of the chain is saved under compare-and-set like the first; a save
+            # that loses stops the chain (whoever won schedules what follows).
+            following = await self._step(workflow, saved, chained_from=message.version)
+            if following is None:
+                return self._result("stepped", message.run_id, saved)
+            saved = following
+        await self._schedule_next(saved)
+        await self._notify_parent(saved)
+        return self._result("stepped", message.run_id, saved)
+
+    def _chains(self, snapshot: Snapshot) -> bool:
+        """Whether a delivery may run the next step of ``snapshot`` itself (when time allows)."""
+        return (
+            self.delivery_budget_ms > 0
+            and snapshot.status == "active"
+            and not snapshot.branches
+            and snapshot.current_node_id is not None
+        )
+
+    async def _step(
+        self, workflow: Workflow, snapshot: Snapshot, *, chained_from: int | None
+    ) -> Snapshot | None:
+        """Run and save one step of ``snapshot``; the saved snapshot, or None when it lost."""
         base = snapshot
         if "refused" in base.metadata:
             metadata = {k: v for k, v in base.metadata.items() if k != "refused"}
@@ -843,16 +910,16 @@ class RunService:
         new = self._link_children(new, scope.started, node_id)
         if new.branches:
             new = self._settle(workflow, new)
-        if workflow.archive and node_id is not None:
+        if new.chained_from != chained_from:
+            new = new.model_copy(update={"chained_from": chained_from})
+        if workflow.name in self._archiving and node_id is not None:
             await self._archive_trimmed(base, new, node_id)
         saved = await self._save_step(snapshot, new, node_id, self._merge_events(snapshot))
         if saved is None or saved is _EXHAUSTED:
             self._log_step(new, node_id, "conflict", duration_ms)
-            return self._result("conflict", message.run_id, snapshot)
+            return None
         self._log_step(saved, node_id, "stepped", duration_ms)
-        await self._schedule_next(saved)
-        await self._notify_parent(saved)
-        return self._result("stepped", message.run_id, saved)
+        return saved
 
     async def _not_due(self, view: Snapshot, message: DispatchMessage) -> DispatchResult | None:
         """The outcome of a delivery for a run (or branch) that is not due yet, else None."""
@@ -933,7 +1000,7 @@ class RunService:
         else:
             out = out_of_join
         duration_ms = (time.perf_counter() - started) * 1000
-        if workflow.archive and node_id is not None:
+        if workflow.name in self._archiving and node_id is not None:
             await self._archive_trimmed(view, out, node_id)
 
         def reapply(stored: Snapshot, _previous: Snapshot, _new: Snapshot) -> Snapshot | None:

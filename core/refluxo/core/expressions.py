@@ -3,7 +3,8 @@
 Inside the braces a Python-like expression reads earlier results and globals::
 
     "{{ fetch.last.data.name }}"        the output of node ``fetch``'s latest result, key name
-    "{{ fetch.all }}"                   every recorded result of ``fetch`` (each has ``.data``)
+    "{{ fetch.all }}"                   every result of ``fetch`` (each has ``.data``); fails
+                                        once retention trimmed some (so does ``.first``)
     "{{ fetch.count }}"                 how many results ``fetch`` produced (retention-proof)
     "{{ nodes['my-node'].last.data }}"  node ids that are not identifiers
     "{{ globals.api_key }}"             one secret, by name: resolved for the executor
@@ -147,14 +148,27 @@ class NodeView:
         if name == "last":
             return ResultView(self._results[-1]) if self._results else None
         if name == "first":
+            self._untrimmed(name)
             return ResultView(self._results[0]) if self._results else None
         if name == "all":
+            self._untrimmed(name)
             return [ResultView(r) for r in self._results]
         if name == "count":
             return self._count
         raise ExpressionError(
             f"node {self._node_id!r} has last, first, all and count, not {name!r}"
         )
+
+    def _untrimmed(self, name: str) -> None:
+        """Refuse ``first``/``all`` once retention trimmed results they would need."""
+        kept = len(self._results)
+        if self._count > kept:
+            raise ExpressionError(
+                f"{self._node_id}.{name} needs results the run no longer holds: node "
+                f"{self._node_id!r} produced {self._count} results and the workflow's retention "
+                f"keeps the newest {kept}; read .last or .count, or set retention=None on the "
+                "workflow to keep every result"
+            )
 
 
 class _Scope:

@@ -203,6 +203,10 @@ class Snapshot(WireModel):
     """The version the last step saved, while events added since moved ``version`` on (None
     when they are equal): a delivery for it still runs the step, and the step's save keeps the
     events that arrived meanwhile."""
+    chained_from: int | None = _optional()
+    """Set on a step's save when one delivery ran it after others in a row: the version that
+    delivery's message named. A redelivery of that message (the delivery died between a save
+    and scheduling what follows) finds it here and schedules the run's next delivery."""
     input_pending: bool | None = _optional()
     """True while the run's input is still to be given to a step: its first node gets it, on
     every attempt, until that node succeeds, pauses or is left by a timeout."""

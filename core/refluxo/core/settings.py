@@ -15,6 +15,8 @@ Variables every platform reads (``REFLUXO_`` prefix):
 ``REFLUXO_GLOBALS``          JSON value passed to executors as ``globals`` (secrets)
 ``REFLUXO_MAX_BODY_BYTES``   request body limit (default 262144, at most 100 MiB)
 ``REFLUXO_LOG_LEVEL``        ``DEBUG``, ``INFO`` (default), ``WARNING``, ``ERROR``
+``REFLUXO_DELIVERY_BUDGET_MS`` how long one delivery may run consecutive steps of an active
+                             run (default 1000, ``0``: one step per delivery, at most 60000)
 ===========================  ============================================================
 """
 
@@ -27,7 +29,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
-from .dispatcher import RunService, Workflow, load_workflows
+from .dispatcher import DEFAULT_DELIVERY_BUDGET_MS, RunService, Workflow, load_workflows
 from .errors import DefinitionError
 from .http import DEFAULT_MAX_BODY_BYTES, Authenticator, HttpApi
 from .ports import Scheduler, StateStore
@@ -124,6 +126,10 @@ class Environment:
             raise ConfigurationError(f"not set: {', '.join(self.missing)}")
 
 
+MAX_DELIVERY_BUDGET_MS = 60_000
+"""The most ``REFLUXO_DELIVERY_BUDGET_MS`` may say: well below every platform's request limit."""
+
+
 class Settings(BaseModel):
     """The settings every platform reads; a platform subclass adds its own.
 
@@ -138,6 +144,7 @@ class Settings(BaseModel):
     globals: Any = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: LogLevel = "INFO"
+    delivery_budget_ms: int = DEFAULT_DELIVERY_BUDGET_MS
 
     @classmethod
     def from_env(cls, env: Any = None) -> Self:
@@ -169,6 +176,9 @@ class Settings(BaseModel):
                 "REFLUXO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1, MAX_BODY_BYTES_CEILING
             ),
             "log_level": level,
+            "delivery_budget_ms": env.number(
+                "REFLUXO_DELIVERY_BUDGET_MS", DEFAULT_DELIVERY_BUDGET_MS, 0, MAX_DELIVERY_BUDGET_MS
+            ),
         }
 
     def check(self) -> None:
@@ -207,7 +217,7 @@ def build_api(
         workflows: the workflows to host.
         store: the state store.
         scheduler: the scheduler.
-        settings: the globals, the API token and the body limit.
+        settings: the globals, the API token, the body limit and the delivery budget.
         dispatch_auth: how ``/_dispatch`` authenticates the scheduler (None: refused).
         dispatcher: the dispatcher class (a runtime may extend it).
         options: further arguments of the dispatcher (its clock...).
@@ -215,6 +225,7 @@ def build_api(
     Raises:
         ValueError: the workflows need what ``store`` lacks (an archive).
     """
+    options.setdefault("delivery_budget_ms", settings.delivery_budget_ms)
     service = dispatcher(list(workflows), store, scheduler, globals=settings.globals, **options)
     return HttpApi(
         service,

@@ -17,6 +17,7 @@ from pytest_lite import Runner, module_of
 
 import tests.conftest
 from refluxo.cloudflare import D1StateStore, KVStateStore
+from refluxo.core import dispatcher as core_dispatcher
 from refluxo.testing import dispatcher as test_dispatcher
 from refluxo.testing.harness import Harness, recorded
 
@@ -73,7 +74,13 @@ async def test_kv_racing_dispatchers_complete_the_run_though_both_may_be_told_th
     same version, so the write that stands holds each step's result once: the run completes as
     a clean one, and no step is lost."""
     clock = tests.conftest.FakeClock()
-    h, snap = await racing_demo(kv_store(clock), clock)
+    # One step per delivery, so each "stepped" outcome stands for one step.
+    saved_budget = core_dispatcher.DEFAULT_DELIVERY_BUDGET_MS
+    core_dispatcher.DEFAULT_DELIVERY_BUDGET_MS = 0
+    try:
+        h, snap = await racing_demo(kv_store(clock), clock)
+    finally:
+        core_dispatcher.DEFAULT_DELIVERY_BUDGET_MS = saved_budget
     assert snap.status == "completed"
     assert recorded(snap) == await test_dispatcher.clean_run(clock)
     steps = sum(len(results) for results in recorded(snap).values())
