@@ -12,7 +12,8 @@ and 10,000), ``embedded`` (3, SQLite store + local scheduler throughput against 
 ``frontdoor`` (6, requests/s and p99 of the local HTTP server against the former one),
 ``postgres`` (7, steps/s with 1, 2 and 4 worker processes on one PostgreSQL database against
 the SQLite embedded figure), ``vs_typescript`` (1b, our engine beside the TypeScript engine run
-from its source with tsx, ratios in the same run).
+from its source with tsx, ratios in the same run), ``vs_dbos`` (6, the embedded runtime and
+DBOS Transact on the same durable workload, SQLite and PostgreSQL).
 
 Figures are medians of several runs, and ratios are measured within one run, so that a busy
 machine shifts both sides alike. Each figure carries the command that reproduces it.
@@ -43,6 +44,7 @@ from benchmarks import (
     front_door,
     platform_latency,
     postgres,
+    vs_dbos,
     vs_typescript,
 )
 from benchmarks.common import ROOT, Config, Mode, SectionResult, load_average
@@ -56,6 +58,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Config], SectionResult]]] = {
     platform_latency.SECTION: (platform_latency.TITLE, platform_latency.run),
     front_door.SECTION: (front_door.TITLE, front_door.run),
     postgres.SECTION: (postgres.TITLE, postgres.run),
+    vs_dbos.SECTION: (vs_dbos.TITLE, vs_dbos.run),
 }
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 

@@ -109,3 +109,33 @@ def test_the_typescript_comparison_reports_a_ratio_per_workload(tmp_path: Path) 
     for fig in ratios.values():
         assert math.isfinite(fig["value"]) and fig["value"] > 0
         assert fig["passed"] is not None
+
+
+def test_the_dbos_comparison_says_how_to_install_dbos_when_it_is_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import vs_dbos
+
+    monkeypatch.setattr(vs_dbos, "DBOS_PYTHON", tmp_path / "no-such-python")
+
+    assert run.main(["--tiny", "--out", str(tmp_path), "--section", "vs_dbos"]) == 0
+
+    (section,) = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert section["figures"] == []
+    assert "make setup-bench" in section["skipped"]
+
+
+def test_the_dbos_comparison_reports_a_ratio_on_sqlite(tmp_path: Path) -> None:
+    from benchmarks import vs_dbos
+
+    missing = vs_dbos.dbos_missing()
+    if missing is not None:
+        pytest.skip(missing)
+
+    assert run.main(["--tiny", "--out", str(tmp_path), "--section", "vs_dbos"]) == 0
+
+    (section,) = json.loads((tmp_path / "results.json").read_text())["sections"]
+    figures = {fig["id"]: fig for fig in section["figures"]}
+    ratio = figures["vs_dbos.sqlite.ours_over_dbos"]
+    assert math.isfinite(ratio["value"]) and ratio["value"] > 0
+    assert ratio["passed"] is not None
