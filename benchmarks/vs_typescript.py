@@ -276,3 +276,40 @@ async def _run(cfg: Config) -> SectionResult:
 
 def run(cfg: Config) -> SectionResult:
     return asyncio.run(_run(cfg))
+
+
+def profile(name: str, n: int | None = None, top: int = 25) -> str:
+    """Run one of our workloads under cProfile; the ``top`` functions by own time, as text."""
+    import cProfile
+    import io
+    import pstats
+
+    (w,) = [w for w in workloads(Config(mode="full", repeats=1)) if w.name == name]
+    if n is not None:
+        w = Workload(w.name, w.kind, n, w.roundtrip, w.label, 1)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    asyncio.run(ours(w))
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.vs_typescript",
+        description="Profile one of our workloads of this section (cProfile, by own time).",
+    )
+    parser.add_argument("--profile", required=True, choices=[w.name for w in workloads(Config())])
+    parser.add_argument("-n", type=int, help="nodes or iterations (default: the full size)")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args(argv)
+    print(profile(args.profile, args.n, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
