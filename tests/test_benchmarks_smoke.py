@@ -56,7 +56,7 @@ def test_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> None:
 def test_the_section_list_names_every_section(capsys: pytest.CaptureFixture[str]) -> None:
     assert run.main(["--list"]) == 0
     out = capsys.readouterr().out
-    for section in [*SECTIONS, "platform", "postgres"]:
+    for section in [*SECTIONS, "platform", "postgres", "vs_typescript", "vs_dbos"]:
         assert section in out
 
 
