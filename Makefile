@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-include mk/gcp.mk mk/cloudflare.mk mk/postgres.mk
+include mk/gcp.mk mk/cloudflare.mk mk/postgres.mk mk/bench.mk
 
 lint: install
 	$(PY) -m ruff check .
@@ -40,7 +40,7 @@ demo: install
 	$(PY) -m refluxo.demo
 
 # Writes benchmarks/results/results.{md,json}; BENCH_ARGS=--quick for a fast look.
-bench: install setup-gcp setup-cloudflare setup-postgres
+bench: install setup-gcp setup-cloudflare setup-postgres setup-bench
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean: clean-cloudflare

@@ -11,7 +11,9 @@ and 10,000), ``embedded`` (3, SQLite store + local scheduler throughput against 
 ``platform`` (5, per-step latency through the Firestore and Cloud Tasks emulators),
 ``frontdoor`` (6, requests/s and p99 of the local HTTP server against the former one),
 ``postgres`` (7, steps/s with 1, 2 and 4 worker processes on one PostgreSQL database against
-the SQLite embedded figure).
+the SQLite embedded figure), ``vs_typescript`` (1b, our engine beside the TypeScript engine run
+from its source with tsx, ratios in the same run), ``vs_dbos`` (6, the embedded runtime and
+DBOS Transact on the same durable workload, SQLite and PostgreSQL).
 
 Figures are medians of several runs, and ratios are measured within one run, so that a busy
 machine shifts both sides alike. Each figure carries the command that reproduces it.
@@ -42,17 +44,21 @@ from benchmarks import (
     front_door,
     platform_latency,
     postgres,
+    vs_dbos,
+    vs_typescript,
 )
 from benchmarks.common import ROOT, Config, Mode, SectionResult, load_average
 
 SECTIONS: dict[str, tuple[str, Callable[[Config], SectionResult]]] = {
     engine_overhead.SECTION: (engine_overhead.TITLE, engine_overhead.run),
+    vs_typescript.SECTION: (vs_typescript.TITLE, vs_typescript.run),
     flatness.SECTION: (flatness.TITLE, flatness.run),
     embedded.SECTION: (embedded.TITLE, embedded.run),
     coldstart.SECTION: (coldstart.TITLE, coldstart.run),
     platform_latency.SECTION: (platform_latency.TITLE, platform_latency.run),
     front_door.SECTION: (front_door.TITLE, front_door.run),
     postgres.SECTION: (postgres.TITLE, postgres.run),
+    vs_dbos.SECTION: (vs_dbos.TITLE, vs_dbos.run),
 }
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 

@@ -56,7 +56,7 @@ def test_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> None:
 def test_the_section_list_names_every_section(capsys: pytest.CaptureFixture[str]) -> None:
     assert run.main(["--list"]) == 0
     out = capsys.readouterr().out
-    for section in [*SECTIONS, "platform", "postgres"]:
+    for section in [*SECTIONS, "platform", "postgres", "vs_typescript", "vs_dbos"]:
         assert section in out
 
 
@@ -69,3 +69,73 @@ def test_the_branches_benchmark_runs_and_prints_its_table(
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| store | branches |")
     assert [row.split("|")[1:3] for row in rows[2:]] == [[" memory ", " 3 "], [" sqlite ", " 3 "]]
+
+
+def test_the_typescript_comparison_reports_our_side_when_the_typescript_engine_is_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REFLUXO_TS_ENGINE", str(tmp_path / "no-such-engine"))
+
+    assert run.main(["--tiny", "--out", str(tmp_path), "--section", "vs_typescript"]) == 0
+
+    (section,) = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert section["skipped"] is None
+    ids = [fig["id"] for fig in section["figures"]]
+    assert "vs_typescript.loop_roundtrip_defaults.steps_per_s" in ids
+    assert not [i for i in ids if i.endswith("ours_over_ts")]
+    assert any(
+        "TypeScript side skipped" in note and "REFLUXO_TS_ENGINE" in note
+        for note in section["notes"]
+    )
+
+
+def test_the_typescript_comparison_reports_a_ratio_per_workload(tmp_path: Path) -> None:
+    from benchmarks import vs_typescript
+
+    missing = vs_typescript.typescript_missing()
+    if missing is not None:
+        pytest.skip(f"the TypeScript side cannot run here: {missing}")
+
+    assert run.main(["--tiny", "--out", str(tmp_path), "--section", "vs_typescript"]) == 0
+
+    (section,) = json.loads((tmp_path / "results.json").read_text())["sections"]
+    ratios = {fig["id"]: fig for fig in section["figures"] if fig["id"].endswith("ours_over_ts")}
+    assert sorted(ratios) == [
+        f"vs_typescript.{w}.ours_over_ts"
+        for w in sorted(
+            ["linear", "loop", "linear_roundtrip", "loop_roundtrip", "loop_roundtrip_defaults"]
+        )
+    ]
+    for fig in ratios.values():
+        assert math.isfinite(fig["value"]) and fig["value"] > 0
+        assert fig["passed"] is not None
+
+
+def test_the_dbos_comparison_says_how_to_install_dbos_when_it_is_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import vs_dbos
+
+    monkeypatch.setattr(vs_dbos, "DBOS_PYTHON", tmp_path / "no-such-python")
+
+    assert run.main(["--tiny", "--out", str(tmp_path), "--section", "vs_dbos"]) == 0
+
+    (section,) = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert section["figures"] == []
+    assert "make setup-bench" in section["skipped"]
+
+
+def test_the_dbos_comparison_reports_a_ratio_on_sqlite(tmp_path: Path) -> None:
+    from benchmarks import vs_dbos
+
+    missing = vs_dbos.dbos_missing()
+    if missing is not None:
+        pytest.skip(missing)
+
+    assert run.main(["--tiny", "--out", str(tmp_path), "--section", "vs_dbos"]) == 0
+
+    (section,) = json.loads((tmp_path / "results.json").read_text())["sections"]
+    figures = {fig["id"]: fig for fig in section["figures"]}
+    ratio = figures["vs_dbos.sqlite.ours_over_dbos"]
+    assert math.isfinite(ratio["value"]) and ratio["value"] > 0
+    assert ratio["passed"] is not None
