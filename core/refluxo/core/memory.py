@@ -27,6 +27,7 @@ from .ports import (
     Scheduler,
     StateStore,
     run_info,
+    select_runs,
     stored_due_time,
 )
 
@@ -104,23 +105,20 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         after: tuple[int, str] | None = None,
         limit: int = 50,
     ) -> list[RunInfo]:
-        found: list[RunInfo] = []
-        for run_id, raw in self._runs.items():
-            created, updated = self._times[run_id]
-            info = run_info(Snapshot.from_json(raw), created_at=created, updated_at=updated)
-            if workflow is not None and info.workflow != workflow:
-                continue
-            if status is not None and info.status != status:
-                continue
-            if updated_before is not None and updated >= updated_before:
-                continue
-            if updated_after is not None and updated < updated_after:
-                continue
-            if after is not None and (-updated, run_id) <= (-after[0], after[1]):
-                continue
-            found.append(info)
-        found.sort(key=lambda r: (-r.updated_at, r.run_id))
-        return found[:limit]
+        infos = (
+            run_info(Snapshot.from_json(raw), created_at=created, updated_at=updated)
+            for run_id, raw in self._runs.items()
+            for created, updated in [self._times[run_id]]
+        )
+        return select_runs(
+            infos,
+            workflow=workflow,
+            status=status,
+            updated_before=updated_before,
+            updated_after=updated_after,
+            after=after,
+            limit=limit,
+        )
 
     async def archive_results(
         self, run_id: str, node_id: str, first_index: int, results: Sequence[NodeResult]

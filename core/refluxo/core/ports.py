@@ -7,7 +7,7 @@ checker catches a missing method. Every adapter passes the contract suites of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -186,6 +186,30 @@ class RunInfo:
             "updatedAt": self.updated_at,
             "failedReason": self.failed_reason,
         }
+
+
+def select_runs(
+    runs: Iterable[RunInfo],
+    *,
+    workflow: str | None = None,
+    status: str | None = None,
+    updated_before: int | None = None,
+    updated_after: int | None = None,
+    after: tuple[int, str] | None = None,
+    limit: int = 50,
+) -> list[RunInfo]:
+    """:meth:`RunIndex.find_runs` done in memory, for stores that read every run's summary."""
+    found = [
+        info
+        for info in runs
+        if (workflow is None or info.workflow == workflow)
+        and (status is None or info.status == status)
+        and (updated_before is None or info.updated_at < updated_before)
+        and (updated_after is None or info.updated_at >= updated_after)
+        and (after is None or (-info.updated_at, info.run_id) > (-after[0], after[1]))
+    ]
+    found.sort(key=lambda r: (-r.updated_at, r.run_id))
+    return found[:limit]
 
 
 def run_info(snapshot: Snapshot, *, created_at: int | None, updated_at: int) -> RunInfo:

@@ -18,7 +18,14 @@ from typing import Any
 
 from refluxo.core.errors import PayloadTooLarge, RunNotFound, StoreError, VersionConflict
 from refluxo.core.model import Snapshot, decode_snapshot, encode_snapshot, now_ms
-from refluxo.core.ports import DueRuns, RunIndex, RunInfo, StateStore, stored_due_time
+from refluxo.core.ports import (
+    DueRuns,
+    RunIndex,
+    RunInfo,
+    StateStore,
+    select_runs,
+    stored_due_time,
+)
 from refluxo.core.sql import (
     Row,
     SqlDialect,
@@ -292,22 +299,19 @@ class KVStateStore(StateStore, DueRuns, RunIndex):
                     updated_at=updated,
                     failed_reason=_text(_field(meta, "f")),
                 )
-                if workflow is not None and info.workflow != workflow:
-                    continue
-                if status is not None and info.status != status:
-                    continue
-                if updated_before is not None and updated >= updated_before:
-                    continue
-                if updated_after is not None and updated < updated_after:
-                    continue
-                if after is not None and (-updated, run_id) <= (-after[0], after[1]):
-                    continue
                 found.append(info)
             cursor = _field(page, "cursor")
             if _field(page, "list_complete") or not cursor:
                 break
-        found.sort(key=lambda r: (-r.updated_at, r.run_id))
-        return found[:limit]
+        return select_runs(
+            found,
+            workflow=workflow,
+            status=status,
+            updated_before=updated_before,
+            updated_after=updated_after,
+            after=after,
+            limit=limit,
+        )
 
     # --- internals -------------------------------------------------------------------------
 
