@@ -236,16 +236,9 @@ class LocalRuntime:
         """
         wrap = None
         if dashboard:
-            from .dashboard import DashboardApp, api_upstream, mount
+            from .dashboard import beside_the_api
 
-            def wrap(app: Any) -> Any:
-                ui = DashboardApp(
-                    api_upstream(self.api, self._api_token),
-                    target="this server",
-                    allowed_hosts=app.allowed_hosts,
-                )
-                return mount(app, ui)
-
+            wrap = beside_the_api(self.api, self._api_token)
         server = LocalServer(self.api, host, port, allowed_hosts=allowed_hosts, wrap=wrap)
         await server.start()
         self._servers.append(server)

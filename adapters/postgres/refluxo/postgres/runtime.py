@@ -120,17 +120,9 @@ class PostgresRuntime:
         from refluxo.local.server import LocalServer
 
         if dashboard:
-            from refluxo.local.dashboard import DashboardApp, api_upstream, mount
+            from refluxo.local.dashboard import beside_the_api
 
-            def wrap(app: Any) -> Any:
-                ui = DashboardApp(
-                    api_upstream(self.api, self.api_token),
-                    target="this server",
-                    allowed_hosts=app.allowed_hosts,
-                )
-                return mount(app, ui)
-
-            kwargs["wrap"] = wrap
+            kwargs["wrap"] = beside_the_api(self.api, self.api_token)
         server = LocalServer(self.api, host, port, **kwargs)
         await server.start()
         self._servers.append(server)

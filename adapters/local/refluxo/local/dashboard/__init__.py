@@ -328,3 +328,18 @@ class DashboardServer:
             await self._task
             self._task = None
         await server.shutdown()
+
+
+def beside_the_api(api: HttpApi, token: str | None = None) -> Callable[[Any], Any]:
+    """A ``LocalServer(wrap=...)`` that serves the dashboard at ``/ui/`` beside ``api``.
+
+    The dashboard calls ``api`` in-process, with ``token`` when the API requires one.
+    """
+
+    def wrap(app: Any) -> Any:
+        ui = DashboardApp(
+            api_upstream(api, token), target="this server", allowed_hosts=app.allowed_hosts
+        )
+        return mount(app, ui)
+
+    return wrap
