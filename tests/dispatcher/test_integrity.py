@@ -23,6 +23,7 @@ from refluxo.core import (
     RunFinished,
     Snapshot,
     StepResult,
+    StoreError,
 )
 from refluxo.core.codec import Limits
 from refluxo.core.dispatcher import RunService, Workflow
@@ -518,6 +519,42 @@ async def test_a_long_step_finishes_while_comments_keep_arriving(
     await asyncio.gather(commenter(), worker())
     run = await store.load("r1")
     assert run.status == "completed" and calls == 2, (run.status, calls, rig.outcomes)
+
+
+async def test_a_step_that_keeps_losing_its_save_to_events_is_delivered_again_not_dropped(
+    clock: FakeClock,
+) -> None:
+    store = MemoryStateStore()
+    calls = 0
+
+    async def counted(data: Any, ctx: Any, payload: Any, g: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return "ok"
+
+    rig = Rig(store, clock, chain("a"), {"a": NodeDefinition(counted)})
+    await rig.dispatcher.start("wf", run_id="r1")
+    real_save = store.save
+    storm = True
+
+    async def an_event_lands_first(snapshot: Snapshot, *, expected_version: int) -> None:
+        if storm and snapshot.status != "paused":  # the step's save, not the event's own
+            store.save = real_save  # type: ignore[method-assign]
+            try:
+                await rig.dispatcher.send_event("r1", None, "comment")
+            finally:
+                store.save = an_event_lands_first  # type: ignore[method-assign]
+        await real_save(snapshot, expected_version=expected_version)
+
+    store.save = an_event_lands_first  # type: ignore[method-assign]
+    (message,) = rig.scheduler.pop_due()
+    with pytest.raises(StoreError) as raised:  # never a silent "conflict" that strands the run
+        await rig.dispatcher.dispatch(message)
+    assert raised.value.transient
+    assert (await store.load("r1")).status == "active"
+    storm = False
+    assert (await rig.dispatcher.dispatch(message)).outcome == "stepped"  # delivered again
+    assert (await store.load("r1")).status == "completed" and calls == 2
 
 
 # --- 7. the first node's input ------------------------------------------------------------

@@ -106,6 +106,7 @@ WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 _MAX_CONFLICT_RETRIES = 5
 _MAX_BRANCH_REAPPLIES = 64  # a save losing to other branches this often is delivered again
+_MAX_EVENT_MERGES = 64  # a step's save losing to incoming events this often is delivered again
 _AGAIN_HOP = 1 << 42  # hops of deliveries sent again start here: never a step's own hop count
 _MAX_REASON_CHARS = 1000
 
@@ -914,8 +915,18 @@ class RunService:
             new = new.model_copy(update={"chained_from": chained_from})
         if workflow.name in self._archiving and node_id is not None:
             await self._archive_trimmed(base, new, node_id)
-        saved = await self._save_step(snapshot, new, node_id, self._merge_events(snapshot))
-        if saved is None or saved is _EXHAUSTED:
+        saved = await self._save_step(
+            snapshot, new, node_id, self._merge_events(snapshot), retries=_MAX_EVENT_MERGES
+        )
+        if saved is _EXHAUSTED:
+            # Only events moved the run, but so often that every merge lost: deliver the step
+            # again rather than drop it (nothing else would schedule the run).
+            raise StoreError(
+                f"run {snapshot.run_id!r}: the step of node {node_id!r} lost "
+                f"{_MAX_EVENT_MERGES} saves in a row to incoming events; deliver it again",
+                transient=True,
+            )
+        if saved is None:
             self._log_step(new, node_id, "conflict", duration_ms)
             return None
         self._log_step(saved, node_id, "stepped", duration_ms)
