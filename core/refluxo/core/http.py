@@ -82,6 +82,32 @@ _PUSH_QUEUE = Redelivery()
 """A push queue over HTTP (Cloud Tasks) counts attempts and waits between them itself: only
 the decision's status matters here."""
 
+_DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
+    (RunNotFound, 404, "unknown_run"),
+    (WorkflowNotFound, 404, "unknown_workflow"),
+    (NodeNotFound, 400, "unknown_node"),
+    (RunFinished, 409, "run_finished"),
+    (NotRetryable, 409, "not_retryable"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (InboxFull, 429, "inbox_full"),
+    (VersionConflict, 503, "busy"),
+)
+"""How a route answers the service's errors, unless the route says otherwise."""
+
+_DOMAIN_ERROR_TYPES = tuple(kind for kind, _, _ in _DOMAIN_ERRORS)
+
+
+def _domain_error(exc: Exception) -> HttpError:
+    """The answer to one of :data:`_DOMAIN_ERRORS` that a route let through."""
+    for kind, status, code in _DOMAIN_ERRORS:
+        if isinstance(exc, kind):
+            message = str(exc)
+            if kind is VersionConflict:
+                message = f"the run kept changing; try again ({exc})"
+            return HttpError(status, code, message)
+    raise TypeError(f"not a domain error: {type(exc).__name__}")
+
+
 _MAX_BODY_DEPTH = MAX_DEPTH_CEILING + 1
 """No body is read deeper than the deepest value any deployment accepts, plus the body itself."""
 
@@ -401,6 +427,9 @@ class HttpApi:
             )
         except NotStrictJson as exc:
             return HttpResponse.error(400, "json_limit", str(exc))
+        except _DOMAIN_ERROR_TYPES as exc:
+            known = _domain_error(exc)
+            return HttpResponse.error(known.status, known.code, known.message)
         except BackendError as exc:
             # A push queue (Cloud Tasks) delivers a message again on either status.
             decision = _PUSH_QUEUE.decide(exc)
@@ -507,12 +536,8 @@ class HttpApi:
         run_id = self._new_run_id(body.id) if body.id is not None else None
         try:
             snapshot, created = await self.dispatcher.start(name, run_id=run_id, input=body.input)
-        except WorkflowNotFound as exc:
-            raise HttpError(404, "unknown_workflow", str(exc)) from None
         except WorkflowMismatch as exc:
             raise HttpError(409, "run_id_taken", str(exc)) from None
-        except PayloadTooLarge as exc:
-            raise HttpError(413, "payload_too_large", str(exc)) from None
         return HttpResponse.json(201 if created else 200, _summary(snapshot))
 
     async def _workflows(self, request: HttpRequest) -> HttpResponse:
@@ -520,10 +545,7 @@ class HttpApi:
         return HttpResponse.json(200, {"workflows": hosted})
 
     async def _workflow(self, request: HttpRequest, name: str) -> HttpResponse:
-        try:
-            workflow = self.dispatcher.workflow(name)
-        except WorkflowNotFound as exc:
-            raise HttpError(404, "unknown_workflow", str(exc)) from None
+        workflow = self.dispatcher.workflow(name)
         return HttpResponse.json(
             200, {**_workflow_info(workflow), "definition": workflow.engine.workflow.to_dict()}
         )
@@ -566,57 +588,29 @@ class HttpApi:
         return HttpResponse.json(200, {"runs": [r.to_wire() for r in page], "cursor": cursor})
 
     async def _get(self, request: HttpRequest, run_id: str) -> HttpResponse:
-        try:
-            snapshot = await self.dispatcher.get(self._run_id(run_id))
-        except RunNotFound as exc:
-            raise HttpError(404, "unknown_run", str(exc)) from None
+        snapshot = await self.dispatcher.get(self._run_id(run_id))
         return HttpResponse(200, snapshot.to_json().encode())
 
     async def _event(self, request: HttpRequest, run_id: str) -> HttpResponse:
         body = self._body(_schema().SendEvent, self._json(request))
-        try:
-            snapshot = await self.dispatcher.send_event(
-                self._run_id(run_id), body.payload, body.name, event_id=body.id
-            )
-        except RunNotFound as exc:
-            raise HttpError(404, "unknown_run", str(exc)) from None
-        except RunFinished as exc:
-            raise HttpError(409, "run_finished", str(exc)) from None
-        except PayloadTooLarge as exc:
-            raise HttpError(413, "payload_too_large", str(exc)) from None
-        except InboxFull as exc:
-            raise HttpError(429, "inbox_full", str(exc)) from None
-        except VersionConflict as exc:
-            raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
+        snapshot = await self.dispatcher.send_event(
+            self._run_id(run_id), body.payload, body.name, event_id=body.id
+        )
         return HttpResponse.json(202, _summary(snapshot))
 
     async def _cancel(self, request: HttpRequest, run_id: str) -> HttpResponse:
         body = self._body(_schema().CancelRun, self._json(request, required=False))
-        try:
-            snapshot = await self.dispatcher.cancel(self._run_id(run_id), body.reason)
-        except RunNotFound as exc:
-            raise HttpError(404, "unknown_run", str(exc)) from None
-        except RunFinished as exc:
-            raise HttpError(409, "run_finished", str(exc)) from None
-        except VersionConflict as exc:
-            raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
+        snapshot = await self.dispatcher.cancel(self._run_id(run_id), body.reason)
         return HttpResponse.json(200, _summary(snapshot))
 
     async def _retry(self, request: HttpRequest, run_id: str) -> HttpResponse:
         body = self._body(_schema().RetryRun, self._json(request, required=False))
-        try:
-            snapshot = await self.dispatcher.retry(
-                self._run_id(run_id),
-                reason=body.reason,
-                force=body.force,
-                by=request.header("x-refluxo-caller"),
-            )
-        except RunNotFound as exc:
-            raise HttpError(404, "unknown_run", str(exc)) from None
-        except NotRetryable as exc:
-            raise HttpError(409, "not_retryable", str(exc)) from None
-        except VersionConflict as exc:
-            raise HttpError(503, "busy", f"the run kept changing; try again ({exc})") from None
+        snapshot = await self.dispatcher.retry(
+            self._run_id(run_id),
+            reason=body.reason,
+            force=body.force,
+            by=request.header("x-refluxo-caller"),
+        )
         return HttpResponse.json(200, _summary(snapshot))
 
     async def _rerun(self, request: HttpRequest, run_id: str) -> HttpResponse:
@@ -630,16 +624,10 @@ class HttpApi:
                 new_id=new_id,
                 by=request.header("x-refluxo-caller"),
             )
-        except RunNotFound as exc:
-            raise HttpError(404, "unknown_run", str(exc)) from None
-        except NodeNotFound as exc:
-            raise HttpError(400, "unknown_node", str(exc)) from None
         except WorkflowNotFound as exc:
             raise HttpError(409, "workflow_not_deployed", str(exc)) from None
         except WorkflowMismatch as exc:
             raise HttpError(409, "not_rerunnable", str(exc)) from None
-        except PayloadTooLarge as exc:
-            raise HttpError(413, "payload_too_large", str(exc)) from None
         return HttpResponse.json(201, _summary(snapshot))
 
     async def _export(self, request: HttpRequest, run_id: str) -> HttpResponse:
@@ -648,10 +636,6 @@ class HttpApi:
             snapshot = await self.dispatcher.export_run(
                 self._run_id(run_id), version=body.version, to=body.to
             )
-        except RunNotFound as exc:
-            raise HttpError(404, "unknown_run", str(exc)) from None
-        except RunFinished as exc:
-            raise HttpError(409, "run_finished", str(exc)) from None
         except VersionConflict:
             raise HttpError(
                 409, "run_changed", "the run changed since that version: read it and try again"
@@ -670,8 +654,6 @@ class HttpApi:
             if isinstance(exc, NotStrictJson):
                 raise
             raise HttpError(400, "invalid_run_id", str(exc)) from None
-        except RunFinished as exc:
-            raise HttpError(409, "run_finished", str(exc)) from None
         except (WorkflowNotFound, WorkflowMismatch) as exc:
             raise HttpError(409, "not_importable", str(exc)) from None
         return HttpResponse.json(201, _summary(imported))
@@ -679,10 +661,7 @@ class HttpApi:
     async def _timeline(self, request: HttpRequest, run_id: str) -> HttpResponse:
         from .timeline import timeline
 
-        try:
-            snapshot = await self.dispatcher.get(self._run_id(run_id))
-        except RunNotFound as exc:
-            raise HttpError(404, "unknown_run", str(exc)) from None
+        snapshot = await self.dispatcher.get(self._run_id(run_id))
         return HttpResponse.json(200, timeline(snapshot))
 
     async def _check_scheduler(self, request: HttpRequest, what: str) -> None:
