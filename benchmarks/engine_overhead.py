@@ -228,7 +228,9 @@ async def _run(cfg: Config) -> SectionResult:
         "Steps per second are whole runs (initial snapshot to completed) driven by "
         "`await engine.execute_step(snapshot)` in a loop, medians of "
         f"{cfg.repeats} runs per scenario, scenarios interleaved. No store, no scheduler, no "
-        "serialisation; the default expression transform is on (node data holds no templates)."
+        "serialisation; the default expression transform is on (node data holds no templates). "
+        "Executors are async functions, run on the event loop (a plain function would add a "
+        "hand-over to a thread at every step: see the vs_typescript section)."
     )
     result.notes.append(
         "'one step / to_json' times execute_step on a sampled snapshot and to_json on the "
