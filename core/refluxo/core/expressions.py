@@ -375,7 +375,21 @@ class _Evaluation:
         self.marked = False  # the last expression's value came from a secret
         self.budget = budget
         self.limits = budget.limits
-        self.functions: dict[str, Callable[..., Any]] = {
+        self._functions: dict[str, Callable[..., Any]] | None = None
+
+    @property
+    def functions(self) -> dict[str, Callable[..., Any]]:
+        """The functions expressions may call, by name.
+
+        Built on first use: most node data calls none, and the table, holding methods of this
+        evaluation, would make every evaluation a reference cycle for the garbage collector.
+        """
+        if self._functions is None:
+            self._functions = self._function_table()
+        return self._functions
+
+    def _function_table(self) -> dict[str, Callable[..., Any]]:
+        return {
             "len": len,
             "str": self._str,
             "int": self._int,
