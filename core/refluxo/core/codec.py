@@ -114,9 +114,15 @@ def _plain(value: Any, levels: int) -> Any:
         for key, item in value.items():
             if type(key) is not str or not (key.isascii() or not _SURROGATE.search(key)):
                 return _REFUSED
-            item = _plain(item, levels - 1)
-            if item is _REFUSED:
-                return _REFUSED
+            kind = type(item)
+            # Strings and integers inline: they are most of what outputs hold.
+            if kind is str:
+                if not (item.isascii() or not _SURROGATE.search(item)):
+                    return _REFUSED
+            elif kind is not int:
+                item = _plain(item, levels - 1)
+                if item is _REFUSED:
+                    return _REFUSED
             out[key] = item
         return out
     if kind is list:
