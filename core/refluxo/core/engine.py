@@ -297,6 +297,27 @@ async def run_executor(
         raise _Raised(exc) from exc
 
 
+def _evolve(snapshot: Snapshot, update: dict[str, Any]) -> Snapshot:
+    """``snapshot.model_copy(update=update)`` for updates of fields only, in fewer steps.
+
+    The same shallow copy pydantic makes (fields, extra fields, which fields were set), built
+    directly; a model with private attributes gets pydantic's own copy.
+    """
+    if getattr(snapshot, "__pydantic_private__", None) is not None:
+        return snapshot.model_copy(update=update)
+    copied = object.__new__(type(snapshot))
+    fields = snapshot.__dict__.copy()
+    fields.update(update)
+    extra = snapshot.__pydantic_extra__
+    object.__setattr__(copied, "__dict__", fields)
+    object.__setattr__(copied, "__pydantic_extra__", None if extra is None else extra.copy())
+    object.__setattr__(
+        copied, "__pydantic_fields_set__", snapshot.__pydantic_fields_set__.union(update)
+    )
+    object.__setattr__(copied, "__pydantic_private__", None)
+    return copied
+
+
 class WorkflowEngine:
     """Executes a workflow one node at a time; holds no state between calls.
 
@@ -872,7 +893,7 @@ class WorkflowEngine:
             update["current_node_id"] = current
         if metadata is not None:
             update["metadata"] = metadata
-        return base.model_copy(update=update)
+        return _evolve(base, update)
 
     async def _hook(self, name: str, call: Callable[[PluginHooks], Awaitable[None] | None]) -> None:
         for plugin in self.plugins:
