@@ -589,6 +589,21 @@ async def test_without_transforms_executors_cannot_mutate_the_definition() -> No
     assert engine.node("a").data == {"n": "a"}
 
 
+async def test_executors_cannot_mutate_node_data_that_holds_no_expression() -> None:
+    async def mutate(data: Any, ctx: Context, payload: Any, g: Any) -> Any:
+        data["list"].append("changed")
+        data["nested"]["k"] = "changed"
+        return None
+
+    workflow = {
+        "nodes": [{"id": "a", "type": "m", "data": {"list": [1], "nested": {"k": "v"}}}],
+        "edges": [],
+    }
+    engine = WorkflowEngine(workflow, {"m": NodeDefinition(executor=mutate)})
+    await engine.execute_step(engine.create_initial_snapshot("r", "a"))
+    assert engine.node("a").data == {"list": [1], "nested": {"k": "v"}}
+
+
 # --- 8. plugins ---------------------------------------------------------------------------
 
 

@@ -888,7 +888,41 @@ def resolve(
     Raises:
         ExpressionError: an expression is invalid, fails, or goes over a limit.
     """
+    copied = _copy_plain(data)
+    if copied is not _TEMPLATED:
+        return copied
     return _resolve(data, _Evaluation(_Scope(context, globals), _Budget(limits)))
+
+
+_TEMPLATED = object()
+
+
+def _copy_plain(data: Any) -> Any:
+    """What :func:`_resolve` makes of ``data`` when none of its strings holds ``{{`` (the
+    same new structure, built without setting up an evaluation); else ``_TEMPLATED``."""
+    if isinstance(data, str):
+        return _TEMPLATED if "{{" in data else data
+    if isinstance(data, list):
+        items = []
+        for value in data:
+            value = _copy_plain(value)
+            if value is _TEMPLATED:
+                return _TEMPLATED
+            items.append(value)
+        return items
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            if type(value) is str:  # most node data: checked inline
+                if "{{" in value:
+                    return _TEMPLATED
+            else:
+                value = _copy_plain(value)
+                if value is _TEMPLATED:
+                    return _TEMPLATED
+            out[key] = value
+        return out
+    return data
 
 
 class ExpressionTransform:
