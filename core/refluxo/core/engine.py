@@ -659,11 +659,15 @@ class WorkflowEngine:
                 thread=definition.thread,
                 executor_is_async=definition.is_async,
             )
-            result = raw if isinstance(raw, StepResult) else StepResult(data=raw)
-            # What an executor returns is recorded: it must not carry a secret there either.
-            output = redactor(globals).value(
-                self._output(definition, result.data, node_id, max_depth)
-            )
+            if isinstance(raw, StepResult):
+                result: StepResult | None = raw
+                raw = raw.data
+            else:
+                result = None  # a plain value: the node's output, the edge without a handle
+            output = self._output(definition, raw, node_id, max_depth)
+            if globals is not None:
+                # What an executor returns is recorded: it must not carry a secret there either.
+                output = redactor(globals).value(output)
         except Exception as exc:
             if isinstance(exc, _Fail):
                 cause, message, retryable = exc.__cause__ or exc, str(exc), False
@@ -698,8 +702,10 @@ class WorkflowEngine:
             if plugins
             else None
         )
-        wait_request = result.wait
-        if result.pause or (wait_request is not None and wait_request.kind == "event"):
+        wait_request = None if result is None else result.wait
+        if (result is not None and result.pause) or (
+            wait_request is not None and wait_request.kind == "event"
+        ):
             new_wait = None
             if wait_request is not None:
                 until = wait_request.until
@@ -717,7 +723,7 @@ class WorkflowEngine:
 
         entry = NodeResult(output=output, timestamp=self.clock(), attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
-        targets = self.next_node_ids(node_id, result.next_handle)
+        targets = self.next_node_ids(node_id, None if result is None else result.next_handle)
         next_id = targets[0] if targets else None
         if after is not None:
             await self._hook("on_after_node", lambda p: p.on_after_node(after))
@@ -851,14 +857,14 @@ class WorkflowEngine:
         self, snapshot: Snapshot, node_id: str, entry: NodeResult
     ) -> tuple[dict[str, list[NodeResult]], dict[str, int] | None]:
         context = dict(snapshot.context)
-        results = [*context.get(node_id, ()), entry]
+        kept = context.get(node_id, [])
         counts = snapshot.counts
         if self.retention is not None:
             counts = dict(counts or {})
             counts[node_id] = snapshot.execution_count(node_id) + 1
-            if len(results) > self.retention:
-                results = results[-self.retention :]
-        context[node_id] = results
+            if len(kept) >= self.retention:  # one copy: the newest that stay, and the new one
+                kept = kept[len(kept) - self.retention + 1 :]
+        context[node_id] = [*kept, entry]
         return context, counts
 
     def _finish(
