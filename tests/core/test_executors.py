@@ -236,3 +236,17 @@ async def test_a_step_is_refused_while_the_executor_threads_are_all_busy(
     finally:
         release.set()
     assert [s.status for s in await asyncio.gather(*busy)] == ["completed", "completed"]
+
+
+def test_a_node_definition_says_whether_its_executor_is_async() -> None:
+    class AsyncCall:
+        async def __call__(self, data: Any, context: Context, payload: Any, globals: Any) -> Any:
+            return None
+
+    def plain(data: Any, context: Context, payload: Any, globals: Any) -> Any:
+        return None
+
+    assert NodeDefinition(executor=hang).is_async
+    assert NodeDefinition(executor=AsyncCall()).is_async
+    assert not NodeDefinition(executor=plain).is_async
+    assert NodeDefinition(executor=plain) == NodeDefinition(executor=plain)

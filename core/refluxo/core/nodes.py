@@ -137,7 +137,8 @@ class NodeDefinition:
     @property
     def is_async(self) -> bool:
         """Whether ``executor`` is async (a coroutine function, or has an async ``__call__``)."""
-        return bool(self.__dict__["_is_async"])
+        known = self.__dict__.get("_is_async")
+        return is_async(self.executor) if known is None else bool(known)
 
     @property
     def timeout_s(self) -> float | None:
