@@ -5,6 +5,8 @@
   copies a longer list, so a run is quadratic) and with ``retention=10``.
 * The cost of one step against the floor of serialising the snapshot it produced
   (``snapshot.to_json()`` of that same snapshot): what any durable step must pay at least once.
+* The hand-over of one executor call (``run_executor``): a plain function to an executor
+  thread, an async one on the event loop, each returning at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import pydantic_core
 
 from refluxo.core import Snapshot, WorkflowEngine
+from refluxo.core.engine import run_executor
 
 from .common import Config, Figure, SectionResult, clean, fmt_num, fmt_us, median, now, spread
 from .workflows import LINEAR_NODES, linear_definition, loop_definition, loop_nodes
@@ -224,11 +227,39 @@ async def _run(cfg: Config) -> SectionResult:
                 details={k: round(v, 9) for k, v in codec.items()},
             )
         )
+    # The hand-over of one executor call: a plain function to a thread, an async one inline.
+    calls = cfg.pick(20_000, 5_000, 100)
+    hand_over: dict[str, list[float]] = {"thread": [], "async": []}
+    for _ in range(cfg.repeats):
+        for kind, executor in (("thread", _plain_executor), ("async", _async_executor)):
+            clean()
+            t0 = now()
+            for _ in range(calls):
+                await run_executor(executor, (None, None, None, None), 240.0, "n")
+            hand_over[kind].append((now() - t0) / calls)
+    for kind, label in (
+        ("thread", "a plain executor, handed to an executor thread"),
+        ("async", "an async executor, run on the event loop"),
+    ):
+        values = hand_over[kind]
+        result.figures.append(
+            Figure(
+                id=f"engine.run_executor.{kind}.us_per_call",
+                name=f"Engine: run_executor of {label} (per call)",
+                value=round(median(values) * 1e6, 2),
+                unit="us",
+                display=fmt_us(median(values)),
+                command=cmd,
+                details={"seconds": spread(values), "calls": calls},
+            )
+        )
     result.notes.append(
         "Steps per second are whole runs (initial snapshot to completed) driven by "
         "`await engine.execute_step(snapshot)` in a loop, medians of "
         f"{cfg.repeats} runs per scenario, scenarios interleaved. No store, no scheduler, no "
-        "serialisation; the default expression transform is on (node data holds no templates)."
+        "serialisation; the default expression transform is on (node data holds no templates). "
+        "Executors are async functions, run on the event loop (a plain function would add a "
+        "hand-over to a thread at every step: see the vs_typescript section)."
     )
     result.notes.append(
         "'one step / to_json' times execute_step on a sampled snapshot and to_json on the "
@@ -237,6 +268,14 @@ async def _run(cfg: Config) -> SectionResult:
         "the step down once."
     )
     return result
+
+
+def _plain_executor(data: object, context: object, payload: object, globals: object) -> int:
+    return 1
+
+
+async def _async_executor(data: object, context: object, payload: object, globals: object) -> int:
+    return 1
 
 
 def run(cfg: Config) -> SectionResult:

@@ -13,6 +13,10 @@ Four workloads, equal work, every result kept (no retention) on both sides:
   pays: parse what it loaded, encode what it saves): ``Snapshot.from_json(s.to_json())`` here,
   ``JSON.parse(JSON.stringify(s))`` there.
 
+Executors are ``async def`` on both sides (equal work). Our in-memory loop is also measured
+with the same executors written as plain functions, which the engine hands to a thread at
+every step (what users who write plain functions get): a figure of its own, without a goal.
+
 Plus our 10,000-step loop with the round trip under refluxo's defaults (a :class:`Workflow`
 built without options), against the TypeScript engine's full-history round-trip figure.
 When the TypeScript side is missing (no source, no Node, or ``tsx`` not installed), our
@@ -33,7 +37,13 @@ from typing import Any
 from refluxo.core import Snapshot, Workflow, WorkflowEngine
 
 from .common import ROOT, Config, Figure, SectionResult, clean, fmt_num, median, now, spread
-from .workflows import LINEAR_NODES, linear_definition, loop_definition, loop_nodes
+from .workflows import (
+    LINEAR_NODES,
+    LINEAR_NODES_PLAIN,
+    linear_definition,
+    loop_definition,
+    loop_nodes,
+)
 
 SECTION = "vs_typescript"
 TITLE = "1b. Engine vs the TypeScript engine (same workloads, same run)"
@@ -54,6 +64,7 @@ class Workload:
     roundtrip: bool
     label: str
     repeats: int
+    plain: bool = False  # plain (threaded) executors: ours only, no TypeScript counterpart
 
 
 def workloads(cfg: Config) -> list[Workload]:
@@ -82,6 +93,15 @@ def workloads(cfg: Config) -> list[Workload]:
             f"{loop_rt:,}-iteration loop + JSON round trip per step",
             rt_repeats,
         ),
+        Workload(
+            "loop_plain",
+            "loop",
+            loop,
+            False,
+            f"{loop:,}-iteration loop, plain executors (a thread each step)",
+            cfg.repeats,
+            plain=True,
+        ),
     ]
 
 
@@ -107,10 +127,12 @@ def typescript_missing() -> str | None:
 
 def _engine(w: Workload, *, defaults: bool = False) -> WorkflowEngine:
     if w.kind == "linear":
-        return WorkflowEngine(linear_definition(w.n), LINEAR_NODES)
+        return WorkflowEngine(
+            linear_definition(w.n), LINEAR_NODES_PLAIN if w.plain else LINEAR_NODES
+        )
     if defaults:
         return Workflow("bench-loop", loop_definition(), loop_nodes(w.n)).engine
-    return WorkflowEngine(loop_definition(), loop_nodes(w.n))
+    return WorkflowEngine(loop_definition(), loop_nodes(w.n, plain=w.plain))
 
 
 async def _walk(engine: WorkflowEngine, run_id: str, roundtrip: bool) -> float:
@@ -198,8 +220,9 @@ def _ratio_figure(
 async def _run(cfg: Config) -> SectionResult:
     cmd = cfg.command_for(SECTION)
     result = SectionResult(SECTION, TITLE)
-    ws = workloads(cfg)
-    mine = {w.name: await ours(w) for w in ws}
+    every = workloads(cfg)
+    mine = {w.name: await ours(w) for w in every}
+    ws = [w for w in every if not w.plain]
     loop_rt = ws[-1]
     default_retention = Workflow("bench-loop", loop_definition(), loop_nodes(1)).engine.retention
     if default_retention is None:
@@ -215,8 +238,8 @@ async def _run(cfg: Config) -> SectionResult:
         result.notes.append(
             f"The TypeScript engine ran from {engine_dir().name}/src (Node {node}, tsx), in a "
             "Node process started right after ours, in the same benchmark run; its node "
-            "executors are async functions returning the same outputs, its loop counts "
-            "`context.loop.length`."
+            "executors are async functions returning the same outputs, as ours are; its loop "
+            "counts `context.loop.length`."
         )
     else:
         result.notes.append(f"TypeScript side skipped: {missing}. Only our figures are shown.")
@@ -242,6 +265,13 @@ async def _run(cfg: Config) -> SectionResult:
                     ts[w.name],
                     GOAL,
                     cmd,
+                )
+            )
+    for w in every:
+        if w.plain:
+            result.figures.append(
+                _rate_figure(
+                    w.name, f"vs TS: ours, {w.label}, full history (no goal)", mine[w.name], cmd
                 )
             )
     label = f"{loop_rt.label}, refluxo's defaults (retention={default_retention})"

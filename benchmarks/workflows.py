@@ -1,10 +1,17 @@
-"""The workflows the benchmarks run: a linear chain, and one node looping on itself."""
+"""The workflows the benchmarks run: a linear chain, and one node looping on itself.
+
+Executors are ``async def`` by default, as the TypeScript engine's are: they run on the event
+loop, so the figures measure the engine's own work. ``plain=True`` gives the same executors as
+plain functions, which the engine hands to a thread each (what users who write plain functions
+get); the sections report that as a figure of its own.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from refluxo.core import Context, NodeDefinition, StepResult, Workflow
+from refluxo.core.nodes import Executor
 
 LOOP_NODE = "loop"
 LOOP_HANDLE = "again"
@@ -21,11 +28,19 @@ def linear_definition(n: int) -> dict[str, Any]:
     }
 
 
-def _step(data: Any, context: Context, payload: Any, globals: Any) -> Any:
+def _step_plain(data: Any, context: Context, payload: Any, globals: Any) -> Any:
+    return {"i": data["i"], "status": "ok", "note": _FILLER}
+
+
+async def _step(data: Any, context: Context, payload: Any, globals: Any) -> Any:
     return {"i": data["i"], "status": "ok", "note": _FILLER}
 
 
 LINEAR_NODES = {"step": NodeDefinition(executor=_step)}
+"""The linear chain's node type, an async executor."""
+
+LINEAR_NODES_PLAIN = {"step": NodeDefinition(executor=_step_plain)}
+"""The same node type as a plain function (run in a thread at every step)."""
 
 
 def loop_definition() -> dict[str, Any]:
@@ -38,22 +53,33 @@ def loop_definition() -> dict[str, Any]:
     }
 
 
-def loop_nodes(limit: int) -> dict[str, NodeDefinition]:
+def loop_nodes(limit: int, *, plain: bool = False) -> dict[str, NodeDefinition]:
     """The ``loop`` node type: it takes the ``again`` edge until it has run ``limit`` times.
 
     It counts its runs with ``context.count``, which stays right when retention trims results.
+    ``plain`` makes its executor a plain function instead of an async one.
     """
 
-    def loop(data: Any, context: Context, payload: Any, globals: Any) -> StepResult:
+    def loop_plain(data: Any, context: Context, payload: Any, globals: Any) -> StepResult:
         n = context.count(LOOP_NODE) + 1
         return StepResult(
             data={"i": n, "status": "ok", "note": _FILLER},
             next_handle=LOOP_HANDLE if n < limit else None,
         )
 
-    return {"loop": NodeDefinition(executor=loop)}
+    async def loop(data: Any, context: Context, payload: Any, globals: Any) -> StepResult:
+        return loop_plain(data, context, payload, globals)
+
+    executor: Executor = loop_plain if plain else loop
+    return {"loop": NodeDefinition(executor=executor)}
 
 
-def loop_workflow(limit: int, retention: int | None, name: str = "loop") -> Workflow:
-    """A :class:`Workflow` of the loop, ending after ``limit`` steps."""
-    return Workflow(name, loop_definition(), loop_nodes(limit), retention=retention)
+def loop_workflow(
+    limit: int, retention: int | None, name: str = "loop", *, plain: bool = True
+) -> Workflow:
+    """A :class:`Workflow` of the loop, ending after ``limit`` steps.
+
+    Plain executors by default: the durable sections (embedded, flatness, platforms) measure
+    what a user who writes plain functions gets.
+    """
+    return Workflow(name, loop_definition(), loop_nodes(limit, plain=plain), retention=retention)

@@ -89,6 +89,21 @@ def test_the_typescript_comparison_reports_our_side_when_the_typescript_engine_i
     )
 
 
+def test_the_typescript_comparison_reports_our_loop_with_plain_executors_without_a_goal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REFLUXO_TS_ENGINE", str(tmp_path / "no-such-engine"))
+
+    assert run.main(["--tiny", "--out", str(tmp_path), "--section", "vs_typescript"]) == 0
+
+    (section,) = json.loads((tmp_path / "results.json").read_text())["sections"]
+    figures = {fig["id"]: fig for fig in section["figures"]}
+    plain = figures["vs_typescript.loop_plain.steps_per_s"]
+    assert "plain executors" in plain["name"]
+    assert plain["value"] > 0
+    assert plain["goal"] is None
+
+
 def test_the_typescript_comparison_reports_a_ratio_per_workload(tmp_path: Path) -> None:
     from benchmarks import vs_typescript
 

@@ -66,6 +66,20 @@ async def test_execute_step_never_mutates_its_input(clock: FakeClock) -> None:
     assert after is not snap and after.context is not snap.context
 
 
+async def test_a_step_keeps_unknown_fields_in_a_copy_of_their_own(clock: FakeClock) -> None:
+    engine = WorkflowEngine(linear("a", "b"), ECHO, clock=clock)
+    raw = engine.create_initial_snapshot("run", "a").to_dict()
+    snap = Snapshot.model_validate({**raw, "tsOnly": {"kept": [1, 2]}})
+    after = await engine.execute_step(snap)
+    assert after.model_extra == {"tsOnly": {"kept": [1, 2]}}
+    assert after.to_dict()["tsOnly"] == {"kept": [1, 2]}
+    assert after.model_fields_set >= snap.model_fields_set | {"status", "context", "version"}
+    assert after.model_extra is not None
+    after.model_extra["added"] = True
+    assert snap.model_extra == {"tsOnly": {"kept": [1, 2]}}
+    assert Snapshot.from_json(after.to_json()) == after
+
+
 async def test_every_transition_bumps_the_version_by_one(clock: FakeClock) -> None:
     flaky = Flaky(1)
 
@@ -573,6 +587,21 @@ async def test_without_transforms_executors_cannot_mutate_the_definition() -> No
     engine = WorkflowEngine(linear("a"), {"echo": NodeDefinition(executor=mutate)}, transforms=[])
     await engine.execute_step(engine.create_initial_snapshot("r", "a"))
     assert engine.node("a").data == {"n": "a"}
+
+
+async def test_executors_cannot_mutate_node_data_that_holds_no_expression() -> None:
+    async def mutate(data: Any, ctx: Context, payload: Any, g: Any) -> Any:
+        data["list"].append("changed")
+        data["nested"]["k"] = "changed"
+        return None
+
+    workflow = {
+        "nodes": [{"id": "a", "type": "m", "data": {"list": [1], "nested": {"k": "v"}}}],
+        "edges": [],
+    }
+    engine = WorkflowEngine(workflow, {"m": NodeDefinition(executor=mutate)})
+    await engine.execute_step(engine.create_initial_snapshot("r", "a"))
+    assert engine.node("a").data == {"list": [1], "nested": {"k": "v"}}
 
 
 # --- 8. plugins ---------------------------------------------------------------------------

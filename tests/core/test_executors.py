@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -71,6 +72,51 @@ async def test_an_executor_raising_timeout_error_itself_is_an_ordinary_failure()
 
     done = await step(engine_for(NodeDefinition(executor=raises, timeout=10)))
     assert done.metadata["failedReason"] == "node 'a' failed: TimeoutError: the bank did not answer"
+
+
+async def test_an_async_executor_busy_past_its_timeout_times_out_at_its_first_wait() -> None:
+    reached: list[str] = []
+
+    async def busy_then_wait(data: Any, context: Context, payload: Any, globals: Any) -> Any:
+        busy_until = time.monotonic() + 0.06  # CPU-bound work the event loop cannot interrupt
+        while time.monotonic() < busy_until:
+            pass
+        reached.append("before the wait")
+        await asyncio.sleep(0.01)
+        reached.append("after the wait")
+        return "late"
+
+    done = await step(engine_for(NodeDefinition(executor=busy_then_wait, timeout=0.05)))
+    assert done.status == "failed"
+    assert "ran past its timeout of 0.05 s" in done.metadata["failedReason"]
+    assert reached == ["before the wait"]
+
+
+async def test_an_async_executor_past_its_timeout_is_cancelled_at_its_wait_and_cleans_up() -> None:
+    cleaned = asyncio.Event()
+
+    async def waits(data: Any, context: Context, payload: Any, globals: Any) -> Any:
+        await asyncio.sleep(0)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.set()
+
+    done = await step(engine_for(NodeDefinition(executor=waits, timeout=0.05)))
+    assert done.status == "failed"
+    assert "ran past its timeout" in done.metadata["failedReason"]
+    assert cleaned.is_set()
+
+
+async def test_an_async_executor_that_waits_returns_its_value_within_its_timeout() -> None:
+    async def waits(data: Any, context: Context, payload: Any, globals: Any) -> Any:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return {"waited": 3}
+
+    done = await step(engine_for(NodeDefinition(executor=waits, timeout=5)))
+    assert done.status == "completed"
+    assert done.context["a"][-1].output == {"waited": 3}
 
 
 def test_a_timeout_must_be_positive() -> None:
@@ -190,3 +236,17 @@ async def test_a_step_is_refused_while_the_executor_threads_are_all_busy(
     finally:
         release.set()
     assert [s.status for s in await asyncio.gather(*busy)] == ["completed", "completed"]
+
+
+def test_a_node_definition_says_whether_its_executor_is_async() -> None:
+    class AsyncCall:
+        async def __call__(self, data: Any, context: Context, payload: Any, globals: Any) -> Any:
+            return None
+
+    def plain(data: Any, context: Context, payload: Any, globals: Any) -> Any:
+        return None
+
+    assert NodeDefinition(executor=hang).is_async
+    assert NodeDefinition(executor=AsyncCall()).is_async
+    assert not NodeDefinition(executor=plain).is_async
+    assert NodeDefinition(executor=plain) == NodeDefinition(executor=plain)

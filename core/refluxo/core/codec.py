@@ -82,7 +82,58 @@ def strict_json(value: Any, *, max_depth: int = DEFAULT_MAX_DEPTH, what: str = "
         NotStrictJson: the value breaks the rule (see the module's docstring); ``rule`` says
             which: ``max_depth``, ``nan``, ``unicode``, ``cycle``, ``type`` or ``key_collision``.
     """
+    # The fast path stops at the default depth, so a cycle ends it quickly (then the full
+    # check finds the cycle, or the depth past it).
+    plain = _plain(value, min(max_depth, DEFAULT_MAX_DEPTH))
+    if plain is not _REFUSED:
+        return plain
     return _convert(value, max_depth, what, 0, set())
+
+
+_REFUSED = object()
+
+
+def _plain(value: Any, levels: int) -> Any:
+    """``value`` copied when it is made of dicts (string keys), lists and plain scalars only,
+    every rule kept, within ``levels`` levels; else ``_REFUSED``, and :func:`_convert` (which
+    handles every other type and says which rule broke where) takes over.
+
+    The common case, checked without building a location for every value.
+    """
+    kind = type(value)
+    if kind is str:
+        return value if value.isascii() or not _SURROGATE.search(value) else _REFUSED
+    if kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else _REFUSED
+    if levels <= 0:
+        return _REFUSED
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str or not (key.isascii() or not _SURROGATE.search(key)):
+                return _REFUSED
+            kind = type(item)
+            # Strings and integers inline: they are most of what outputs hold.
+            if kind is str:
+                if not (item.isascii() or not _SURROGATE.search(item)):
+                    return _REFUSED
+            elif kind is not int:
+                item = _plain(item, levels - 1)
+                if item is _REFUSED:
+                    return _REFUSED
+            out[key] = item
+        return out
+    if kind is list:
+        items = []
+        for item in value:
+            item = _plain(item, levels - 1)
+            if item is _REFUSED:
+                return _REFUSED
+            items.append(item)
+        return items
+    return _REFUSED
 
 
 def _key(key: Any, where: str) -> str:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
-import inspect
 import logging
 import queue
 import random
 import sys
 import threading
 import warnings
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from datetime import timedelta
+from types import CoroutineType
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -33,7 +33,7 @@ from .model import (
     WorkflowDefinition,
     now_ms,
 )
-from .nodes import Context, Executor, NodeDefinition, StepResult
+from .nodes import Context, Executor, NodeDefinition, StepResult, is_async
 from .plugins import NodeContext, PluginHooks, plugin_name
 from .secrets import redactor
 
@@ -97,11 +97,6 @@ def _seconds(value: float | timedelta | None) -> float | None:
     if not seconds > 0:
         raise ValueError(f"a step timeout must be positive, not {value!r}")
     return seconds
-
-
-def _is_async(executor: Executor) -> bool:
-    call = getattr(executor, "__call__", None)  # noqa: B004 (an instance's async __call__)
-    return inspect.iscoroutinefunction(executor) or inspect.iscoroutinefunction(call)
 
 
 class _Raised(Exception):
@@ -196,6 +191,44 @@ async def _in_thread(executor: Executor, args: tuple[Any, ...]) -> Any:
     return await future
 
 
+def _resume(coro: Coroutine[Any, Any, Any], first: Any) -> Generator[Any, Any, Any]:
+    """Go on with ``coro``, already run to its first suspension (which yielded ``first``).
+
+    What ``await coro`` would have done from there: every value it yields goes to the task,
+    every value or exception the task sends back goes to ``coro``.
+    """
+    value = first
+    while True:
+        try:
+            sent = yield value
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                value = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                value = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+class _Resumed:
+    """An awaitable of a coroutine that has started already (see :func:`_resume`)."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return _resume(self.coro, self.first)
+
+
 async def run_executor(
     executor: Executor,
     args: tuple[Any, ...],
@@ -203,12 +236,14 @@ async def run_executor(
     node_id: str,
     *,
     thread: bool = True,
+    executor_is_async: bool | None = None,
 ) -> Any:
     """Run one executor call to its result, within ``timeout_s`` seconds.
 
     A plain executor runs in an executor thread when ``thread`` (inline where there are no
     threads), so that blocking I/O does not stop the event loop; an awaitable it returns is
-    awaited too.
+    awaited too. ``executor_is_async`` says whether ``executor`` is async, when the caller
+    knows already (:attr:`NodeDefinition.is_async`).
 
     Raises:
         TimeoutError: the executor ran past ``timeout_s``; the attempt fails (retryable).
@@ -220,18 +255,35 @@ async def run_executor(
     """
     task = asyncio.current_task()
     cancelling = task.cancelling() if task is not None else 0
-    deadline = asyncio.timeout(timeout_s)
+    if executor_is_async is None:
+        executor_is_async = is_async(executor)
+    # The deadline counts from now, though the timer is set only once the executor waits:
+    # an executor that returns without ever waiting cannot be interrupted anyway, and most
+    # quick ones never wait, so they skip setting and cancelling a timer.
+    when = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+    deadline: asyncio.Timeout | None = None
     try:
-        async with deadline:
-            if thread and _THREADS and not _is_async(executor):
+        if thread and _THREADS and not executor_is_async:
+            deadline = asyncio.timeout_at(when)
+            async with deadline:
                 raw = await _in_thread(executor, args)
-            else:
-                raw = executor(*args)
-            if isinstance(raw, Awaitable):
-                raw = await raw
+                if isinstance(raw, Awaitable):
+                    raw = await raw
+                return raw
+        raw = executor(*args)
+        if type(raw) is CoroutineType:
+            try:
+                first = raw.send(None)
+            except StopIteration as stop:
+                return stop.value
+            raw = _Resumed(raw, first)
+        elif not isinstance(raw, Awaitable):
             return raw
+        deadline = asyncio.timeout_at(when)
+        async with deadline:
+            return await raw
     except TimeoutError:
-        if deadline.expired():
+        if deadline is not None and deadline.expired():
             message = f"node {node_id!r} ran past its timeout of {timeout_s:g} s"
             raise TimeoutError(message) from None
         raise
@@ -243,6 +295,27 @@ async def run_executor(
         raise
     except BaseException as exc:
         raise _Raised(exc) from exc
+
+
+def _evolve(snapshot: Snapshot, update: dict[str, Any]) -> Snapshot:
+    """``snapshot.model_copy(update=update)`` for updates of fields only, in fewer steps.
+
+    The same shallow copy pydantic makes (fields, extra fields, which fields were set), built
+    directly; a model with private attributes gets pydantic's own copy.
+    """
+    if getattr(snapshot, "__pydantic_private__", None) is not None:
+        return snapshot.model_copy(update=update)
+    copied = object.__new__(type(snapshot))
+    fields = snapshot.__dict__.copy()
+    fields.update(update)
+    extra = snapshot.__pydantic_extra__
+    object.__setattr__(copied, "__dict__", fields)
+    object.__setattr__(copied, "__pydantic_extra__", None if extra is None else extra.copy())
+    object.__setattr__(
+        copied, "__pydantic_fields_set__", snapshot.__pydantic_fields_set__.union(update)
+    )
+    object.__setattr__(copied, "__pydantic_private__", None)
+    return copied
 
 
 class WorkflowEngine:
@@ -526,7 +599,8 @@ class WorkflowEngine:
                 "(Snapshot.branch_view) through a RunService"
             )
         start = self.clock()
-        if snapshot.last_step_version == 0 and not branch:
+        plugins = bool(self.plugins)
+        if plugins and snapshot.last_step_version == 0 and not branch:
             await self._hook("on_run_start", lambda p: p.on_run_start(snapshot))
 
         base = snapshot
@@ -555,16 +629,17 @@ class WorkflowEngine:
         retry = base.retry_state
         attempt = retry.attempts + 1 if retry is not None and retry.node_id == node_id else 1
         context = Context(base.context, base.counts)
-        ctx = NodeContext(
-            node=node,
-            definition=definition,
-            snapshot=snapshot,
-            input=node.data,
-            external_payload=payload,
-            globals=globals,
-            attempt=attempt,
-        )
-        await self._hook("on_before_node", lambda p: p.on_before_node(ctx))
+        if plugins:
+            ctx = NodeContext(
+                node=node,
+                definition=definition,
+                snapshot=snapshot,
+                input=node.data,
+                external_payload=payload,
+                globals=globals,
+                attempt=attempt,
+            )
+            await self._hook("on_before_node", lambda p: p.on_before_node(ctx))
 
         data: Any = node.data
         try:
@@ -582,34 +657,55 @@ class WorkflowEngine:
                 self.step_timeout if definition.timeout is None else definition.timeout_s,
                 node_id,
                 thread=definition.thread,
+                executor_is_async=definition.is_async,
             )
-            result = raw if isinstance(raw, StepResult) else StepResult(data=raw)
-            # What an executor returns is recorded: it must not carry a secret there either.
-            output = redactor(globals).value(
-                self._output(definition, result.data, node_id, max_depth)
-            )
-        except _Fail as exc:
-            cause = exc.__cause__ or exc
-            return await self._error(snapshot, base, ctx, data, cause, str(exc), start, False)
-        except NonRetryableError as exc:
-            return await self._error(snapshot, base, ctx, data, exc, _describe(exc), start, False)
+            if isinstance(raw, StepResult):
+                result: StepResult | None = raw
+                raw = raw.data
+            else:
+                result = None  # a plain value: the node's output, the edge without a handle
+            output = self._output(definition, raw, node_id, max_depth)
+            if globals is not None:
+                # What an executor returns is recorded: it must not carry a secret there either.
+                output = redactor(globals).value(output)
         except Exception as exc:
-            if isinstance(exc, _Raised):
-                logger.warning("node %r raised %s; the attempt fails", node_id, exc)
-            return await self._error(snapshot, base, ctx, data, exc, _describe(exc), start, True)
+            if isinstance(exc, _Fail):
+                cause, message, retryable = exc.__cause__ or exc, str(exc), False
+            else:
+                cause, message = exc, _describe(exc)
+                retryable = not isinstance(exc, NonRetryableError)
+                if isinstance(exc, _Raised):
+                    logger.warning("node %r raised %s; the attempt fails", node_id, exc)
+            failed_ctx = NodeContext(
+                node=node,
+                definition=definition,
+                snapshot=snapshot,
+                input=data,
+                external_payload=payload,
+                globals=globals,
+                error=cause,
+                attempt=attempt,
+            )
+            return await self._error(base, failed_ctx, message, start, retryable)
 
-        after = NodeContext(
-            node=node,
-            definition=definition,
-            snapshot=snapshot,
-            input=data,
-            external_payload=payload,
-            globals=globals,
-            output=output,
-            attempt=attempt,
+        after = (
+            NodeContext(
+                node=node,
+                definition=definition,
+                snapshot=snapshot,
+                input=data,
+                external_payload=payload,
+                globals=globals,
+                output=output,
+                attempt=attempt,
+            )
+            if plugins
+            else None
         )
-        wait_request = result.wait
-        if result.pause or (wait_request is not None and wait_request.kind == "event"):
+        wait_request = None if result is None else result.wait
+        if (result is not None and result.pause) or (
+            wait_request is not None and wait_request.kind == "event"
+        ):
             new_wait = None
             if wait_request is not None:
                 until = wait_request.until
@@ -618,16 +714,19 @@ class WorkflowEngine:
                 if until is None and wait_request.delay_ms is not None:
                     until = start + wait_request.delay_ms
                 new_wait = WaitState(kind="event", event=wait_request.event, until=until)
-            await self._hook("on_after_node", lambda p: p.on_after_node(after))
+            if after is not None:
+                await self._hook("on_after_node", lambda p: p.on_after_node(after))
             paused = self._finish(base, start, status="paused", context=base.context, wait=new_wait)
-            await self._hook("on_run_pause", lambda p: p.on_run_pause(paused))
+            if plugins:
+                await self._hook("on_run_pause", lambda p: p.on_run_pause(paused))
             return paused
 
         entry = NodeResult(output=output, timestamp=self.clock(), attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
-        targets = self.next_node_ids(node_id, result.next_handle)
+        targets = self.next_node_ids(node_id, None if result is None else result.next_handle)
         next_id = targets[0] if targets else None
-        await self._hook("on_after_node", lambda p: p.on_after_node(after))
+        if after is not None:
+            await self._hook("on_after_node", lambda p: p.on_after_node(after))
         sleep: WaitState | None = None
         if wait_request is not None:
             until = wait_request.until
@@ -659,7 +758,7 @@ class WorkflowEngine:
             counts=counts,
             current=next_id,
         )
-        if done.status == "completed" and not branch:
+        if plugins and done.status == "completed" and not branch:
             await self._hook("on_run_complete", lambda p: p.on_run_complete(done))
         return done
 
@@ -720,16 +819,10 @@ class WorkflowEngine:
         )
 
     async def _error(
-        self,
-        snapshot: Snapshot,
-        base: Snapshot,
-        ctx: NodeContext,
-        data: Any,
-        exc: BaseException,
-        message: str,
-        start: int,
-        retryable: bool,
+        self, base: Snapshot, failed_ctx: NodeContext, message: str, start: int, retryable: bool
     ) -> Snapshot:
+        """The snapshot after a failed attempt; ``failed_ctx`` is what ``on_node_error`` gets."""
+        ctx = failed_ctx
         node_id = ctx.node.id
         attempt = ctx.attempt
         message = redact(message, ctx.globals)
@@ -737,16 +830,6 @@ class WorkflowEngine:
             message = message[: MAX_ERROR_CHARS - 1] + "…"
         entry = NodeResult(output=None, timestamp=self.clock(), error=message, attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
-        failed_ctx = NodeContext(
-            node=ctx.node,
-            definition=ctx.definition,
-            snapshot=snapshot,
-            input=data,
-            external_payload=ctx.external_payload,
-            globals=ctx.globals,
-            error=exc,
-            attempt=attempt,
-        )
         await self._hook("on_node_error", lambda p: p.on_node_error(failed_ctx))
         policy = ctx.definition.retry_policy
         if retryable and policy is not None and attempt < policy.max_attempts:
@@ -774,14 +857,14 @@ class WorkflowEngine:
         self, snapshot: Snapshot, node_id: str, entry: NodeResult
     ) -> tuple[dict[str, list[NodeResult]], dict[str, int] | None]:
         context = dict(snapshot.context)
-        results = [*context.get(node_id, ()), entry]
+        kept = context.get(node_id, [])
         counts = snapshot.counts
         if self.retention is not None:
             counts = dict(counts or {})
             counts[node_id] = snapshot.execution_count(node_id) + 1
-            if len(results) > self.retention:
-                results = results[-self.retention :]
-        context[node_id] = results
+            if len(kept) >= self.retention:  # one copy: the newest that stay, and the new one
+                kept = kept[len(kept) - self.retention + 1 :]
+        context[node_id] = [*kept, entry]
         return context, counts
 
     def _finish(
@@ -816,7 +899,7 @@ class WorkflowEngine:
             update["current_node_id"] = current
         if metadata is not None:
             update["metadata"] = metadata
-        return base.model_copy(update=update)
+        return _evolve(base, update)
 
     async def _hook(self, name: str, call: Callable[[PluginHooks], Awaitable[None] | None]) -> None:
         for plugin in self.plugins:

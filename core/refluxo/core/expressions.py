@@ -375,7 +375,21 @@ class _Evaluation:
         self.marked = False  # the last expression's value came from a secret
         self.budget = budget
         self.limits = budget.limits
-        self.functions: dict[str, Callable[..., Any]] = {
+        self._functions: dict[str, Callable[..., Any]] | None = None
+
+    @property
+    def functions(self) -> dict[str, Callable[..., Any]]:
+        """The functions expressions may call, by name.
+
+        Built on first use: most node data calls none, and the table, holding methods of this
+        evaluation, would make every evaluation a reference cycle for the garbage collector.
+        """
+        if self._functions is None:
+            self._functions = self._function_table()
+        return self._functions
+
+    def _function_table(self) -> dict[str, Callable[..., Any]]:
+        return {
             "len": len,
             "str": self._str,
             "int": self._int,
@@ -874,7 +888,41 @@ def resolve(
     Raises:
         ExpressionError: an expression is invalid, fails, or goes over a limit.
     """
+    copied = _copy_plain(data)
+    if copied is not _TEMPLATED:
+        return copied
     return _resolve(data, _Evaluation(_Scope(context, globals), _Budget(limits)))
+
+
+_TEMPLATED = object()
+
+
+def _copy_plain(data: Any) -> Any:
+    """What :func:`_resolve` makes of ``data`` when none of its strings holds ``{{`` (the
+    same new structure, built without setting up an evaluation); else ``_TEMPLATED``."""
+    if isinstance(data, str):
+        return _TEMPLATED if "{{" in data else data
+    if isinstance(data, list):
+        items = []
+        for value in data:
+            value = _copy_plain(value)
+            if value is _TEMPLATED:
+                return _TEMPLATED
+            items.append(value)
+        return items
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            if type(value) is str:  # most node data: checked inline
+                if "{{" in value:
+                    return _TEMPLATED
+            else:
+                value = _copy_plain(value)
+                if value is _TEMPLATED:
+                    return _TEMPLATED
+            out[key] = value
+        return out
+    return data
 
 
 class ExpressionTransform:

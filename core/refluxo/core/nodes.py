@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,12 @@ class Context(Mapping[str, list[NodeResult]]):
 
 Executor = Callable[[Any, Context, Any, Any], Awaitable[Any] | Any]
 """``executor(data, context, external_payload, globals)``; async or plain."""
+
+
+def is_async(executor: Executor) -> bool:
+    """Whether ``executor`` is an ``async`` function, or an object whose ``__call__`` is one."""
+    call = getattr(executor, "__call__", None)  # noqa: B004 (an instance's async __call__)
+    return inspect.iscoroutinefunction(executor) or inspect.iscoroutinefunction(call)
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,14 @@ class NodeDefinition:
         seconds = self.timeout_s
         if seconds is not None and not seconds > 0:
             raise ValueError(f"timeout must be positive, not {self.timeout!r}")
+        # Read at every step: worked out once (not a field, so equality and repr ignore it).
+        object.__setattr__(self, "_is_async", is_async(self.executor))
+
+    @property
+    def is_async(self) -> bool:
+        """Whether ``executor`` is async (a coroutine function, or has an async ``__call__``)."""
+        known = self.__dict__.get("_is_async")
+        return is_async(self.executor) if known is None else bool(known)
 
     @property
     def timeout_s(self) -> float | None:
