@@ -341,6 +341,19 @@ def test_importing_the_adapter_needs_no_runtime_module() -> None:
     assert third_party <= allowed, third_party - allowed
 
 
+def test_a_cold_worker_does_not_import_what_its_first_request_does_not_need() -> None:
+    # The Worker's entry imports the adapter and the app at start-up: schedules (cron
+    # parsing), the memory adapters and the html escapes of secrets wait until used.
+    code = (
+        "import sys, json; import refluxo.cloudflare.worker, refluxo.demo; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    loaded = set(json.loads(out.stdout))
+    assert {"refluxo.core.dispatcher", "refluxo.cloudflare.store"} <= loaded
+    assert not loaded & {"refluxo.core.schedules", "refluxo.core.memory", "html.entities"}
+
+
 # --------------------------------------------------------------------------- deploy.py
 
 

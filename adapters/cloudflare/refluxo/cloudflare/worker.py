@@ -82,7 +82,6 @@ from refluxo.core.http import HttpApi, HttpRequest, HttpResponse, LimitedBody
 from refluxo.core.logs import configure_logging
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.core.ports import Scheduler, StateStore
-from refluxo.core.schedules import last_tick
 from refluxo.core.settings import ConfigurationError, Environment, Settings, build_api
 from refluxo.core.settings import load_app as _load_app
 
@@ -402,6 +401,8 @@ class RefluxoWorker:
         (the reconciler's and a schedule's, or one delivered twice) start it once: the run id
         derives from the tick. Returns the ids of the runs started now.
         """
+        from refluxo.core.schedules import last_tick  # only the cron trigger needs it
+
         started: list[str] = []
         for workflow, name, plan in self.dispatcher.schedules():
             tick = last_tick(plan, scheduled_time)
