@@ -18,7 +18,9 @@ Configuration comes from the Worker's vars and secrets (``REFLUXO_`` prefix):
 ===================================  =====================================================
 ``REFLUXO_APP``                      the workflows, ``module`` or ``module:attribute`` (required)
 ``REFLUXO_STORE``                    ``d1`` (default: strictly consistent) or ``kv`` (see
-                                     :class:`~refluxo.cloudflare.store.KVStateStore`'s limits)
+                                     :class:`~refluxo.cloudflare.store.KVStateStore`'s limits;
+                                     a queue delivery writes a run's key once, at its end:
+                                     :mod:`refluxo.cloudflare.delivery`)
 ``REFLUXO_D1_BINDING``               the D1 binding's name (default ``DB``)
 ``REFLUXO_D1_TABLE``                 the runs table (default ``refluxo_runs``)
 ``REFLUXO_KV_BINDING``               the KV binding's name (default ``STATE``)
@@ -85,6 +87,7 @@ from refluxo.core.ports import Scheduler, StateStore
 from refluxo.core.settings import ConfigurationError, Environment, Settings, build_api
 from refluxo.core.settings import load_app as _load_app
 
+from .delivery import HeldWrites
 from .scheduler import MAX_DELAY_SECONDS, QueuesScheduler
 from .store import D1StateStore, KVStateStore
 
@@ -254,10 +257,18 @@ class RefluxoWorker:
     """
 
     def __init__(
-        self, dispatcher: RunService, settings: WorkerSettings, *, api: HttpApi | None = None
+        self,
+        dispatcher: RunService,
+        settings: WorkerSettings,
+        *,
+        api: HttpApi | None = None,
+        held: HeldWrites | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.settings = settings
+        self.held = held
+        """On KV: the writes each queue delivery holds until it ends (see
+        :mod:`refluxo.cloudflare.delivery`); None writes every save at once."""
         # Queues dead-letters after the consumer's max_retries, so no max_attempts here.
         self.redelivery = Redelivery(
             base_ms=settings.retry_base_seconds * 1000,
@@ -307,12 +318,17 @@ class RefluxoWorker:
                 )
             if scheduler is None:
                 scheduler = QueuesScheduler(_binding(env, settings.queue_binding, "queue producer"))
+            # KV takes about one write per second to a key: a delivery that chains steps of
+            # a run writes its key once, when it ends.
+            held = HeldWrites(store, scheduler) if isinstance(store, KVStateStore) else None
+            if held is not None:
+                store, scheduler = held.store, held.scheduler
             api = build_api(hosted, store, scheduler, settings)
         except ConfigurationError:
             raise
         except ValueError as exc:  # a bad table name; archiving workflows on KV
             raise ConfigurationError(str(exc)) from exc
-        return cls(api.dispatcher, settings, api=api)
+        return cls(api.dispatcher, settings, api=api, held=held)
 
     # --- fetch -----------------------------------------------------------------------------
 
@@ -444,7 +460,11 @@ class RefluxoWorker:
         fields.update(run=dispatch_message.run_id, version=dispatch_message.version)
         result: DispatchResult | Exception
         try:
-            result = await self.dispatcher.dispatch(dispatch_message)
+            if self.held is None:
+                result = await self.dispatcher.dispatch(dispatch_message)
+            else:
+                async with self.held.delivery():
+                    result = await self.dispatcher.dispatch(dispatch_message)
         except Exception as exc:  # any failure: the decision says when to deliver again
             result = exc
         decision = self.redelivery.decide(
