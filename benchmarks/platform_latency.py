@@ -273,9 +273,7 @@ def run(cfg: Config) -> SectionResult:
         "update whose precondition is the update time that get saw."
     )
     result.notes.append(
-        "Cloudflare: not measured per step. The Worker harness (Pyodide in Node over "
-        "Miniflare) boots in seconds and its KV/D1/Queues are local simulations driven through "
-        "a JS bridge, so a per-step figure would measure the harness, not the platform; the "
-        "Worker's import cost is in section 4."
+        "Cloudflare: a run of N steps end to end in the Worker harness, on KV and on D1, is "
+        "section 5b (`--section worker`); the Worker's import cost is in section 4."
     )
     return result
