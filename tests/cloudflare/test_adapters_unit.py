@@ -352,6 +352,7 @@ def test_a_cold_worker_does_not_import_what_its_first_request_does_not_need() ->
     loaded = set(json.loads(out.stdout))
     assert {"refluxo.core.dispatcher", "refluxo.cloudflare.store"} <= loaded
     assert not loaded & {"refluxo.core.schedules", "refluxo.core.memory", "html.entities"}
+    assert "refluxo.cloudflare.delivery" not in loaded  # KV's alone, loaded when KV is chosen
 
 
 # --------------------------------------------------------------------------- deploy.py

@@ -72,7 +72,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
@@ -87,9 +87,11 @@ from refluxo.core.ports import Scheduler, StateStore
 from refluxo.core.settings import ConfigurationError, Environment, Settings, build_api
 from refluxo.core.settings import load_app as _load_app
 
-from .delivery import HeldWrites
 from .scheduler import MAX_DELAY_SECONDS, QueuesScheduler
 from .store import D1StateStore, KVStateStore
+
+if TYPE_CHECKING:
+    from .delivery import HeldWrites
 
 __all__ = [
     "ConfigurationError",
@@ -320,8 +322,11 @@ class RefluxoWorker:
                 scheduler = QueuesScheduler(_binding(env, settings.queue_binding, "queue producer"))
             # KV takes about one write per second to a key: a delivery that chains steps of
             # a run writes its key once, when it ends.
-            held = HeldWrites(store, scheduler) if isinstance(store, KVStateStore) else None
-            if held is not None:
+            held = None
+            if isinstance(store, KVStateStore):
+                from .delivery import HeldWrites  # here: a Worker on D1 does not import it
+
+                held = HeldWrites(store, scheduler)
                 store, scheduler = held.store, held.scheduler
             api = build_api(hosted, store, scheduler, settings)
         except ConfigurationError:
