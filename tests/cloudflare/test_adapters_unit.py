@@ -705,3 +705,29 @@ async def test_on_kv_a_run_changed_during_a_delivery_keeps_the_change_and_is_red
     assert queue.sent == []  # nothing the delivery scheduled was sent
     stored = await held.kv.load("raced")
     assert stored.status == "active" and "tick" not in stored.context  # its steps not written
+
+
+async def test_on_kv_a_child_made_in_a_delivery_is_delivered_though_its_parent_lost() -> None:
+    from refluxo.cloudflare.delivery import HeldWrites
+    from refluxo.core.model import Snapshot
+
+    kv, queue = CountingKV(), RecordingQueue()
+    store = KVStateStore(kv)
+    held = HeldWrites(store, QueuesScheduler(queue))
+
+    def snapshot(run_id: str, version: int) -> Snapshot:
+        return Snapshot.model_validate(
+            {"workflowId": run_id, "status": "active", "currentNodeId": "a", "version": version}
+        )
+
+    await store.create(snapshot("parent", 0))
+    with pytest.raises(StoreError, match="changed in KV") as raised:
+        async with held.delivery():
+            parent = await held.store.load("parent")
+            await held.store.save(snapshot("parent", 1), expected_version=parent.version)
+            await held.scheduler.schedule(DispatchMessage(run_id="parent", version=1))
+            assert await held.store.create(snapshot("child", 0))  # written at once
+            await held.scheduler.schedule(DispatchMessage(run_id="child", version=0))
+            await store.save(snapshot("parent", 1), expected_version=0)  # an event lands
+    assert raised.value.transient
+    assert [body["runId"] for body, _ in queue.sent] == ["child"]

@@ -19,7 +19,8 @@ What holding changes, and why it is safe:
   left it and runs the steps again. A step's executor may so run twice, as it may when a
   delivery dies between a step and its save: delivery is at least once.
 * A delivery that raises writes nothing and sends nothing; the message is retried.
-* Runs created during a delivery (a sub-workflow's child) are written at once, as before.
+* Runs created during a delivery (a sub-workflow's child) are written at once, as before, and
+  what the delivery scheduled for them is sent even when another run's write is refused.
 
 HTTP requests and the cron trigger write through, unchanged. D1 is not held: it has no
 per-key write limit, and each step's save there is its own transaction.
@@ -74,8 +75,8 @@ class HeldWrites:
         """Hold the saves and sends made inside; write and send them when it ends normally.
 
         Raises:
-            StoreError: (transient) another writer changed a run during the delivery; nothing
-                of the delivery was written or sent.
+            StoreError: (transient) another writer changed a run during the delivery; that
+                run was not written, nor anything scheduled for it sent.
             Whatever the body, the write or the sends raise.
         """
         if self.open:
@@ -84,15 +85,24 @@ class HeldWrites:
         try:
             yield
             self.open = False
-            await self._write()
-            for message, at in self.messages:
-                await self.queue.schedule(message, at=at)
+            unwritten: set[str] = set()
+            try:
+                await self._write(unwritten)
+            finally:
+                # What the delivery scheduled for runs it wrote, or did not hold (a child it
+                # created), is sent even when another run's write failed: those runs exist
+                # as the messages expect. Messages of an unwritten run are dropped.
+                for message, at in self.messages:
+                    if message.run_id not in unwritten:
+                        await self.queue.schedule(message, at=at)
         finally:
             self.open = False
             self.runs.clear()
             self.messages.clear()
 
-    async def _write(self) -> None:
+    async def _write(self, unwritten: set[str]) -> None:
+        """Write every changed run; ``unwritten`` collects those not written (yet)."""
+        unwritten.update(run_id for run_id, held in self.runs.items() if held.dirty)
         for run_id, held in self.runs.items():
             if not held.dirty:
                 continue
@@ -105,6 +115,7 @@ class HeldWrites:
                     "message is delivered again",
                     transient=True,
                 ) from exc
+            unwritten.discard(run_id)
             self.writes += 1
 
 
