@@ -10,6 +10,14 @@ The floor, measured in the same run and interleaved with ours: the raw client ca
 cannot do without, on a document of the same size: one Firestore ``get`` plus one ``update``
 with a ``last_update_time`` precondition, and one ``create_task`` with the same body.
 
+End to end, through functions-framework: the bundle ``deploy/gcp/deploy.py`` builds, served
+by functions-framework (from ``.tools/gcp-function`` when ``make setup-gcp`` made it) on the
+Firestore emulator, with a second Cloud Tasks emulator queue delivering every step to its
+``/_dispatch``; one run of N trivial steps is started over HTTP and timed until it is
+``completed``, with the default multi-step delivery budget and with it at 0 (one step per
+task). The Cloud Tasks emulator looks for due tasks every 0.1 s, so each hop there costs up to
+that much on top of the HTTP call.
+
 The emulators are not the cloud (no network, no replication): the ratio says what our code
 adds to the calls, not what a step costs in production.
 """
@@ -113,7 +121,8 @@ async def _measure(firestore_env: dict[str, str], tasks_address: str, sz: Sizes)
         sched_any.schedule = parts.wrap("scheduler.schedule (create_task)", scheduler.schedule)
         total_steps = sz.warmup + sz.steps * sz.blocks
         workflow = loop_workflow(total_steps + 10, RETENTION, name="platform")
-        dispatcher = RunService([workflow], store, scheduler)
+        # One step per dispatch: what this measures (a run of steps end to end is below).
+        dispatcher = RunService([workflow], store, scheduler, delivery_budget_ms=0)
         run_id = f"bench-{uuid.uuid4().hex[:8]}"
         await dispatcher.start(workflow.name, run_id=run_id)
         version = 0
@@ -199,6 +208,153 @@ async def _measure(firestore_env: dict[str, str], tasks_address: str, sz: Sizes)
             await db._firestore_api.transport.close()
 
 
+E2E_QUEUE = f"projects/{PROJECT}/locations/us-central1/queues/bench-e2e"
+E2E_TOKEN = "bench-token"
+E2E_DISPATCH_TOKEN = "bench-dispatch-token"
+_NOT_INHERITED = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")
+E2E_APP = """
+from refluxo.core import NodeDefinition, StepResult, Workflow
+
+STEPS = {steps}
+
+
+def _loop(limit):
+    def tick(data, context, payload, globals):
+        n = context.count("tick") + 1
+        return StepResult(data={{"i": n}}, next_handle="again" if n < limit else None)
+
+    definition = {{
+        "nodes": [{{"id": "tick", "type": "tick"}}],
+        "edges": [{{"id": "back", "source": "tick", "target": "tick", "sourceHandle": "again"}}],
+    }}
+    return Workflow(f"loop{{limit}}", definition, {{"tick": NodeDefinition(executor=tick)}})
+
+
+def workflows():
+    return [_loop(n) for n in STEPS]
+"""
+
+
+def _http(url: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"authorization": f"Bearer {E2E_TOKEN}", "content-type": "application/json"}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as res:
+            return res.status, json.loads(res.read() or b"null")
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.read().decode(errors="replace")
+
+
+def _end_to_end(
+    emulators: ModuleType, firestore_env: dict[str, str], cfg: Config
+) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """Runs of N steps through functions-framework and a delivering Cloud Tasks queue, per
+    budget (``default``, ``0``); and which functions-framework served them."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    chained, single = cfg.pick(60, 30, 6), cfg.pick(15, 10, 3)
+    repeats = cfg.pick(3, 2, 1)
+    venv_ff = ROOT / ".tools" / "gcp-function" / "bin" / "functions-framework"
+    executable = str(venv_ff) if venv_ff.exists() else None
+    how = (
+        "the function's own venv (.tools/gcp-function)"
+        if executable
+        else "the project venv (.tools/gcp-function is missing: make setup-gcp)"
+    )
+    deploy: Any = _load_module(ROOT / "deploy" / "gcp" / "deploy.py", "_refluxo_bench_gcp_deploy2")
+    results: dict[str, list[dict[str, Any]]] = {}
+    tasks = emulators.CloudTasksEmulator(queue_path=E2E_QUEUE, max_retries=3)
+    tasks.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="refluxo-bench-e2e-") as tmp:
+            app = Path(tmp) / "bench_loops.py"
+            app.write_text(E2E_APP.format(steps=sorted({chained, single, 2})))
+            bundle: Path = deploy.build(Path(tmp) / "bundle", "bench_loops", app_src=app)
+            for budget in ("default", "0"):
+                env = {
+                    **firestore_env,
+                    **tasks.env,
+                    "REFLUXO_APP": "bench_loops",
+                    "REFLUXO_PROJECT": tasks.project,
+                    "REFLUXO_LOCATION": tasks.location,
+                    "REFLUXO_QUEUE": tasks.queue,
+                    "REFLUXO_COLLECTION": f"bench_e2e_{budget}",
+                    "REFLUXO_API_TOKEN": E2E_TOKEN,
+                    "REFLUXO_DISPATCH_TOKEN": E2E_DISPATCH_TOKEN,
+                    "REFLUXO_LOG_LEVEL": "WARNING",
+                }
+                if budget == "0":
+                    env["REFLUXO_DELIVERY_BUDGET_MS"] = "0"
+                server = _function_server(emulators, bundle, env, executable)
+                server.start()
+                try:
+                    url = server.url
+                    steps = chained if budget == "default" else single
+                    rows = []
+                    for i in range(repeats + 1):  # the first run warms the function up
+                        n = 2 if i == 0 else steps
+                        run_id = f"e2e-{budget}-{i}-{uuid.uuid4().hex[:6]}"
+                        t0 = time.perf_counter()
+                        status, body = _http(
+                            f"{url}/workflows/loop{n}/runs", "POST", {"id": run_id}
+                        )
+                        if status != 201:
+                            raise RuntimeError(f"start answered {status}: {body}")
+                        deadline = t0 + 300
+                        while True:
+                            status, snap = _http(f"{url}/runs/{run_id}")
+                            if status == 200 and snap["status"] in ("completed", "failed"):
+                                break
+                            if time.perf_counter() > deadline:
+                                raise RuntimeError(f"run {run_id} stuck: {snap}")
+                            time.sleep(0.005)
+                        if snap["status"] != "completed":
+                            raise RuntimeError(f"run {run_id} failed: {snap}")
+                        if i:
+                            rows.append({"steps": n, "seconds": time.perf_counter() - t0})
+                    results[budget] = rows
+                finally:
+                    server.stop()
+    finally:
+        tasks.stop()
+    return results, how
+
+
+def _function_server(
+    emulators: ModuleType, bundle: Any, env: dict[str, str], executable: str | None
+) -> Any:
+    """The bundle under functions-framework, knowing its own URL, without our variables."""
+
+    class BundleFunction(emulators.FunctionsFrameworkServer):  # type: ignore[misc, name-defined]
+        def process_env(self) -> dict[str, str]:
+            inherited = {
+                k: v
+                for k, v in super().process_env().items()
+                if k not in _NOT_INHERITED and not k.startswith("REFLUXO_")
+            }
+            return {**inherited, **env, "REFLUXO_FUNCTION_URL": self.url}
+
+    return BundleFunction("refluxo", bundle / "main.py", executable=executable, cwd=bundle)
+
+
+def _load_module(path: Any, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run(cfg: Config) -> SectionResult:
     cmd = cfg.command_for(SECTION)
     result = SectionResult(SECTION, TITLE)
@@ -222,6 +378,10 @@ def run(cfg: Config) -> SectionResult:
             )
             return result
         data = asyncio.run(_measure(firestore_emulator.env, tasks_emulator.address, sz))
+        try:
+            e2e, e2e_how = _end_to_end(emulators, firestore_emulator.env, cfg)
+        except Exception as exc:  # the per-step figures above stand on their own
+            e2e, e2e_how = {}, f"not measured: {str(exc).splitlines()[0] if str(exc) else exc!r}"
     finally:
         for emulator in reversed(started):
             emulator.stop()
@@ -260,6 +420,29 @@ def run(cfg: Config) -> SectionResult:
             },
         )
     )
+    for budget, rows in e2e.items():
+        per_step = [r["seconds"] / r["steps"] for r in rows]
+        ms = median(per_step) * 1000
+        how = "default budget" if budget == "default" else "budget 0"
+        key = "chained" if budget == "default" else "one_step_per_delivery"
+        result.figures.append(
+            Figure(
+                id=f"platform.gcp.end_to_end.{key}.ms_per_step",
+                name=f"Platform, GCP emulators through functions-framework, {how}: one run of "
+                f"{rows[0]['steps']} trivial steps, HTTP start to completed",
+                value=round(ms, 2),
+                unit="ms/step",
+                display=f"{ms:,.1f} ms/step = {1000 / ms:,.1f} steps/s",
+                command=cmd,
+                details={"runs": rows},
+            )
+        )
+    result.notes.append(
+        "End to end: the deploy/gcp bundle under functions-framework served by "
+        f"{e2e_how}, a second Cloud Tasks emulator queue delivering each task to its "
+        "/_dispatch, the run polled over HTTP every 5 ms; medians of the runs after one "
+        "warm-up run."
+    )
     result.notes.append(
         f"{sz.blocks} blocks of {sz.steps} steps, each followed by {sz.steps} raw Firestore "
         f"compare-and-sets and {sz.steps} raw create_task calls; figures are medians over all "
@@ -273,9 +456,7 @@ def run(cfg: Config) -> SectionResult:
         "update whose precondition is the update time that get saw."
     )
     result.notes.append(
-        "Cloudflare: not measured per step. The Worker harness (Pyodide in Node over "
-        "Miniflare) boots in seconds and its KV/D1/Queues are local simulations driven through "
-        "a JS bridge, so a per-step figure would measure the harness, not the platform; the "
-        "Worker's import cost is in section 4."
+        "Cloudflare: a run of N steps end to end in the Worker harness, on KV and on D1, is "
+        "section 5b (`--section worker`); the Worker's import cost is in section 4."
     )
     return result

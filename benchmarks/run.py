@@ -9,6 +9,7 @@ Sections: ``engine`` (1, engine overhead), ``flatness`` (2, per-step time and by
 and 10,000), ``embedded`` (3, SQLite store + local scheduler throughput against raw SQLite),
 ``coldstart`` (4, import time of the Cloud Function and Worker entries against their SDKs),
 ``platform`` (5, per-step latency through the Firestore and Cloud Tasks emulators),
+``worker`` (5b, one run of N steps end to end in the Worker harness, on KV and on D1),
 ``frontdoor`` (6, requests/s and p99 of the local HTTP server against the former one),
 ``postgres`` (7, steps/s with 1, 2 and 4 worker processes on one PostgreSQL database against
 the SQLite embedded figure), ``vs_typescript`` (1b, our engine beside the TypeScript engine run
@@ -46,6 +47,7 @@ from benchmarks import (
     postgres,
     vs_dbos,
     vs_typescript,
+    worker_latency,
 )
 from benchmarks.common import ROOT, Config, Mode, SectionResult, load_average
 
@@ -56,6 +58,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Config], SectionResult]]] = {
     embedded.SECTION: (embedded.TITLE, embedded.run),
     coldstart.SECTION: (coldstart.TITLE, coldstart.run),
     platform_latency.SECTION: (platform_latency.TITLE, platform_latency.run),
+    worker_latency.SECTION: (worker_latency.TITLE, worker_latency.run),
     front_door.SECTION: (front_door.TITLE, front_door.run),
     postgres.SECTION: (postgres.TITLE, postgres.run),
     vs_dbos.SECTION: (vs_dbos.TITLE, vs_dbos.run),

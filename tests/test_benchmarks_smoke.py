@@ -56,7 +56,7 @@ def test_benchmarks_run_and_write_well_formed_results(tmp_path: Path) -> None:
 def test_the_section_list_names_every_section(capsys: pytest.CaptureFixture[str]) -> None:
     assert run.main(["--list"]) == 0
     out = capsys.readouterr().out
-    for section in [*SECTIONS, "platform", "postgres", "vs_typescript", "vs_dbos"]:
+    for section in [*SECTIONS, "platform", "worker", "postgres", "vs_typescript", "vs_dbos"]:
         assert section in out
 
 
@@ -154,3 +154,16 @@ def test_the_dbos_comparison_reports_a_ratio_on_sqlite(tmp_path: Path) -> None:
     ratio = figures["vs_dbos.sqlite.ours_over_dbos"]
     assert math.isfinite(ratio["value"]) and ratio["value"] > 0
     assert ratio["passed"] is not None
+
+
+def test_the_worker_section_skips_naming_the_setup_when_the_harness_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import worker_latency
+
+    monkeypatch.setattr(worker_latency, "HARNESS_DIR", tmp_path / "no-harness")
+
+    assert run.main(["--tiny", "--out", str(tmp_path), "--section", "worker"]) == 0
+    [section] = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert section["figures"] == []
+    assert "make setup-cloudflare" in section["skipped"], section

@@ -341,6 +341,20 @@ def test_importing_the_adapter_needs_no_runtime_module() -> None:
     assert third_party <= allowed, third_party - allowed
 
 
+def test_a_cold_worker_does_not_import_what_its_first_request_does_not_need() -> None:
+    # The Worker's entry imports the adapter and the app at start-up: schedules (cron
+    # parsing), the memory adapters and the html escapes of secrets wait until used.
+    code = (
+        "import sys, json; import refluxo.cloudflare.worker, refluxo.demo; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    loaded = set(json.loads(out.stdout))
+    assert {"refluxo.core.dispatcher", "refluxo.cloudflare.store"} <= loaded
+    assert not loaded & {"refluxo.core.schedules", "refluxo.core.memory", "html.entities"}
+    assert "refluxo.cloudflare.delivery" not in loaded  # KV's alone, loaded when KV is chosen
+
+
 # --------------------------------------------------------------------------- deploy.py
 
 
@@ -610,3 +624,110 @@ async def test_a_transient_backend_failure_is_retried_with_backoff() -> None:
     malformed = _QueueMessage("{not json")
     assert await busy.handle_message(malformed) == "ack"
     assert malformed.calls == [("ack", None)]
+
+
+# ------------------------------------------------------------- KV: one write per delivery
+
+
+class CountingKV(RecordingKV):
+    """RecordingKV counting its puts, and able to let another writer in mid-delivery."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[str] = []
+
+    async def put(self, key: str, value: str, /, **options: Any) -> None:
+        self.puts.append(key)
+        await super().put(key, value, **options)
+
+
+def kv_worker(kv: CountingKV, queue: RecordingQueue, budget_ms: int) -> RefluxoWorker:
+    env = SimpleNamespace(
+        REFLUXO_APP="refluxo.demo",
+        REFLUXO_STORE="kv",
+        REFLUXO_DELIVERY_BUDGET_MS=str(budget_ms),
+        STATE=kv,
+        STEPS=queue,
+    )
+    return RefluxoWorker.from_env(env, workflows=[loop_workflow(5)])
+
+
+async def deliver_all(worker: RefluxoWorker, queue: RecordingQueue) -> list[str]:
+    decisions = []
+    while queue.sent:
+        body, _ = queue.sent.pop(0)
+        decisions.append(await worker.handle_message(_QueueMessage(body)))
+    return decisions
+
+
+async def test_on_kv_a_delivery_that_chains_steps_writes_the_run_once() -> None:
+    kv, queue = CountingKV(), RecordingQueue()
+    worker = kv_worker(kv, queue, budget_ms=60_000)
+    await worker.dispatcher.start("loop", run_id="fast")
+    assert kv.puts == ["run:fast"]  # the start
+    assert await deliver_all(worker, queue) == ["ack"]  # every step in one delivery
+    done = await worker.dispatcher.get("fast")
+    assert done.status == "completed" and len(done.context["tick"]) == 5
+    assert kv.puts == ["run:fast", "run:fast"]  # and one write for all of them
+
+
+async def test_on_kv_without_a_budget_each_delivery_writes_its_one_step() -> None:
+    kv, queue = CountingKV(), RecordingQueue()
+    worker = kv_worker(kv, queue, budget_ms=0)
+    await worker.dispatcher.start("loop", run_id="slow")
+    decisions = await deliver_all(worker, queue)
+    done = await worker.dispatcher.get("slow")
+    assert done.status == "completed"
+    assert len(kv.puts) == 1 + len(decisions)  # the start, then one write per delivery
+
+
+async def test_on_kv_a_run_changed_during_a_delivery_keeps_the_change_and_is_redelivered() -> None:
+    kv, queue = CountingKV(), RecordingQueue()
+    worker = kv_worker(kv, queue, budget_ms=60_000)
+    await worker.dispatcher.start("loop", run_id="raced")
+    [(body, _)] = queue.sent
+    queue.sent.clear()
+    held = worker.held
+    assert held is not None
+    real_save = held.kv.save
+
+    async def event_lands_first(snapshot: Any, *, expected_version: int) -> None:
+        # Another invocation adds an event to the run just before this delivery writes.
+        stored = await held.kv.load("raced")
+        await real_save(stored.model_copy(update={"version": stored.version + 1}),
+                        expected_version=stored.version)  # fmt: skip
+        await real_save(snapshot, expected_version=expected_version)
+
+    held.kv.save = event_lands_first  # type: ignore[method-assign]
+    message = _QueueMessage(body)
+    assert await worker.handle_message(message) == "retry"
+    assert [call for call, _ in message.calls] == ["retry"]
+    assert queue.sent == []  # nothing the delivery scheduled was sent
+    stored = await held.kv.load("raced")
+    assert stored.status == "active" and "tick" not in stored.context  # its steps not written
+
+
+async def test_on_kv_a_child_made_in_a_delivery_is_delivered_though_its_parent_lost() -> None:
+    from refluxo.cloudflare.delivery import HeldWrites
+    from refluxo.core.model import Snapshot
+
+    kv, queue = CountingKV(), RecordingQueue()
+    store = KVStateStore(kv)
+    held = HeldWrites(store, QueuesScheduler(queue))
+
+    def snapshot(run_id: str, version: int) -> Snapshot:
+        return Snapshot.model_validate(
+            {"workflowId": run_id, "status": "active", "currentNodeId": "a", "version": version}
+        )
+
+    await store.create(snapshot("parent", 0))
+    with pytest.raises(StoreError, match="changed in KV") as raised:
+        async with held.delivery():
+            parent = await held.store.load("parent")
+            await held.store.save(snapshot("parent", 1), expected_version=parent.version)
+            await held.scheduler.schedule(DispatchMessage(run_id="parent", version=1))
+            assert await held.store.create(snapshot("child", 0))  # written at once
+            await held.scheduler.schedule(DispatchMessage(run_id="child", version=0))
+            await store.save(snapshot("parent", 1), expected_version=0)  # an event lands
+    assert raised.value.transient
+    assert [body["runId"] for body, _ in queue.sent] == ["child"]

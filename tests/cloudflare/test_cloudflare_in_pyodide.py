@@ -218,6 +218,21 @@ def test_racing_dispatchers_on_d1_lose_a_save_and_on_kv_still_complete_the_run(
     assert dispatcher_suite.failed == 0, dispatcher_suite.output
 
 
+def test_on_kv_the_worker_writes_a_run_s_key_once_per_queue_delivery(
+    run_in_pyodide: Callable[..., Any], test_tree: Path
+) -> None:
+    src = [REPO / "core", REPO / "adapters" / "cloudflare", test_tree, IN_PYODIDE]
+    run = run_in_pyodide(
+        IN_PYODIDE / "kv_writes.py", src, kv=["STATE"], d1=[], queues=["STEPS"], check=False
+    )
+    for name in (
+        "test_a_delivery_that_chains_the_steps_of_a_run_writes_its_key_once",
+        "test_with_no_budget_each_step_is_a_delivery_of_its_own_and_a_write",
+    ):
+        assert f"PASSED {name}" in run.stdout, f"{run.stdout}\n{run.stderr[-6000:]}"
+    assert "2 passed, 0 failed" in run.stdout, run.stdout
+
+
 @pytest.mark.parametrize("name", SCHEDULER_TESTS)
 def test_queues_scheduler_passes_the_contract_declaring_no_dedup(
     contracts: Results, name: str

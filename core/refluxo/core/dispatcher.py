@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .codec import Limits, check_text, strict_json
 from .engine import _REMEMBERED_EVENT_IDS, DEFAULT_STEP_TIMEOUT_S, WorkflowEngine
@@ -68,7 +68,6 @@ from .model import (
 from .nodes import NodeDefinition
 from .plugins import PluginHooks
 from .ports import DueRuns, ResultArchive, Scheduler, StateStore
-from .schedules import MAX_CATCH_UP, ON_TIME_MS, Schedule, named, tick_run_id, ticks_between
 from .subflows import (
     MAX_REMEMBERED_CHILDREN,
     SUBWORKFLOW_NODE,
@@ -78,6 +77,9 @@ from .subflows import (
     reset_scope,
     set_scope,
 )
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 Reapply = Callable[[Snapshot, Snapshot, Snapshot], "Snapshot | None"]
 """How a step's result is applied again on the stored run after a conflict:
@@ -205,7 +207,11 @@ class Workflow:
         self.start = start or self.engine.start_node_id
         self.engine.node(self.start)  # raises KeyError early for a bad start node
         self.ref = DefinitionRef(name=name, hash=self.engine.workflow.shape_hash())
-        self.schedules = named(list(schedules))
+        self.schedules: dict[str, Schedule] = {}
+        if schedules:  # the schedules module (and cronsim) load only for a workflow with some
+            from .schedules import named
+
+            self.schedules = named(list(schedules))
 
 
 def load_workflows(spec: str) -> list[Workflow]:
@@ -428,6 +434,8 @@ class RunService:
             plan = wf.schedules[schedule]
         except KeyError:
             raise LookupError(f"workflow {workflow!r} has no schedule {schedule!r}") from None
+        from .schedules import tick_run_id
+
         run_id = tick_run_id(workflow, schedule, tick_ms)
         mark = {"schedule": {"name": schedule, "tick": tick_ms}}
         return await self.start(workflow, run_id=run_id, input=plan.input, metadata=mark)
@@ -457,6 +465,8 @@ class RunService:
         Raises:
             Store and scheduler errors (the runs started so far stay started).
         """
+        from .schedules import MAX_CATCH_UP, ON_TIME_MS, ticks_between
+
         now = self.clock() if now is None else now
         marks: dict[str, int] = {}
         for workflow, name, plan in self.schedules():

@@ -16,7 +16,6 @@ sliced, hex- or base32-encoded, split across fields), or sent by an executor som
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 import re
@@ -46,13 +45,20 @@ class Secret(str):
 _INTEGER = re.compile(r"[-+]?\d{1,64}")
 _DECIMAL = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d{1,3})?")
 
+
+def _html_escape(text: str) -> str:
+    import html  # here, not at import time: only a run with secrets needs it
+
+    return html.escape(text)
+
+
 _ESCAPES: tuple[Callable[[str], str], ...] = (
     lambda s: s.encode("unicode_escape").decode("ascii"),
     lambda s: repr(s)[1:-1],
     lambda s: ascii(s)[1:-1],
     lambda s: json.dumps(s)[1:-1],
     lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
-    html.escape,
+    _html_escape,
     lambda s: quote(s, safe=""),
     quote,
     lambda s: quote_plus(s, safe=""),

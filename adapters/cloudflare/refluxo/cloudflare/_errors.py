@@ -21,20 +21,19 @@ import re
 
 from refluxo.core.errors import SchedulerError, StoreError
 
-_TRANSIENT = re.compile(
+# Compiled on the first failure, not at import: a Worker's cold start does not pay for them.
+_TRANSIENT = (
     r"\b(429|5\d\d)\b"
     r"|too many requests|rate.?limit"
     r"|network connection lost|connection (?:reset|refused|closed)|econnreset"
     r"|internal (?:server )?error|service unavailable|bad gateway|gateway time"
     r"|timed? ?out|timeout|deadline"
     r"|overloaded|try again|temporar"
-    r"|object to be reset|reset because its code was updated|durable object reset",
-    re.IGNORECASE,
+    r"|object to be reset|reset because its code was updated|durable object reset"
 )
-_PERMANENT = re.compile(
+_PERMANENT = (
     r"too (?:large|big)|exceed|\b(400|401|403|404|413)\b|sqlite_(?:error|toobig|constraint)"
-    r"|no such (?:table|column)|syntax error|invalid",
-    re.IGNORECASE,
+    r"|no such (?:table|column)|syntax error|invalid"
 )
 
 
@@ -48,9 +47,9 @@ def describe(exc: BaseException) -> str:
 def is_transient(exc: BaseException) -> bool:
     """Whether the failed binding call may succeed when tried again."""
     text = describe(exc)
-    if _PERMANENT.search(text):
+    if re.search(_PERMANENT, text, re.IGNORECASE):
         return False
-    return bool(_TRANSIENT.search(text))
+    return bool(re.search(_TRANSIENT, text, re.IGNORECASE))
 
 
 def store_error(exc: BaseException, service: str, doing: str) -> StoreError:

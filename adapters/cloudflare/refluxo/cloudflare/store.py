@@ -131,7 +131,10 @@ class KVStateStore(StateStore, DueRuns, RunIndex):
       pass the version check against that stale copy and overwrite a newer run.
     * **One write per second per key.** KV refuses faster writes to one key with 429; that
       surfaces as a transient :class:`StoreError` and the queue consumer retries with backoff.
-      Steps of one run closer than a second apart are therefore slowed down, not lost.
+      Steps of one run closer than a second apart are therefore slowed down, not lost. The
+      Worker writes a run's key once per queue delivery, however many steps the delivery
+      runs (:mod:`refluxo.cloudflare.delivery`), so a run of fast steps stays near one write
+      per delivery.
 
     * **Listing runs (``find_runs``, ``GET /runs``) lists every run too**: KV can list keys
       by prefix only, in key order, so every filter (workflow, status, time) and the order

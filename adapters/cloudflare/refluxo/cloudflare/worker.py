@@ -18,7 +18,9 @@ Configuration comes from the Worker's vars and secrets (``REFLUXO_`` prefix):
 ===================================  =====================================================
 ``REFLUXO_APP``                      the workflows, ``module`` or ``module:attribute`` (required)
 ``REFLUXO_STORE``                    ``d1`` (default: strictly consistent) or ``kv`` (see
-                                     :class:`~refluxo.cloudflare.store.KVStateStore`'s limits)
+                                     :class:`~refluxo.cloudflare.store.KVStateStore`'s limits;
+                                     a queue delivery writes a run's key once, at its end:
+                                     :mod:`refluxo.cloudflare.delivery`)
 ``REFLUXO_D1_BINDING``               the D1 binding's name (default ``DB``)
 ``REFLUXO_D1_TABLE``                 the runs table (default ``refluxo_runs``)
 ``REFLUXO_KV_BINDING``               the KV binding's name (default ``STATE``)
@@ -70,7 +72,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
@@ -82,12 +84,14 @@ from refluxo.core.http import HttpApi, HttpRequest, HttpResponse, LimitedBody
 from refluxo.core.logs import configure_logging
 from refluxo.core.model import DispatchMessage, now_ms
 from refluxo.core.ports import Scheduler, StateStore
-from refluxo.core.schedules import last_tick
 from refluxo.core.settings import ConfigurationError, Environment, Settings, build_api
 from refluxo.core.settings import load_app as _load_app
 
 from .scheduler import MAX_DELAY_SECONDS, QueuesScheduler
 from .store import D1StateStore, KVStateStore
+
+if TYPE_CHECKING:
+    from .delivery import HeldWrites
 
 __all__ = [
     "ConfigurationError",
@@ -255,10 +259,18 @@ class RefluxoWorker:
     """
 
     def __init__(
-        self, dispatcher: RunService, settings: WorkerSettings, *, api: HttpApi | None = None
+        self,
+        dispatcher: RunService,
+        settings: WorkerSettings,
+        *,
+        api: HttpApi | None = None,
+        held: HeldWrites | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.settings = settings
+        self.held = held
+        """On KV: the writes each queue delivery holds until it ends (see
+        :mod:`refluxo.cloudflare.delivery`); None writes every save at once."""
         # Queues dead-letters after the consumer's max_retries, so no max_attempts here.
         self.redelivery = Redelivery(
             base_ms=settings.retry_base_seconds * 1000,
@@ -308,12 +320,20 @@ class RefluxoWorker:
                 )
             if scheduler is None:
                 scheduler = QueuesScheduler(_binding(env, settings.queue_binding, "queue producer"))
+            # KV takes about one write per second to a key: a delivery that chains steps of
+            # a run writes its key once, when it ends.
+            held = None
+            if isinstance(store, KVStateStore):
+                from .delivery import HeldWrites  # here: a Worker on D1 does not import it
+
+                held = HeldWrites(store, scheduler)
+                store, scheduler = held.store, held.scheduler
             api = build_api(hosted, store, scheduler, settings)
         except ConfigurationError:
             raise
         except ValueError as exc:  # a bad table name; archiving workflows on KV
             raise ConfigurationError(str(exc)) from exc
-        return cls(api.dispatcher, settings, api=api)
+        return cls(api.dispatcher, settings, api=api, held=held)
 
     # --- fetch -----------------------------------------------------------------------------
 
@@ -402,6 +422,8 @@ class RefluxoWorker:
         (the reconciler's and a schedule's, or one delivered twice) start it once: the run id
         derives from the tick. Returns the ids of the runs started now.
         """
+        from refluxo.core.schedules import last_tick  # only the cron trigger needs it
+
         started: list[str] = []
         for workflow, name, plan in self.dispatcher.schedules():
             tick = last_tick(plan, scheduled_time)
@@ -443,7 +465,11 @@ class RefluxoWorker:
         fields.update(run=dispatch_message.run_id, version=dispatch_message.version)
         result: DispatchResult | Exception
         try:
-            result = await self.dispatcher.dispatch(dispatch_message)
+            if self.held is None:
+                result = await self.dispatcher.dispatch(dispatch_message)
+            else:
+                async with self.held.delivery():
+                    result = await self.dispatcher.dispatch(dispatch_message)
         except Exception as exc:  # any failure: the decision says when to deliver again
             result = exc
         decision = self.redelivery.decide(
