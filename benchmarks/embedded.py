@@ -469,7 +469,8 @@ async def _run(cfg: Config) -> SectionResult:
         f"Throughput: {sz.runs} runs started (not timed: {fmt_us(run.start_seconds)} for all), "
         f"then the worker loop timed until the last completes; median of {sz.repeats} runs. "
         f"Runs loop on one node with retention={RETENTION}; their snapshots are "
-        f"{fmt_bytes(median(sizes_b))}."
+        f"{fmt_bytes(median(sizes_b))}. The node's executor is an async function (a plain "
+        "function adds the hand-over to a thread, which the engine section times)."
     )
     result.notes.append(
         "Floor: a separate SQLite file with the same pragmas; per step one UPDATE ... WHERE "
