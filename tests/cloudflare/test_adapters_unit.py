@@ -731,3 +731,62 @@ async def test_on_kv_a_child_made_in_a_delivery_is_delivered_though_its_parent_l
             await store.save(snapshot("parent", 1), expected_version=0)  # an event lands
     assert raised.value.transient
     assert [body["runId"] for body, _ in queue.sent] == ["child"]
+
+
+async def test_on_kv_an_event_sent_during_a_delivery_joins_the_run_with_the_delivery_s_steps() -> (
+    None
+):
+    import asyncio
+    import contextvars
+
+    kv, queue = CountingKV(), RecordingQueue()
+    worker = kv_worker(kv, queue, budget_ms=60_000)
+    await worker.dispatcher.start("loop", run_id="busy")
+    [(body, _)] = queue.sent
+    queue.sent.clear()
+    held = worker.held
+    assert held is not None
+    real_save = held.kv.save
+    sent: list[bool] = []
+
+    async def event_lands_first(snapshot: Any, *, expected_version: int) -> None:
+        if not sent:
+            sent.append(True)
+            # Another request the isolate serves meanwhile: a task of its own, outside the
+            # delivery, so its event is written at once, not held with the delivery's steps.
+            request = worker.dispatcher.send_event("busy", {"n": 1}, "ping")
+            await asyncio.create_task(request, context=contextvars.Context())
+            assert [e.payload for e in (await held.kv.load("busy")).inbox or []] == [{"n": 1}]
+        await real_save(snapshot, expected_version=expected_version)
+
+    held.kv.save = event_lands_first  # type: ignore[method-assign]
+    assert await worker.handle_message(_QueueMessage(body)) == "ack"  # not delivered again
+    stored = await held.kv.load("busy")
+    assert stored.status == "completed" and len(stored.context["tick"]) == 5
+    assert [e.payload for e in stored.inbox or []] == [{"n": 1}]  # the event is kept
+
+
+async def test_on_kv_what_a_delivery_scheduled_names_the_version_written_with_new_events() -> None:
+    from refluxo.cloudflare.delivery import HeldWrites
+    from refluxo.core.model import Event, Snapshot
+
+    kv, queue = CountingKV(), RecordingQueue()
+    store = KVStateStore(kv)
+    held = HeldWrites(store, QueuesScheduler(queue))
+    start = Snapshot.model_validate(
+        {"workflowId": "r", "status": "active", "currentNodeId": "a", "version": 0}
+    )
+    await store.create(start)
+    async with held.delivery():
+        loaded = await held.store.load("r")
+        await held.store.save(loaded.model_copy(update={"version": 1}), expected_version=0)
+        await held.scheduler.schedule(DispatchMessage(run_id="r", version=1))
+        # An event lands (version 1, step version still 0), written by another request.
+        event = Event(payload="hi", received_at=1)
+        await store.save(
+            start.model_copy(update={"version": 1, "step_version": 0, "inbox": [event]}),
+            expected_version=0,
+        )
+    stored = await store.load("r")
+    assert stored.version == 2 and [e.payload for e in stored.inbox or []] == ["hi"]
+    assert [body["version"] for body, _ in queue.sent] == [2]
