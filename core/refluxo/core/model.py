@@ -11,9 +11,10 @@ import hashlib
 import json
 import time
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.alias_generators import to_camel
 
 Status = Literal["active", "paused", "error", "completed", "failed"]
@@ -42,6 +43,44 @@ def _is_none(value: Any) -> bool:
 def _optional(default: Any = None) -> Any:
     """An optional field left out of the JSON while unset, as the TypeScript engine does."""
     return Field(default=default, exclude_if=_is_none)
+
+
+def _prove(raw: str, refuse: Callable[[str], Exception]) -> None:
+    """Raise ``refuse(why)`` unless ``raw`` parses (strictly, within 200 levels) and writing
+    what it parsed gives the same bytes."""
+    from pydantic_core import from_json, to_json
+
+    try:
+        back = from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        raise refuse(f"{exc} (NaN, Infinity, or nested too deep)") from None
+    if to_json(back) != raw.encode("utf-8"):
+        raise refuse("two keys of one object become the same string")
+
+
+class _Proven:
+    """The results of a snapshot known to read back, by id (the objects are kept, so an id
+    is never another object's). Not part of a snapshot's value: every two compare equal, and
+    copies share it (it is never changed, only replaced)."""
+
+    __slots__ = ("results",)
+
+    def __init__(self, results: dict[int, NodeResult]) -> None:
+        self.results = results
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Proven)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __copy__(self) -> _Proven:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Proven:
+        return self
+
+
+_NOTHING_PROVEN = _Proven({})
 
 
 class WireModel(BaseModel):
@@ -216,6 +255,8 @@ class Snapshot(WireModel):
     joined: dict[str, Any] | None = _optional()
     """What the join node about to run receives: ``{branch's last node id: its output}``."""
 
+    _proven: _Proven = PrivateAttr(default=_NOTHING_PROVEN)
+
     if not TYPE_CHECKING:
         # Hidden from the type checker, which keeps the typed constructor of the fields.
         def __init__(self, /, **data: Any) -> None:
@@ -227,6 +268,10 @@ class Snapshot(WireModel):
                 )
                 data.setdefault("run_id", data.pop("workflow_id"))
             super().__init__(**data)
+
+        # Only the Python constructor needs the shim: marked as pydantic's own, so loading
+        # JSON validates in one pass instead of turning the JSON into dicts for __init__.
+        __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     @property
     def workflow_id(self) -> str:
@@ -329,42 +374,71 @@ class Snapshot(WireModel):
         """This snapshot's JSON, proven to read back as the same snapshot.
 
         Every store writes this, so no run is ever saved in a form that cannot be loaded. The
-        proof parses the JSON again (the snapshot codec's parser, which stops at 200 levels)
-        and checks that writing what it read gives the same bytes: nothing was lost (two keys
-        that became one) and nothing non-standard was written (NaN, Infinity).
+        proof is that parsing the JSON again (the snapshot codec's parser, which stops at 200
+        levels) and writing what it read gives the same bytes: nothing was lost (two keys that
+        became one) and nothing non-standard was written (NaN, Infinity).
+
+        The JSON is written in one pass; the proof covers what is not already known to read
+        back: the fields outside ``context``, and the results that were neither loaded from
+        JSON nor proven by an earlier ``to_json`` of this snapshot or the one it was copied
+        from. A result is known by identity (the object itself), so a result replaced or
+        copied with changes is proven again; results are values, never changed in place (the
+        engine makes new ones). NaN and Infinity are looked for in the whole JSON every time.
 
         Raises:
             NotStrictJson: the snapshot holds something its JSON would not give back (a lone
                 surrogate, NaN or Infinity, keys that collide, nesting past the parser's
                 limit); ``rule`` is ``round_trip``.
         """
-        from pydantic_core import PydanticSerializationError, from_json
-        from pydantic_core import to_json as dump
-
-        from .errors import NotStrictJson
-
-        def refuse(why: str) -> NotStrictJson:
-            return NotStrictJson(
-                f"the snapshot of run {self.run_id!r} would not read back: {why}",
-                "round_trip",
-            )
+        from pydantic_core import PydanticSerializationError
 
         try:
             raw = self.model_dump_json(by_alias=True)
         except PydanticSerializationError as exc:
-            raise refuse(str(exc)) from None
-        try:
-            back = from_json(raw, allow_inf_nan=False)
-        except ValueError as exc:
-            raise refuse(f"{exc} (NaN, Infinity, or nested too deep)") from None
-        if dump(back) != raw.encode("utf-8"):
-            raise refuse("two keys of one object become the same string")
+            raise self._unreadable(str(exc)) from None
+        proven = self._proven_results()
+        if proven is None or "NaN" in raw or "Infinity" in raw:
+            # The rare case (and any text holding those words): prove the whole JSON.
+            _prove(raw, self._unreadable)
+        else:
+            _prove(self.model_dump_json(by_alias=True, exclude={"context"}), self._unreadable)
+            self._proven = _Proven(proven)
         return raw
+
+    def _proven_results(self) -> dict[int, NodeResult] | None:
+        """Prove the results not yet known to read back; return every result by id, or None
+        when ``context`` is not what validation makes (then the whole JSON is proven)."""
+        known = self._proven.results
+        proven: dict[int, NodeResult] = {}
+        for node_id, results in self.context.items():
+            if type(node_id) is not str or type(results) is not list:
+                return None
+            for result in results:
+                key = id(result)
+                if known.get(key) is not result:
+                    if not isinstance(result, NodeResult):
+                        return None
+                    # Proven where it sits: three levels down (snapshot, context, list).
+                    text = result.model_dump_json(by_alias=True)
+                    _prove(f'{{"c":{{"n":[{text}]}}}}', self._unreadable)
+                proven[key] = result
+        return proven
+
+    def _unreadable(self, why: str) -> Exception:
+        from .errors import NotStrictJson
+
+        return NotStrictJson(
+            f"the snapshot of run {self.run_id!r} would not read back: {why}", "round_trip"
+        )
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Snapshot:
         """Load a snapshot from its JSON text."""
-        return cls.model_validate_json(raw)
+        snapshot = cls.model_validate_json(raw)
+        snapshot._proven = _Proven(
+            {id(r): r for results in snapshot.context.values() for r in results}
+        )
+        return snapshot
 
     @classmethod
     def from_stored(cls, run_id: str, raw: Any, where: str = "the store") -> Snapshot:
@@ -433,6 +507,8 @@ def _decode(model: type[M], raw: Any, what: str, where: str) -> M:
     if not isinstance(raw, str):
         raise StoreError(f"{where}: {what} is a {type(raw).__name__}, not JSON", transient=False)
     try:
+        if model is Snapshot:
+            return Snapshot.from_json(raw)  # type: ignore[return-value]
         return model.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(
