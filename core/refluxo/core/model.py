@@ -45,9 +45,9 @@ def _optional(default: Any = None) -> Any:
     return Field(default=default, exclude_if=_is_none)
 
 
-def _prove(raw: str, refuse: Callable[[str], Exception]) -> None:
+def _prove(raw: str, refuse: Callable[[str], Exception]) -> Any:
     """Raise ``refuse(why)`` unless ``raw`` parses (strictly, within 200 levels) and writing
-    what it parsed gives the same bytes."""
+    what it parsed gives the same bytes; return what it parsed."""
     from pydantic_core import from_json, to_json
 
     try:
@@ -56,17 +56,21 @@ def _prove(raw: str, refuse: Callable[[str], Exception]) -> None:
         raise refuse(f"{exc} (NaN, Infinity, or nested too deep)") from None
     if to_json(back) != raw.encode("utf-8"):
         raise refuse("two keys of one object become the same string")
+    return back
 
 
 class _Proven:
-    """The results of a snapshot known to read back, by id (the objects are kept, so an id
-    is never another object's). Not part of a snapshot's value: every two compare equal, and
-    copies share it (it is never changed, only replaced)."""
+    """What is known of a snapshot's JSON: the results known to read back as they are, by id
+    (the objects are kept, so an id is never another object's), and ``exact``: the JSON text
+    its last ``to_json`` wrote when decoding that text gives an equal snapshot (every value a
+    plain JSON value), else None. Not part of a snapshot's value: every two compare equal,
+    and copies share it (it is never changed, only replaced)."""
 
-    __slots__ = ("results",)
+    __slots__ = ("exact", "results")
 
-    def __init__(self, results: dict[int, NodeResult]) -> None:
+    def __init__(self, results: dict[int, NodeResult], exact: str | None = None) -> None:
         self.results = results
+        self.exact = exact
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Proven)
@@ -396,33 +400,41 @@ class Snapshot(WireModel):
             raw = self.model_dump_json(by_alias=True)
         except PydanticSerializationError as exc:
             raise self._unreadable(str(exc)) from None
-        proven = self._proven_results()
+        proven, exact = self._proven_results()
         if proven is None or "NaN" in raw or "Infinity" in raw:
             # The rare case (and any text holding those words): prove the whole JSON.
             _prove(raw, self._unreadable)
+            self._proven = _Proven(proven or {})
         else:
-            _prove(self.model_dump_json(by_alias=True, exclude={"context"}), self._unreadable)
-            self._proven = _Proven(proven)
+            rest = {"context"}
+            back = _prove(self.model_dump_json(by_alias=True, exclude=rest), self._unreadable)
+            exact = exact and back == self.model_dump(by_alias=True, exclude=rest)
+            self._proven = _Proven(proven, raw if exact else None)
         return raw
 
-    def _proven_results(self) -> dict[int, NodeResult] | None:
-        """Prove the results not yet known to read back; return every result by id, or None
-        when ``context`` is not what validation makes (then the whole JSON is proven)."""
+    def _proven_results(self) -> tuple[dict[int, NodeResult] | None, bool]:
+        """Prove the results not yet known to read back. Return every result known to read
+        back as it is, by id, or None when ``context`` is not what validation makes (then the
+        whole JSON is proven); and whether every result reads back as an equal one."""
         known = self._proven.results
         proven: dict[int, NodeResult] = {}
+        exact = True
         for node_id, results in self.context.items():
             if type(node_id) is not str or type(results) is not list:
-                return None
+                return None, False
             for result in results:
                 key = id(result)
                 if known.get(key) is not result:
                     if not isinstance(result, NodeResult):
-                        return None
+                        return None, False
                     # Proven where it sits: three levels down (snapshot, context, list).
                     text = result.model_dump_json(by_alias=True)
-                    _prove(f'{{"c":{{"n":[{text}]}}}}', self._unreadable)
+                    back = _prove(f'{{"c":{{"n":[{text}]}}}}', self._unreadable)
+                    if back["c"]["n"][0] != result.model_dump(by_alias=True):
+                        exact = False  # it reads back, but not as itself (a tuple, a date...)
+                        continue
                 proven[key] = result
-        return proven
+        return proven, exact
 
     def _unreadable(self, why: str) -> Exception:
         from .errors import NotStrictJson
@@ -475,6 +487,68 @@ def encode_snapshot(snapshot: Snapshot, max_bytes: int | None, what: str | None 
                 label += f" (a run not finished keeps {max_bytes - limit} of {max_bytes} free)"
             raise PayloadTooLarge(label, size, limit)
     return raw
+
+
+class WrittenSnapshots:
+    """What a store last wrote for each run: the JSON text and the snapshot it holds.
+
+    A store that finds exactly that text when it loads the run hands out (a copy of) the
+    snapshot instead of decoding the text. Correct by construction: decoding is a function of
+    the text, and a snapshot is remembered only when its ``to_json`` proved that decoding its
+    text gives an equal snapshot (:meth:`wrote`). Any other text (another writer's save, a
+    failed or partial write) is decoded as before. It needs no compare-and-set: equal text is
+    the test, not a version number.
+
+    Snapshots are values: the engine and the dispatcher derive new ones and never change one
+    in place. So that callers cannot reach the remembered snapshot anyway, it is copied when
+    remembered and when handed out, with containers of its own (``context`` and each result
+    list, ``metadata``, ``counts``, ``inbox``, ``consumed_events``, ``branches``, ``joined``
+    and ``input`` when a list or dict): adding, removing or replacing entries of a loaded
+    snapshot never reaches the store. The results, events and values inside are shared, as
+    between a snapshot and its ``model_copy``, and are not to be changed in place.
+
+    Args:
+        max_runs: how many runs to remember (the least recently written are forgotten).
+    """
+
+    def __init__(self, max_runs: int = 1024) -> None:
+        self._runs: dict[str, tuple[str, Snapshot]] = {}
+        self.max_runs = max_runs
+
+    def wrote(self, snapshot: Snapshot, raw: str) -> None:
+        """Remember that the store now holds ``raw`` for the run, written from ``snapshot``
+        (call it after the write succeeded, with the text it wrote)."""
+        run_id = snapshot.run_id
+        self._runs.pop(run_id, None)
+        if snapshot._proven.exact is not raw:
+            return  # not known to decode as itself: the next load decodes
+        if len(self._runs) >= self.max_runs:
+            del self._runs[next(iter(self._runs))]
+        self._runs[run_id] = (raw, _detached(snapshot))
+
+    def read(self, run_id: str, raw: Any) -> Snapshot | None:
+        """A copy of the snapshot ``raw`` holds if it is the text last written, else None."""
+        entry = self._runs.get(run_id)
+        if entry is None or not (entry[0] is raw or entry[0] == raw):
+            return None
+        return _detached(entry[1])
+
+    def forget(self, run_id: str) -> None:
+        """Forget what was written for ``run_id``."""
+        self._runs.pop(run_id, None)
+
+
+def _detached(snapshot: Snapshot) -> Snapshot:
+    """A copy of ``snapshot`` with containers of its own (see :class:`WrittenSnapshots`)."""
+    update: dict[str, Any] = {
+        "context": {node: list(results) for node, results in snapshot.context.items()},
+        "metadata": dict(snapshot.metadata),
+    }
+    for name in ("counts", "inbox", "consumed_events", "branches", "joined", "input"):
+        value = getattr(snapshot, name)
+        if isinstance(value, dict | list):
+            update[name] = value.copy()
+    return snapshot.model_copy(update=update)
 
 
 def decode_snapshot(run_id: str, raw: Any, where: str = "the store") -> Snapshot:
