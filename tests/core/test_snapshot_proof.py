@@ -94,3 +94,21 @@ def test_snapshots_that_differ_only_in_what_was_proven_are_equal() -> None:
     assert fresh == snap
     snap.to_json()
     assert fresh == snap
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_OUTPUTS))
+def test_a_bad_result_after_the_oldest_were_trimmed_is_refused(kind: str) -> None:
+    snap = proven_snapshot(5)
+    snap.to_json()
+    bad = NodeResult(output=BAD_OUTPUTS[kind](), timestamp=2000)
+    trimmed = snap.model_copy(update={"context": {"a": [*snap.context["a"][2:], bad]}})
+    with pytest.raises(NotStrictJson):
+        trimmed.to_json()
+
+
+def test_a_bad_result_appended_in_place_to_a_proven_list_is_refused() -> None:
+    snap = proven_snapshot()
+    snap.to_json()
+    snap.context["a"].append(NodeResult(output=math.nan, timestamp=2000))
+    with pytest.raises(NotStrictJson):
+        snap.to_json()

@@ -59,16 +59,35 @@ def _prove(raw: str, refuse: Callable[[str], Exception]) -> Any:
     return back
 
 
+def _known_prefix(results: list[Any], known: list[NodeResult] | None) -> int:
+    """How many of the first ``results`` are, in order, a run of ``known`` results (the
+    engine appends to a node's results and retention drops the oldest)."""
+    if not known or not results:
+        return 0
+    try:
+        start = known.index(results[0])  # identity first, then equality (C loops both)
+    except ValueError:
+        return 0
+    n = min(len(known) - start, len(results))
+    if results[:n] == known[start : start + n]:
+        return n
+    done = 0
+    while done < n and results[done] == known[start + done]:
+        done += 1
+    return done
+
+
 class _Proven:
-    """What is known of a snapshot's JSON: the results known to read back as they are, by id
-    (the objects are kept, so an id is never another object's), and ``exact``: the JSON text
-    its last ``to_json`` wrote when decoding that text gives an equal snapshot (every value a
-    plain JSON value), else None. Not part of a snapshot's value: every two compare equal,
-    and copies share it (it is never changed, only replaced)."""
+    """What is known of a snapshot's JSON: per node, the results known to read back as they
+    are (a list of its own; a result equal to one of them reads back as well: Python's
+    equality of plain values is stricter than JSON's), and ``exact``: the JSON text its last
+    ``to_json`` wrote when decoding that text gives an equal snapshot (every value a plain
+    JSON value), else None. Not part of a snapshot's value: every two compare equal, and
+    copies share it (it is never changed, only replaced)."""
 
     __slots__ = ("exact", "results")
 
-    def __init__(self, results: dict[int, NodeResult], exact: str | None = None) -> None:
+    def __init__(self, results: dict[str, list[NodeResult]], exact: str | None = None) -> None:
         self.results = results
         self.exact = exact
 
@@ -412,28 +431,29 @@ class Snapshot(WireModel):
             self._proven = _Proven(proven, raw if exact else None)
         return raw
 
-    def _proven_results(self) -> tuple[dict[int, NodeResult] | None, bool]:
-        """Prove the results not yet known to read back. Return every result known to read
-        back as it is, by id, or None when ``context`` is not what validation makes (then the
-        whole JSON is proven); and whether every result reads back as an equal one."""
+    def _proven_results(self) -> tuple[dict[str, list[NodeResult]] | None, bool]:
+        """Prove the results not yet known to read back. Return, per node, the results known
+        to read back as they are, or None when ``context`` is not what validation makes (then
+        the whole JSON is proven); and whether every result reads back as an equal one."""
         known = self._proven.results
-        proven: dict[int, NodeResult] = {}
+        proven: dict[str, list[NodeResult]] = {}
         exact = True
         for node_id, results in self.context.items():
             if type(node_id) is not str or type(results) is not list:
                 return None, False
-            for result in results:
-                key = id(result)
-                if known.get(key) is not result:
-                    if not isinstance(result, NodeResult):
-                        return None, False
-                    # Proven where it sits: three levels down (snapshot, context, list).
-                    text = result.model_dump_json(by_alias=True)
-                    back = _prove(f'{{"c":{{"n":[{text}]}}}}', self._unreadable)
-                    if back["c"]["n"][0] != result.model_dump(by_alias=True):
-                        exact = False  # it reads back, but not as itself (a tuple, a date...)
-                        continue
-                proven[key] = result
+            done = _known_prefix(results, known.get(node_id))
+            kept = results[:done]
+            for result in results[done:]:
+                if not isinstance(result, NodeResult):
+                    return None, False
+                # Proven where it sits: three levels down (snapshot, context, list).
+                text = result.model_dump_json(by_alias=True)
+                back = _prove(f'{{"c":{{"n":[{text}]}}}}', self._unreadable)
+                if back["c"]["n"][0] != result.model_dump(by_alias=True):
+                    exact = False  # it reads back, but not as itself (a tuple, a date...)
+                    continue
+                kept.append(result)
+            proven[node_id] = kept
         return proven, exact
 
     def _unreadable(self, why: str) -> Exception:
@@ -447,9 +467,7 @@ class Snapshot(WireModel):
     def from_json(cls, raw: str | bytes) -> Snapshot:
         """Load a snapshot from its JSON text."""
         snapshot = cls.model_validate_json(raw)
-        snapshot._proven = _Proven(
-            {id(r): r for results in snapshot.context.values() for r in results}
-        )
+        snapshot._proven = _Proven({node: list(rs) for node, rs in snapshot.context.items()})
         return snapshot
 
     @classmethod
