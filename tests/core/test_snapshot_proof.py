@@ -7,11 +7,13 @@ that is new, replaced, or copied with changes is, where it sits in the snapshot.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from refluxo.core import NodeResult, NotStrictJson, Snapshot
+from refluxo.core.model import WHOLE_PROOF_BELOW
 
 
 def deep(levels: int) -> Any:
@@ -21,8 +23,20 @@ def deep(levels: int) -> Any:
     return value
 
 
+@pytest.fixture(params=["small", "large"], autouse=True)
+def size(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on a snapshot proven whole and on one proven in parts."""
+    global PAD
+    PAD = "" if request.param == "small" else "x" * WHOLE_PROOF_BELOW
+    yield request.param
+    PAD = ""
+
+
+PAD = ""
+
+
 def proven_snapshot(n: int = 3) -> Snapshot:
-    results = [NodeResult(output={"i": i}, timestamp=1000 + i) for i in range(n)]
+    results = [NodeResult(output={"i": i, "pad": PAD}, timestamp=1000 + i) for i in range(n)]
     snap = Snapshot(run_id="r1", status="active", current_node_id="a", context={"a": results})
     return Snapshot.from_json(snap.to_json())
 

@@ -14,6 +14,7 @@ import pytest
 
 from refluxo.core import MemoryStateStore, NodeResult, Snapshot, StateStore
 from refluxo.core import model as model_module
+from refluxo.core.model import WHOLE_PROOF_BELOW
 from refluxo.local import SQLiteStateStore
 
 
@@ -121,11 +122,18 @@ async def test_changing_a_loaded_or_saved_snapshots_containers_never_reaches_the
     assert await store.load("r1") == expected
 
 
+@pytest.mark.parametrize("pad", [0, WHOLE_PROOF_BELOW], ids=["small", "large"])
 async def test_a_snapshot_that_would_not_decode_as_itself_is_decoded_on_load(
-    stores: StoreMaker, decodes: list[str]
+    stores: StoreMaker, decodes: list[str], pad: int
 ) -> None:
     store = stores()
-    snap = Snapshot(run_id="r1", status="active", current_node_id="a", metadata={"pair": (1, 2)})
+    snap = Snapshot(
+        run_id="r1",
+        status="active",
+        current_node_id="a",
+        metadata={"pair": (1, 2)},
+        input="x" * pad,
+    )
     assert await store.create(snap)
     loaded = await store.load("r1")
     assert loaded.metadata == {"pair": [1, 2]} and decodes == ["r1"]

@@ -77,18 +77,44 @@ def _known_prefix(results: list[Any], known: list[NodeResult] | None) -> int:
     return done
 
 
+def _plain_results(context: dict[str, list[NodeResult]]) -> dict[str, list[NodeResult]]:
+    """``context``'s results, as :attr:`_Proven.results` (empty when it is not what validation
+    makes)."""
+    known: dict[str, list[NodeResult]] = {}
+    for node_id, results in context.items():
+        if type(node_id) is not str or type(results) is not list:
+            return {}
+        known[node_id] = list(results)
+    return known
+
+
 class _Proven:
-    """What is known of a snapshot's JSON: per node, the results known to read back as they
-    are (a list of its own; a result equal to one of them reads back as well: Python's
-    equality of plain values is stricter than JSON's), and ``exact``: the JSON text its last
-    ``to_json`` wrote when decoding that text gives an equal snapshot (every value a plain
-    JSON value), else None. Not part of a snapshot's value: every two compare equal, and
-    copies share it (it is never changed, only replaced)."""
+    """What is known of a snapshot's JSON. Not part of a snapshot's value: every two compare
+    equal, and copies share it until their own ``to_json`` replaces it.
 
-    __slots__ = ("exact", "results")
+    Attributes:
+        results: per node, results known to read back as they are (a list of its own). A
+            result equal to one of them reads back as well: Python's equality of plain values
+            is stricter than JSON's (``(1, 2) != [1, 2]``, ``{1: 0} != {"1": 0}``, NaN equals
+            nothing).
+        raw: the JSON text the last ``to_json`` wrote, or None.
+        back: what proving the whole of ``raw`` parsed, kept to tell :attr:`exact` on demand.
+        exact: whether decoding ``raw`` gives an equal snapshot (every value a plain JSON
+            value), or None while not yet told.
+    """
 
-    def __init__(self, results: dict[str, list[NodeResult]], exact: str | None = None) -> None:
+    __slots__ = ("back", "exact", "raw", "results")
+
+    def __init__(
+        self,
+        results: dict[str, list[NodeResult]],
+        raw: str | None = None,
+        back: Any = None,
+        exact: bool | None = None,
+    ) -> None:
         self.results = results
+        self.raw = raw
+        self.back = back
         self.exact = exact
 
     def __eq__(self, other: object) -> bool:
@@ -104,6 +130,10 @@ class _Proven:
 
 
 _NOTHING_PROVEN = _Proven({})
+
+WHOLE_PROOF_BELOW = 16 * 1024
+"""Below this many characters, a snapshot's JSON is proven whole: one parse costs less than
+proving its parts apart."""
 
 
 class WireModel(BaseModel):
@@ -401,12 +431,13 @@ class Snapshot(WireModel):
         levels) and writing what it read gives the same bytes: nothing was lost (two keys that
         became one) and nothing non-standard was written (NaN, Infinity).
 
-        The JSON is written in one pass; the proof covers what is not already known to read
-        back: the fields outside ``context``, and the results that were neither loaded from
-        JSON nor proven by an earlier ``to_json`` of this snapshot or the one it was copied
-        from. A result is known by identity (the object itself), so a result replaced or
-        copied with changes is proven again; results are values, never changed in place (the
-        engine makes new ones). NaN and Infinity are looked for in the whole JSON every time.
+        The JSON is written in one pass. A small one (:data:`WHOLE_PROOF_BELOW`) is proven
+        whole; in a larger one, the proof covers what is not already known to read back: the
+        fields outside ``context``, and the results that were neither loaded from JSON nor
+        proven by an earlier ``to_json`` of this snapshot or the one it was copied from (known
+        by identity or equality, so a result replaced or copied with changes is proven again;
+        results are values, never changed in place: the engine makes new ones). The whole JSON
+        is proven whenever it holds the words NaN or Infinity.
 
         Raises:
             NotStrictJson: the snapshot holds something its JSON would not give back (a lone
@@ -419,17 +450,29 @@ class Snapshot(WireModel):
             raw = self.model_dump_json(by_alias=True)
         except PydanticSerializationError as exc:
             raise self._unreadable(str(exc)) from None
-        proven, exact = self._proven_results()
-        if proven is None or "NaN" in raw or "Infinity" in raw:
-            # The rare case (and any text holding those words): prove the whole JSON.
-            _prove(raw, self._unreadable)
-            self._proven = _Proven(proven or {})
+        proven = None
+        if len(raw) >= WHOLE_PROOF_BELOW and "NaN" not in raw and "Infinity" not in raw:
+            proven, exact = self._proven_results()
+        if proven is None:
+            back = _prove(raw, self._unreadable)
+            self._proven = _Proven(_plain_results(self.context), raw, back)
         else:
             rest = {"context"}
-            back = _prove(self.model_dump_json(by_alias=True, exclude=rest), self._unreadable)
-            exact = exact and back == self.model_dump(by_alias=True, exclude=rest)
-            self._proven = _Proven(proven, raw if exact else None)
+            again = _prove(self.model_dump_json(by_alias=True, exclude=rest), self._unreadable)
+            exact = exact and again == self.model_dump(by_alias=True, exclude=rest)
+            self._proven = _Proven(proven, raw, exact=exact)
         return raw
+
+    def _decodes_as_itself(self, raw: str) -> bool:
+        """Whether ``raw`` is what this snapshot's last ``to_json`` wrote and decoding it
+        gives a snapshot equal to this one."""
+        proven = self._proven
+        if proven.raw is not raw:
+            return False
+        if proven.exact is None:
+            proven.exact = proven.back == self.model_dump(by_alias=True)
+            proven.back = None
+        return proven.exact
 
     def _proven_results(self) -> tuple[dict[str, list[NodeResult]] | None, bool]:
         """Prove the results not yet known to read back. Return, per node, the results known
@@ -467,7 +510,7 @@ class Snapshot(WireModel):
     def from_json(cls, raw: str | bytes) -> Snapshot:
         """Load a snapshot from its JSON text."""
         snapshot = cls.model_validate_json(raw)
-        snapshot._proven = _Proven({node: list(rs) for node, rs in snapshot.context.items()})
+        snapshot._proven = _Proven(_plain_results(snapshot.context))
         return snapshot
 
     @classmethod
@@ -538,7 +581,7 @@ class WrittenSnapshots:
         (call it after the write succeeded, with the text it wrote)."""
         run_id = snapshot.run_id
         self._runs.pop(run_id, None)
-        if snapshot._proven.exact is not raw:
+        if not snapshot._decodes_as_itself(raw):
             return  # not known to decode as itself: the next load decodes
         if len(self._runs) >= self.max_runs:
             del self._runs[next(iter(self._runs))]
