@@ -135,6 +135,10 @@ WHOLE_PROOF_BELOW = 16 * 1024
 """Below this many characters, a snapshot's JSON is proven whole: one parse costs less than
 proving its parts apart."""
 
+PROVEN_APART_AT_MOST = 16
+"""A larger snapshot's JSON is proven whole, too, when more results than this are new to it
+(a snapshot built or changed without ``to_json`` in between)."""
+
 
 class WireModel(BaseModel):
     """Base of every JSON model: camelCase aliases, unknown fields kept."""
@@ -432,12 +436,13 @@ class Snapshot(WireModel):
         became one) and nothing non-standard was written (NaN, Infinity).
 
         The JSON is written in one pass. A small one (:data:`WHOLE_PROOF_BELOW`) is proven
-        whole; in a larger one, the proof covers what is not already known to read back: the
-        fields outside ``context``, and the results that were neither loaded from JSON nor
-        proven by an earlier ``to_json`` of this snapshot or the one it was copied from (known
-        by identity or equality, so a result replaced or copied with changes is proven again;
-        results are values, never changed in place: the engine makes new ones). The whole JSON
-        is proven whenever it holds the words NaN or Infinity.
+        whole, and so is one with many new results (:data:`PROVEN_APART_AT_MOST`); otherwise
+        the proof covers what is not already known to read back: the fields outside
+        ``context``, and the results that were neither loaded from JSON nor proven by an
+        earlier ``to_json`` of this snapshot or the one it was copied from (known by identity
+        or equality, so a result replaced or copied with changes is proven again; results are
+        values, never changed in place: the engine makes new ones). The whole JSON is proven
+        whenever it holds the words NaN or Infinity.
 
         Raises:
             NotStrictJson: the snapshot holds something its JSON would not give back (a lone
@@ -479,14 +484,19 @@ class Snapshot(WireModel):
         to read back as they are, or None when ``context`` is not what validation makes (then
         the whole JSON is proven); and whether every result reads back as an equal one."""
         known = self._proven.results
-        proven: dict[str, list[NodeResult]] = {}
-        exact = True
+        done: dict[str, int] = {}
         for node_id, results in self.context.items():
             if type(node_id) is not str or type(results) is not list:
                 return None, False
-            done = _known_prefix(results, known.get(node_id))
-            kept = results[:done]
-            for result in results[done:]:
+            done[node_id] = _known_prefix(results, known.get(node_id))
+        unproven = sum(len(self.context[n]) - d for n, d in done.items())
+        if unproven > PROVEN_APART_AT_MOST:
+            return None, False  # one parse of the whole costs less
+        proven: dict[str, list[NodeResult]] = {}
+        exact = True
+        for node_id, results in self.context.items():
+            kept = results[: done[node_id]]
+            for result in results[done[node_id] :]:
                 if not isinstance(result, NodeResult):
                     return None, False
                 # Proven where it sits: three levels down (snapshot, context, list).
