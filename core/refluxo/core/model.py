@@ -131,7 +131,7 @@ class _Proven:
 
 _NOTHING_PROVEN = _Proven({})
 
-WHOLE_PROOF_BELOW = 16 * 1024
+WHOLE_PROOF_BELOW = 2 * 1024
 """Below this many characters, a snapshot's JSON is proven whole: one parse costs less than
 proving its parts apart."""
 
