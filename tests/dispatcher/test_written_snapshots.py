@@ -141,3 +141,15 @@ async def test_a_snapshot_that_would_not_decode_as_itself_is_decoded_on_load(
     await store.save(odd, expected_version=0)
     assert (await store.load("r1")).context["a"][0].output == [3, 4]
     assert decodes == ["r1", "r1"]
+
+
+async def test_a_result_that_reads_back_as_another_value_is_never_handed_out_as_it_was(
+    stores: StoreMaker, decodes: list[str]
+) -> None:
+    store = stores()
+    small = stepped(first(), 1, output={"pair": (1, 2)})
+    small.to_json()  # proven whole, not asked whether it decodes as itself
+    grown = stepped(small, 2, output={"pad": "x" * WHOLE_PROOF_BELOW})
+    assert await store.create(grown)
+    loaded = await store.load("r1")
+    assert loaded.context["a"][0].output == {"pair": [1, 2]} and decodes == ["r1"]

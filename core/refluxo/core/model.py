@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import time
 import warnings
 from collections.abc import Callable
@@ -60,21 +61,16 @@ def _prove(raw: str, refuse: Callable[[str], Exception]) -> Any:
 
 
 def _known_prefix(results: list[Any], known: list[NodeResult] | None) -> int:
-    """How many of the first ``results`` are, in order, a run of ``known`` results (the
-    engine appends to a node's results and retention drops the oldest)."""
+    """How many of the first ``results`` are, in order, a run of the very ``known`` objects
+    (the engine appends to a node's results and retention drops the oldest)."""
     if not known or not results:
         return 0
-    try:
-        start = known.index(results[0])  # identity first, then equality (C loops both)
-    except ValueError:
+    first = results[0]
+    start = next((i for i, r in enumerate(known) if r is first), None)
+    if start is None:
         return 0
-    n = min(len(known) - start, len(results))
-    if results[:n] == known[start : start + n]:
-        return n
-    done = 0
-    while done < n and results[done] == known[start + done]:
-        done += 1
-    return done
+    same = list(map(operator.is_, results, known[start:]))
+    return same.index(False) if False in same else len(same)
 
 
 def _plain_results(context: dict[str, list[NodeResult]]) -> dict[str, list[NodeResult]]:
@@ -93,17 +89,17 @@ class _Proven:
     equal, and copies share it until their own ``to_json`` replaces it.
 
     Attributes:
-        results: per node, results known to read back as they are (a list of its own). A
-            result equal to one of them reads back as well: Python's equality of plain values
-            is stricter than JSON's (``(1, 2) != [1, 2]``, ``{1: 0} != {"1": 0}``, NaN equals
-            nothing).
+        results: per node, results known to read back as they are (a list of its own; known
+            by identity: the objects are kept, so an id is never another object's).
+        results_exact: whether every result in ``results`` is also known to decode as an
+            equal one (True when loaded from JSON, or once a store was told so).
         raw: the JSON text the last ``to_json`` wrote, or None.
         back: what proving the whole of ``raw`` parsed, kept to tell :attr:`exact` on demand.
         exact: whether decoding ``raw`` gives an equal snapshot (every value a plain JSON
             value), or None while not yet told.
     """
 
-    __slots__ = ("back", "exact", "raw", "results")
+    __slots__ = ("back", "exact", "raw", "results", "results_exact")
 
     def __init__(
         self,
@@ -111,11 +107,13 @@ class _Proven:
         raw: str | None = None,
         back: Any = None,
         exact: bool | None = None,
+        results_exact: bool = False,
     ) -> None:
         self.results = results
         self.raw = raw
         self.back = back
         self.exact = exact
+        self.results_exact = results_exact
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Proven)
@@ -439,9 +437,9 @@ class Snapshot(WireModel):
         whole, and so is one with many new results (:data:`PROVEN_APART_AT_MOST`); otherwise
         the proof covers what is not already known to read back: the fields outside
         ``context``, and the results that were neither loaded from JSON nor proven by an
-        earlier ``to_json`` of this snapshot or the one it was copied from (known by identity
-        or equality, so a result replaced or copied with changes is proven again; results are
-        values, never changed in place: the engine makes new ones). The whole JSON is proven
+        earlier ``to_json`` of this snapshot or the one it was copied from (known by identity,
+        so a result replaced or copied is proven again; results are values, never changed in
+        place: the engine makes new ones). The whole JSON is proven
         whenever it holds the words NaN or Infinity.
 
         Raises:
@@ -464,8 +462,9 @@ class Snapshot(WireModel):
         else:
             rest = {"context"}
             again = _prove(self.model_dump_json(by_alias=True, exclude=rest), self._unreadable)
-            exact = exact and again == self.model_dump(by_alias=True, exclude=rest)
-            self._proven = _Proven(proven, raw, exact=exact)
+            known_exact = self._proven.results_exact
+            exact = exact and known_exact and again == self.model_dump(by_alias=True, exclude=rest)
+            self._proven = _Proven(proven, raw, exact=exact, results_exact=known_exact)
         return raw
 
     def _decodes_as_itself(self, raw: str) -> bool:
@@ -476,6 +475,7 @@ class Snapshot(WireModel):
             return False
         if proven.exact is None:
             proven.exact = proven.back == self.model_dump(by_alias=True)
+            proven.results_exact = proven.exact
             proven.back = None
         return proven.exact
 
@@ -520,7 +520,7 @@ class Snapshot(WireModel):
     def from_json(cls, raw: str | bytes) -> Snapshot:
         """Load a snapshot from its JSON text."""
         snapshot = cls.model_validate_json(raw)
-        snapshot._proven = _Proven(_plain_results(snapshot.context))
+        snapshot._proven = _Proven(_plain_results(snapshot.context), results_exact=True)
         return snapshot
 
     @classmethod
