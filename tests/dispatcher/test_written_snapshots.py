@@ -14,7 +14,7 @@ import pytest
 
 from refluxo.core import MemoryStateStore, NodeResult, Snapshot, StateStore
 from refluxo.core import model as model_module
-from refluxo.core.model import WHOLE_PROOF_BELOW
+from refluxo.core.model import WHOLE_PROOF_BELOW, WrittenSnapshots
 from refluxo.local import SQLiteStateStore
 
 
@@ -153,3 +153,26 @@ async def test_a_result_that_reads_back_as_another_value_is_never_handed_out_as_
     assert await store.create(grown)
     loaded = await store.load("r1")
     assert loaded.context["a"][0].output == {"pair": [1, 2]} and decodes == ["r1"]
+
+
+def test_what_is_remembered_is_bounded_in_runs_and_in_characters() -> None:
+    written = WrittenSnapshots(max_runs=2, max_chars=3000)
+    texts = {}
+    for i in range(3):
+        snap = Snapshot(run_id=f"r{i}", status="active", current_node_id="a")
+        texts[snap.run_id] = snap.to_json()
+        written.wrote(snap, texts[snap.run_id])
+    assert [written.read(r, texts[r]) is not None for r in ("r0", "r1", "r2")] == [
+        False,
+        True,
+        True,
+    ]
+    big = Snapshot(run_id="big", status="active", current_node_id="a", input="x" * 2500)
+    big_text = big.to_json()
+    written.wrote(big, big_text)
+    assert written.read("big", big_text) == big
+    assert written.read("r1", texts["r1"]) is None
+    huge = Snapshot(run_id="huge", status="active", current_node_id="a", input="x" * 4000)
+    huge_text = huge.to_json()
+    written.wrote(huge, huge_text)
+    assert written.read("huge", huge_text) is None

@@ -462,9 +462,9 @@ class Snapshot(WireModel):
         else:
             rest = {"context"}
             again = _prove(self.model_dump_json(by_alias=True, exclude=rest), self._unreadable)
-            known_exact = self._proven.results_exact
-            exact = exact and known_exact and again == self.model_dump(by_alias=True, exclude=rest)
-            self._proven = _Proven(proven, raw, exact=exact, results_exact=known_exact)
+            results_exact = exact
+            exact = exact and again == self.model_dump(by_alias=True, exclude=rest)
+            self._proven = _Proven(proven, raw, exact=exact, results_exact=results_exact)
         return raw
 
     def _decodes_as_itself(self, raw: str) -> bool:
@@ -493,7 +493,8 @@ class Snapshot(WireModel):
         if unproven > PROVEN_APART_AT_MOST:
             return None, False  # one parse of the whole costs less
         proven: dict[str, list[NodeResult]] = {}
-        exact = True
+        # Known results decode as themselves when the holder says so; new ones are checked.
+        exact = self._proven.results_exact or not any(done.values())
         for node_id, results in self.context.items():
             kept = results[: done[node_id]]
             for result in results[done[node_id] :]:
@@ -580,22 +581,30 @@ class WrittenSnapshots:
 
     Args:
         max_runs: how many runs to remember (the least recently written are forgotten).
+        max_chars: how many characters of JSON the remembered snapshots may hold together
+            (their objects take several times that in memory); a larger snapshot is not
+            remembered.
     """
 
-    def __init__(self, max_runs: int = 1024) -> None:
+    def __init__(self, max_runs: int = 256, max_chars: int = 8 * 1024 * 1024) -> None:
         self._runs: dict[str, tuple[str, Snapshot]] = {}
+        self._chars = 0
         self.max_runs = max_runs
+        self.max_chars = max_chars
 
     def wrote(self, snapshot: Snapshot, raw: str) -> None:
         """Remember that the store now holds ``raw`` for the run, written from ``snapshot``
         (call it after the write succeeded, with the text it wrote)."""
         run_id = snapshot.run_id
-        self._runs.pop(run_id, None)
-        if not snapshot._decodes_as_itself(raw):
-            return  # not known to decode as itself: the next load decodes
-        if len(self._runs) >= self.max_runs:
-            del self._runs[next(iter(self._runs))]
+        self.forget(run_id)
+        if len(raw) > self.max_chars or not snapshot._decodes_as_itself(raw):
+            return  # the next load decodes
+        while self._runs and (
+            len(self._runs) >= self.max_runs or self._chars + len(raw) > self.max_chars
+        ):
+            self.forget(next(iter(self._runs)))
         self._runs[run_id] = (raw, _detached(snapshot))
+        self._chars += len(raw)
 
     def read(self, run_id: str, raw: Any) -> Snapshot | None:
         """A copy of the snapshot ``raw`` holds if it is the text last written, else None."""
@@ -606,7 +615,9 @@ class WrittenSnapshots:
 
     def forget(self, run_id: str) -> None:
         """Forget what was written for ``run_id``."""
-        self._runs.pop(run_id, None)
+        entry = self._runs.pop(run_id, None)
+        if entry is not None:
+            self._chars -= len(entry[0])
 
 
 def _detached(snapshot: Snapshot) -> Snapshot:
