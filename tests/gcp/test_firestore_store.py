@@ -145,6 +145,31 @@ async def test_a_save_after_another_instance_saved_is_a_conflict_without_an_extr
     assert (stored.version, stored.metadata) == (1, {"who": "two"})
 
 
+async def test_a_load_decodes_only_what_another_instance_wrote(
+    firestore_client: Any, second_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What this instance saved loads without decoding; another instance's save is decoded."""
+    decoded: list[str] = []
+    original = Snapshot.from_json.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Snapshot], raw: str | bytes) -> Snapshot:
+        decoded.append("r")
+        result: Snapshot = original(cls, raw)
+        return result
+
+    monkeypatch.setattr(Snapshot, "from_json", classmethod(counting))
+    one = FirestoreStateStore(firestore_client, COLLECTION)
+    two = FirestoreStateStore(second_client, COLLECTION)
+    first = snapshot("mine")
+    await one.create(first)
+    mine = first.model_copy(update={"version": 1, "metadata": {"who": "one"}})
+    await one.save(mine, expected_version=0)
+    assert await one.load("mine") == mine and decoded == []
+    theirs = mine.model_copy(update={"version": 2, "metadata": {"who": "two"}})
+    await two.save(theirs, expected_version=1)
+    assert await one.load("mine") == theirs and decoded == ["r"]
+
+
 async def test_a_write_between_the_version_check_and_the_update_is_a_version_conflict(
     firestore_client: Any, second_client: Any, store: FirestoreStateStore
 ) -> None:

@@ -14,6 +14,7 @@ from .model import (
     DispatchMessage,
     NodeResult,
     Snapshot,
+    WrittenSnapshots,
     decode_result,
     decode_snapshot,
     encode_snapshot,
@@ -35,6 +36,10 @@ from .ports import (
 class MemoryStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
     """Keeps snapshots as JSON text in a dict; copies in and out so callers share nothing.
 
+    A load that finds the text this store wrote hands out a copy of the snapshot it wrote
+    instead of decoding the text (:class:`~refluxo.core.model.WrittenSnapshots`: the results
+    and values inside are shared with the saved snapshot, never its containers).
+
     It also keeps the results a retention limit trims (:class:`ResultArchive`) and finds due
     runs (:class:`DueRuns`) and lists them (:class:`RunIndex`).
 
@@ -49,6 +54,7 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         self._due: dict[str, int] = {}
         self._times: dict[str, tuple[int, int]] = {}  # run id -> (created, updated)
         self._archive: dict[tuple[str, str], dict[int, str]] = {}
+        self._written = WrittenSnapshots()
         self.max_bytes = max_bytes
         self.clock = clock
 
@@ -67,6 +73,7 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         if snapshot.run_id in self._runs:
             return False
         self._runs[snapshot.run_id] = raw
+        self._written.wrote(snapshot, raw)
         self._versions[snapshot.run_id] = snapshot.version
         now = self.clock()
         self._times[snapshot.run_id] = (now, now)
@@ -77,6 +84,9 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         raw = self._runs.get(run_id)
         if raw is None:
             raise RunNotFound(run_id)
+        known = self._written.read(run_id, raw)
+        if known is not None:
+            return known
         return decode_snapshot(run_id, raw, "the memory store")
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
@@ -86,7 +96,9 @@ class MemoryStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         current = self._versions[run_id]
         if current != expected_version:
             raise VersionConflict(run_id, expected_version, current)
-        self._runs[run_id] = self._encode(snapshot)
+        raw = self._encode(snapshot)
+        self._runs[run_id] = raw
+        self._written.wrote(snapshot, raw)
         self._versions[run_id] = snapshot.version
         self._times[run_id] = (self._times[run_id][0], self.clock())
         self._set_due(snapshot)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import time
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.alias_generators import to_camel
 
 Status = Literal["active", "paused", "error", "completed", "failed"]
@@ -53,6 +55,98 @@ def _empty_dict() -> dict[str, Any]:
 def _optional(default: Any = None) -> Any:
     """An optional field left out of the JSON while unset, as the TypeScript engine does."""
     return Field(default=default, exclude_if=_is_none)
+
+
+def _prove(raw: str, refuse: Callable[[str], Exception]) -> Any:
+    """Raise ``refuse(why)`` unless ``raw`` parses (strictly, within 200 levels) and writing
+    what it parsed gives the same bytes; return what it parsed."""
+    from pydantic_core import from_json, to_json
+
+    try:
+        back = from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        raise refuse(f"{exc} (NaN, Infinity, or nested too deep)") from None
+    if to_json(back) != raw.encode("utf-8"):
+        raise refuse("two keys of one object become the same string")
+    return back
+
+
+def _known_prefix(results: list[Any], known: list[NodeResult] | None) -> int:
+    """How many of the first ``results`` are, in order, a run of the very ``known`` objects
+    (the engine appends to a node's results and retention drops the oldest)."""
+    if not known or not results:
+        return 0
+    first = results[0]
+    start = next((i for i, r in enumerate(known) if r is first), None)
+    if start is None:
+        return 0
+    same = list(map(operator.is_, results, known[start:]))
+    return same.index(False) if False in same else len(same)
+
+
+def _plain_results(context: dict[str, list[NodeResult]]) -> dict[str, list[NodeResult]]:
+    """``context``'s results, as :attr:`_Proven.results` (empty when it is not what validation
+    makes)."""
+    known: dict[str, list[NodeResult]] = {}
+    for node_id, results in context.items():
+        if type(node_id) is not str or type(results) is not list:
+            return {}
+        known[node_id] = list(results)
+    return known
+
+
+class _Proven:
+    """What is known of a snapshot's JSON. Not part of a snapshot's value: every two compare
+    equal, and copies share it until their own ``to_json`` replaces it.
+
+    Attributes:
+        results: per node, results known to read back as they are (a list of its own; known
+            by identity: the objects are kept, so an id is never another object's).
+        results_exact: whether every result in ``results`` is also known to decode as an
+            equal one (True when loaded from JSON, or once a store was told so).
+        raw: the JSON text the last ``to_json`` wrote, or None.
+        back: what proving the whole of ``raw`` parsed, kept to tell :attr:`exact` on demand.
+        exact: whether decoding ``raw`` gives an equal snapshot (every value a plain JSON
+            value), or None while not yet told.
+    """
+
+    __slots__ = ("back", "exact", "raw", "results", "results_exact")
+
+    def __init__(
+        self,
+        results: dict[str, list[NodeResult]],
+        raw: str | None = None,
+        back: Any = None,
+        exact: bool | None = None,
+        results_exact: bool = False,
+    ) -> None:
+        self.results = results
+        self.raw = raw
+        self.back = back
+        self.exact = exact
+        self.results_exact = results_exact
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Proven)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __copy__(self) -> _Proven:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Proven:
+        return self
+
+
+_NOTHING_PROVEN = _Proven({})
+
+WHOLE_PROOF_BELOW = 2 * 1024
+"""Below this many characters, a snapshot's JSON is proven whole: one parse costs less than
+proving its parts apart."""
+
+PROVEN_APART_AT_MOST = 16
+"""A larger snapshot's JSON is proven whole, too, when more results than this are new to it
+(a snapshot built or changed without ``to_json`` in between)."""
 
 
 class WireModel(BaseModel):
@@ -227,6 +321,8 @@ class Snapshot(WireModel):
     joined: dict[str, Any] | None = _optional()
     """What the join node about to run receives: ``{branch's last node id: its output}``."""
 
+    _proven: _Proven = PrivateAttr(default=_NOTHING_PROVEN)
+
     if not TYPE_CHECKING:
         # Hidden from the type checker, which keeps the typed constructor of the fields.
         def __init__(self, /, **data: Any) -> None:
@@ -238,6 +334,10 @@ class Snapshot(WireModel):
                 )
                 data.setdefault("run_id", data.pop("workflow_id"))
             super().__init__(**data)
+
+        # Only the Python constructor needs the shim: marked as pydantic's own, so loading
+        # JSON validates in one pass instead of turning the JSON into dicts for __init__.
+        __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     @property
     def workflow_id(self) -> str:
@@ -340,42 +440,100 @@ class Snapshot(WireModel):
         """This snapshot's JSON, proven to read back as the same snapshot.
 
         Every store writes this, so no run is ever saved in a form that cannot be loaded. The
-        proof parses the JSON again (the snapshot codec's parser, which stops at 200 levels)
-        and checks that writing what it read gives the same bytes: nothing was lost (two keys
-        that became one) and nothing non-standard was written (NaN, Infinity).
+        proof is that parsing the JSON again (the snapshot codec's parser, which stops at 200
+        levels) and writing what it read gives the same bytes: nothing was lost (two keys that
+        became one) and nothing non-standard was written (NaN, Infinity).
+
+        The JSON is written in one pass. A small one (:data:`WHOLE_PROOF_BELOW`) is proven
+        whole, and so is one with many new results (:data:`PROVEN_APART_AT_MOST`); otherwise
+        the proof covers what is not already known to read back: the fields outside
+        ``context``, and the results that were neither loaded from JSON nor proven by an
+        earlier ``to_json`` of this snapshot or the one it was copied from (known by identity,
+        so a result replaced or copied is proven again; results are values, never changed in
+        place: the engine makes new ones). The whole JSON is proven
+        whenever it holds the words NaN or Infinity.
 
         Raises:
             NotStrictJson: the snapshot holds something its JSON would not give back (a lone
                 surrogate, NaN or Infinity, keys that collide, nesting past the parser's
                 limit); ``rule`` is ``round_trip``.
         """
-        from pydantic_core import PydanticSerializationError, from_json
-        from pydantic_core import to_json as dump
-
-        from .errors import NotStrictJson
-
-        def refuse(why: str) -> NotStrictJson:
-            return NotStrictJson(
-                f"the snapshot of run {self.run_id!r} would not read back: {why}",
-                "round_trip",
-            )
+        from pydantic_core import PydanticSerializationError
 
         try:
             raw = self.model_dump_json(by_alias=True)
         except PydanticSerializationError as exc:
-            raise refuse(str(exc)) from None
-        try:
-            back = from_json(raw, allow_inf_nan=False)
-        except ValueError as exc:
-            raise refuse(f"{exc} (NaN, Infinity, or nested too deep)") from None
-        if dump(back) != raw.encode("utf-8"):
-            raise refuse("two keys of one object become the same string")
+            raise self._unreadable(str(exc)) from None
+        proven = None
+        if len(raw) >= WHOLE_PROOF_BELOW and "NaN" not in raw and "Infinity" not in raw:
+            proven, exact = self._proven_results()
+        if proven is None:
+            back = _prove(raw, self._unreadable)
+            self._proven = _Proven(_plain_results(self.context), raw, back)
+        else:
+            rest = {"context"}
+            again = _prove(self.model_dump_json(by_alias=True, exclude=rest), self._unreadable)
+            results_exact = exact
+            exact = exact and again == self.model_dump(by_alias=True, exclude=rest)
+            self._proven = _Proven(proven, raw, exact=exact, results_exact=results_exact)
         return raw
+
+    def _decodes_as_itself(self, raw: str) -> bool:
+        """Whether ``raw`` is what this snapshot's last ``to_json`` wrote and decoding it
+        gives a snapshot equal to this one."""
+        proven = self._proven
+        if proven.raw is not raw:
+            return False
+        if proven.exact is None:
+            proven.exact = proven.back == self.model_dump(by_alias=True)
+            proven.results_exact = proven.exact
+            proven.back = None
+        return proven.exact
+
+    def _proven_results(self) -> tuple[dict[str, list[NodeResult]] | None, bool]:
+        """Prove the results not yet known to read back. Return, per node, the results known
+        to read back as they are, or None when ``context`` is not what validation makes (then
+        the whole JSON is proven); and whether every result reads back as an equal one."""
+        known = self._proven.results
+        done: dict[str, int] = {}
+        for node_id, results in self.context.items():
+            if type(node_id) is not str or type(results) is not list:
+                return None, False
+            done[node_id] = _known_prefix(results, known.get(node_id))
+        unproven = sum(len(self.context[n]) - d for n, d in done.items())
+        if unproven > PROVEN_APART_AT_MOST:
+            return None, False  # one parse of the whole costs less
+        proven: dict[str, list[NodeResult]] = {}
+        # Known results decode as themselves when the holder says so; new ones are checked.
+        exact = self._proven.results_exact or not any(done.values())
+        for node_id, results in self.context.items():
+            kept = results[: done[node_id]]
+            for result in results[done[node_id] :]:
+                if not isinstance(result, NodeResult):
+                    return None, False
+                # Proven where it sits: three levels down (snapshot, context, list).
+                text = result.model_dump_json(by_alias=True)
+                back = _prove(f'{{"c":{{"n":[{text}]}}}}', self._unreadable)
+                if back["c"]["n"][0] != result.model_dump(by_alias=True):
+                    exact = False  # it reads back, but not as itself (a tuple, a date...)
+                    continue
+                kept.append(result)
+            proven[node_id] = kept
+        return proven, exact
+
+    def _unreadable(self, why: str) -> Exception:
+        from .errors import NotStrictJson
+
+        return NotStrictJson(
+            f"the snapshot of run {self.run_id!r} would not read back: {why}", "round_trip"
+        )
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Snapshot:
         """Load a snapshot from its JSON text."""
-        return cls.model_validate_json(raw)
+        snapshot = cls.model_validate_json(raw)
+        snapshot._proven = _Proven(_plain_results(snapshot.context), results_exact=True)
+        return snapshot
 
     @classmethod
     def from_stored(cls, run_id: str, raw: Any, where: str = "the store") -> Snapshot:
@@ -414,6 +572,78 @@ def encode_snapshot(snapshot: Snapshot, max_bytes: int | None, what: str | None 
     return raw
 
 
+class WrittenSnapshots:
+    """What a store last wrote for each run: the JSON text and the snapshot it holds.
+
+    A store that finds exactly that text when it loads the run hands out (a copy of) the
+    snapshot instead of decoding the text. Correct by construction: decoding is a function of
+    the text, and a snapshot is remembered only when its ``to_json`` proved that decoding its
+    text gives an equal snapshot (:meth:`wrote`). Any other text (another writer's save, a
+    failed or partial write) is decoded as before. It needs no compare-and-set: equal text is
+    the test, not a version number.
+
+    Snapshots are values: the engine and the dispatcher derive new ones and never change one
+    in place. So that callers cannot reach the remembered snapshot anyway, it is copied when
+    remembered and when handed out, with containers of its own (``context`` and each result
+    list, ``metadata``, ``counts``, ``inbox``, ``consumed_events``, ``branches``, ``joined``
+    and ``input`` when a list or dict): adding, removing or replacing entries of a loaded
+    snapshot never reaches the store. The results, events and values inside are shared, as
+    between a snapshot and its ``model_copy``, and are not to be changed in place.
+
+    Args:
+        max_runs: how many runs to remember (the least recently written are forgotten).
+        max_chars: how many characters of JSON the remembered snapshots may hold together
+            (their objects take several times that in memory); a larger snapshot is not
+            remembered.
+    """
+
+    def __init__(self, max_runs: int = 256, max_chars: int = 8 * 1024 * 1024) -> None:
+        self._runs: dict[str, tuple[str, Snapshot]] = {}
+        self._chars = 0
+        self.max_runs = max_runs
+        self.max_chars = max_chars
+
+    def wrote(self, snapshot: Snapshot, raw: str) -> None:
+        """Remember that the store now holds ``raw`` for the run, written from ``snapshot``
+        (call it after the write succeeded, with the text it wrote)."""
+        run_id = snapshot.run_id
+        self.forget(run_id)
+        if len(raw) > self.max_chars or not snapshot._decodes_as_itself(raw):
+            return  # the next load decodes
+        while self._runs and (
+            len(self._runs) >= self.max_runs or self._chars + len(raw) > self.max_chars
+        ):
+            self.forget(next(iter(self._runs)))
+        self._runs[run_id] = (raw, _detached(snapshot))
+        self._chars += len(raw)
+
+    def read(self, run_id: str, raw: Any) -> Snapshot | None:
+        """A copy of the snapshot ``raw`` holds if it is the text last written, else None."""
+        entry = self._runs.get(run_id)
+        if entry is None or not (entry[0] is raw or entry[0] == raw):
+            return None
+        return _detached(entry[1])
+
+    def forget(self, run_id: str) -> None:
+        """Forget what was written for ``run_id``."""
+        entry = self._runs.pop(run_id, None)
+        if entry is not None:
+            self._chars -= len(entry[0])
+
+
+def _detached(snapshot: Snapshot) -> Snapshot:
+    """A copy of ``snapshot`` with containers of its own (see :class:`WrittenSnapshots`)."""
+    update: dict[str, Any] = {
+        "context": {node: list(results) for node, results in snapshot.context.items()},
+        "metadata": dict(snapshot.metadata),
+    }
+    for name in ("counts", "inbox", "consumed_events", "branches", "joined", "input"):
+        value = getattr(snapshot, name)
+        if isinstance(value, dict | list):
+            update[name] = value.copy()
+    return snapshot.model_copy(update=update)
+
+
 def decode_snapshot(run_id: str, raw: Any, where: str = "the store") -> Snapshot:
     """The snapshot of ``run_id`` from what a store kept (JSON text or UTF-8 bytes).
 
@@ -444,6 +674,8 @@ def _decode(model: type[M], raw: Any, what: str, where: str) -> M:
     if not isinstance(raw, str):
         raise StoreError(f"{where}: {what} is a {type(raw).__name__}, not JSON", transient=False)
     try:
+        if model is Snapshot:
+            return Snapshot.from_json(raw)  # type: ignore[return-value]
         return model.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(

@@ -40,7 +40,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .errors import RunNotFound, StoreError, VersionConflict
-from .model import NodeResult, Snapshot, decode_result, decode_snapshot, encode_snapshot, now_ms
+from .model import (
+    NodeResult,
+    Snapshot,
+    WrittenSnapshots,
+    decode_result,
+    decode_snapshot,
+    encode_snapshot,
+    now_ms,
+)
 from .ports import DueRuns, ResultArchive, RunIndex, RunInfo, StateStore, stored_due_time
 
 __all__ = [
@@ -328,6 +336,7 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         self.dialect = dialect
         self.max_bytes = max_bytes
         self.clock = clock
+        self._written = WrittenSnapshots()
 
     # --- schema ----------------------------------------------------------------------------
 
@@ -371,17 +380,21 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         a backend with its own limits (a row's size) checks them here too."""
         return encode_snapshot(snapshot, self.max_bytes)
 
-    def _columns(self, snapshot: Snapshot) -> tuple[str | None, tuple[Any, ...]]:
-        """The workflow column, and (status, version, updated_at, snapshot, due_at)."""
+    def _columns(self, snapshot: Snapshot) -> tuple[str | None, str, tuple[Any, ...]]:
+        """The workflow column, the JSON, and (status, version, updated_at, snapshot, due_at)."""
         raw = self.encode(snapshot)
         workflow = snapshot.definition.name if snapshot.definition is not None else None
         now = self.clock()
-        return workflow, (
-            snapshot.status,
-            snapshot.version,
-            now,
+        return (
+            workflow,
             raw,
-            stored_due_time(snapshot, now),
+            (
+                snapshot.status,
+                snapshot.version,
+                now,
+                raw,
+                stored_due_time(snapshot, now),
+            ),
         )
 
     # --- the port --------------------------------------------------------------------------
@@ -398,11 +411,13 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
             StoreError: the database failed; ``transient`` when trying again may succeed.
         """
         run_id = snapshot.run_id
-        workflow, values = self._columns(snapshot)
+        workflow, raw, values = self._columns(snapshot)
         params = (run_id, workflow, *values)
         changed = await self._run(
             f"create run {run_id!r}", lambda: self.driver.execute(self.dialect.insert, params)
         )
+        if changed == 1:
+            self._written.wrote(snapshot, raw)
         return changed == 1
 
     async def load(self, run_id: str) -> Snapshot:
@@ -418,9 +433,11 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         )
         if row is None:
             raise RunNotFound(run_id)
-        return decode_snapshot(
-            run_id, row["snapshot"], f"{self.dialect.name} table {self.dialect.runs!r}"
-        )
+        raw = row["snapshot"]
+        known = self._written.read(run_id, raw)
+        if known is not None:
+            return known
+        return decode_snapshot(run_id, raw, f"{self.dialect.name} table {self.dialect.runs!r}")
 
     async def save(self, snapshot: Snapshot, *, expected_version: int) -> None:
         """Replace the stored run with ``snapshot`` if its stored version is ``expected_version``.
@@ -434,7 +451,7 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         """
         d = self.dialect
         run_id = snapshot.run_id
-        workflow, values = self._columns(snapshot)
+        workflow, raw, values = self._columns(snapshot)
         match = (run_id, expected_version)
         doing = f"save run {run_id!r}"
         if d.update_same_workflow is not None:
@@ -443,11 +460,13 @@ class SqlStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
                 doing, lambda: self.driver.execute(same, (*values, *match, workflow))
             )
             if changed == 1:
+                self._written.wrote(snapshot, raw)
                 return
         changed = await self._run(
             doing, lambda: self.driver.execute(d.update, (workflow, *values, *match))
         )
         if changed == 1:
+            self._written.wrote(snapshot, raw)
             return
         row = await self._run(
             f"read run {run_id!r} after a refused save",

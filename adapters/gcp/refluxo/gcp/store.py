@@ -62,6 +62,7 @@ from refluxo.core.model import (
     NodeResult,
     Snapshot,
     Status,
+    WrittenSnapshots,
     decode_result,
     decode_snapshot,
     encode_snapshot,
@@ -212,6 +213,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         )
         self._call: dict[str, Any] = {"retry": retry, "timeout": timeout_s}
         self._seen: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._written = WrittenSnapshots()
         self.collection = collection
         self.max_bytes = max_bytes
         self.clock = clock
@@ -234,6 +236,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
             if isinstance(exc, gexc.AlreadyExists) or type(exc) is gexc.Conflict:
                 return False
             raise store_error(exc, f"create run {snapshot.run_id!r}") from exc
+        self._written.wrote(snapshot, fields[_SNAPSHOT])
         return True
 
     async def load(self, run_id: str) -> Snapshot:
@@ -246,7 +249,9 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
             raise store_error(exc, f"load run {run_id!r}") from exc
         if not doc.exists:
             raise RunNotFound(run_id)
-        snapshot = _parse(run_id, doc)
+        # The text this store wrote last is not decoded again (WrittenSnapshots).
+        known = self._written.read(run_id, (doc.to_dict() or {}).get(_SNAPSHOT))
+        snapshot = known if known is not None else _parse(run_id, doc)
         self._remember(run_id, snapshot.version, doc.update_time)
         return snapshot
 
@@ -292,6 +297,7 @@ class FirestoreStateStore(StateStore, ResultArchive, DueRuns, RunIndex):
         except BACKEND_ERRORS as exc:
             self._seen.pop(run_id, None)
             raise store_error(exc, f"save run {run_id!r}") from exc
+        self._written.wrote(snapshot, fields[_SNAPSHOT])
         self._remember(run_id, snapshot.version, result.update_time)
 
     # --- the optional archive of trimmed results ----------------------------------------
