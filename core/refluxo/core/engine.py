@@ -300,11 +300,9 @@ async def run_executor(
 def _evolve(snapshot: Snapshot, update: dict[str, Any]) -> Snapshot:
     """``snapshot.model_copy(update=update)`` for updates of fields only, in fewer steps.
 
-    The same shallow copy pydantic makes (fields, extra fields, which fields were set), built
-    directly; a model with private attributes gets pydantic's own copy.
+    The same shallow copy pydantic makes (fields, extra fields, which fields were set, private
+    attributes), built directly.
     """
-    if getattr(snapshot, "__pydantic_private__", None) is not None:
-        return snapshot.model_copy(update=update)
     copied = object.__new__(type(snapshot))
     fields = snapshot.__dict__.copy()
     fields.update(update)
@@ -314,7 +312,8 @@ def _evolve(snapshot: Snapshot, update: dict[str, Any]) -> Snapshot:
     object.__setattr__(
         copied, "__pydantic_fields_set__", snapshot.__pydantic_fields_set__.union(update)
     )
-    object.__setattr__(copied, "__pydantic_private__", None)
+    private = snapshot.__pydantic_private__
+    object.__setattr__(copied, "__pydantic_private__", None if private is None else private.copy())
     return copied
 
 
