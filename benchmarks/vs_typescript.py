@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refluxo.core import Snapshot, Workflow, WorkflowEngine
+from refluxo.core import MemoryStateStore, Snapshot, Workflow, WorkflowEngine
 
 from .common import ROOT, Config, Figure, SectionResult, clean, fmt_num, median, now, spread
 from .workflows import (
@@ -65,6 +65,11 @@ class Workload:
     label: str
     repeats: int
     plain: bool = False  # plain (threaded) executors: ours only, no TypeScript counterpart
+    store: bool = False  # the round trip through a store (save, then load): ours only
+
+    @property
+    def ours_only(self) -> bool:
+        return self.plain or self.store
 
 
 def workloads(cfg: Config) -> list[Workload]:
@@ -92,6 +97,24 @@ def workloads(cfg: Config) -> list[Workload]:
             True,
             f"{loop_rt:,}-iteration loop + JSON round trip per step",
             rt_repeats,
+        ),
+        Workload(
+            "linear_store",
+            "linear",
+            linear,
+            True,
+            f"{linear:,}-node linear + save and load through a store per step",
+            cfg.repeats,
+            store=True,
+        ),
+        Workload(
+            "loop_store",
+            "loop",
+            loop_rt,
+            True,
+            f"{loop_rt:,}-iteration loop + save and load through a store per step",
+            rt_repeats,
+            store=True,
         ),
         Workload(
             "loop_plain",
@@ -135,14 +158,26 @@ def _engine(w: Workload, *, defaults: bool = False) -> WorkflowEngine:
     return WorkflowEngine(loop_definition(), loop_nodes(w.n, plain=w.plain))
 
 
-async def _walk(engine: WorkflowEngine, run_id: str, roundtrip: bool) -> float:
-    """One whole run, one step at a time; its steps per second."""
+async def _walk(engine: WorkflowEngine, run_id: str, roundtrip: bool, store: bool) -> float:
+    """One whole run, one step at a time; its steps per second.
+
+    ``roundtrip``: the snapshot goes through its JSON after every step; with ``store``, as a
+    dispatcher's does: saved to a store (encoded, compare-and-set) and loaded back from it
+    (:class:`MemoryStateStore`, which keeps the JSON text and knows the text it wrote).
+    """
     current = engine.create_initial_snapshot(run_id)
+    kept = MemoryStateStore() if store else None
+    if kept is not None:
+        await kept.create(current)
     steps = 0
     t0 = now()
     while current.status == "active":
+        previous = current.version
         current = await engine.execute_step(current)
-        if roundtrip:
+        if kept is not None:
+            await kept.save(current, expected_version=previous)
+            current = await kept.load(run_id)
+        elif roundtrip:
             current = Snapshot.from_json(current.to_json())
         steps += 1
     elapsed = now() - t0
@@ -156,7 +191,7 @@ async def ours(w: Workload, *, defaults: bool = False) -> list[float]:
     rates = []
     for _ in range(w.repeats):
         clean()
-        rates.append(await _walk(engine, f"bench-{w.name}", w.roundtrip))
+        rates.append(await _walk(engine, f"bench-{w.name}", w.roundtrip, w.store))
     return rates
 
 
@@ -222,7 +257,7 @@ async def _run(cfg: Config) -> SectionResult:
     result = SectionResult(SECTION, TITLE)
     every = workloads(cfg)
     mine = {w.name: await ours(w) for w in every}
-    ws = [w for w in every if not w.plain]
+    ws = [w for w in every if not w.ours_only]
     loop_rt = ws[-1]
     default_retention = Workflow("bench-loop", loop_definition(), loop_nodes(1)).engine.retention
     if default_retention is None:
@@ -268,10 +303,26 @@ async def _run(cfg: Config) -> SectionResult:
                 )
             )
     for w in every:
-        if w.plain:
+        if w.ours_only:
             result.figures.append(
                 _rate_figure(
                     w.name, f"vs TS: ours, {w.label}, full history (no goal)", mine[w.name], cmd
+                )
+            )
+        like = w.name.replace("_store", "_roundtrip")
+        if w.store and like in ts:
+            ratio = median(mine[w.name]) / median(ts[like])
+            result.figures.append(
+                Figure(
+                    id=f"{SECTION}.{w.name}.ours_over_ts_roundtrip",
+                    name=f"vs TS: ours ({w.label}) / TypeScript (JSON round trip), full history "
+                    "(no goal)",
+                    value=round(ratio, 3),
+                    unit="x",
+                    display=f"{ratio:.2f}x ({fmt_num(median(mine[w.name]))} vs "
+                    f"{fmt_num(median(ts[like]))} steps/s)",
+                    command=cmd,
+                    details={"ours": spread(mine[w.name]), "typescript": spread(ts[like])},
                 )
             )
     label = f"{loop_rt.label}, refluxo's defaults (retention={default_retention})"
@@ -296,6 +347,14 @@ async def _run(cfg: Config) -> SectionResult:
         "`JSON.parse(JSON.stringify(snapshot))` there. Both sides run with warm caches of "
         "their own: no warm-up run is discarded on either."
     )
+    result.notes.append(
+        "Through a store (ours only, no goal): after every step the snapshot is saved to a "
+        "MemoryStateStore (`encode_snapshot`: JSON written and proven to read back, then a "
+        "compare-and-set) and loaded back, as a dispatcher does between two deliveries. The "
+        "store keeps the JSON text and knows the text it wrote, so the load does not decode "
+        "it again: this is the round trip our dispatcher pays, beside the TypeScript engine's "
+        "`JSON.parse(JSON.stringify(...))`."
+    )
     if default_retention is None:
         result.notes.append(
             "refluxo's default retention is None today (every result kept), so the defaults "
@@ -316,7 +375,7 @@ def profile(name: str, n: int | None = None, top: int = 25) -> str:
 
     (w,) = [w for w in workloads(Config(mode="full", repeats=1)) if w.name == name]
     if n is not None:
-        w = Workload(w.name, w.kind, n, w.roundtrip, w.label, 1)
+        w = Workload(w.name, w.kind, n, w.roundtrip, w.label, 1, w.plain, w.store)
     profiler = cProfile.Profile()
     profiler.enable()
     asyncio.run(ours(w))
