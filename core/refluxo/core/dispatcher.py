@@ -87,6 +87,28 @@ Reapply = Callable[[Snapshot, Snapshot, Snapshot], "Snapshot | None"]
 
 logger = logging.getLogger("refluxo.steps")
 
+
+def with_events(
+    loaded: Snapshot, stored: Snapshot, previous: Snapshot, new: Snapshot
+) -> Snapshot | None:
+    """A step's snapshot ``new`` applied again on ``stored``, when only events moved the run.
+
+    ``loaded`` is the run the step ran on, ``previous`` the version its save expected. If the
+    stored run took steps since ``loaded`` (its step version moved), ended, or has branches,
+    the step lost: None. Otherwise the events added to the inbox since ``previous`` join
+    ``new``'s inbox, and the result is the version after ``stored``'s.
+    """
+    if (
+        stored.is_terminal
+        or stored.branches
+        or stored.last_step_version != loaded.last_step_version
+    ):
+        return None
+    added = (stored.inbox or [])[len(previous.inbox or []) :]
+    inbox = [*(new.inbox or []), *added] or None
+    return new.model_copy(update={"inbox": inbox, "version": stored.version + 1})
+
+
 Outcome = Literal[
     "stepped",  # one step executed and saved
     "stale",  # a duplicate or an old message: nothing to do
@@ -1337,15 +1359,7 @@ class RunService:
         """Re-applies a run's step after events alone moved it (its step version did not)."""
 
         def reapply(stored: Snapshot, previous: Snapshot, new: Snapshot) -> Snapshot | None:
-            if (
-                stored.is_terminal
-                or stored.branches
-                or stored.last_step_version != loaded.last_step_version
-            ):
-                return None
-            added = (stored.inbox or [])[len(previous.inbox or []) :]
-            inbox = [*(new.inbox or []), *added] or None
-            return new.model_copy(update={"inbox": inbox, "version": stored.version + 1})
+            return with_events(loaded, stored, previous, new)
 
         return reapply
 

@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from refluxo.core.dispatcher import with_events
 from refluxo.core.errors import StoreError, VersionConflict
 from refluxo.core.model import DispatchMessage, Snapshot, encode_snapshot
 from refluxo.core.ports import DueRuns, RunIndex, RunInfo, Scheduler, StateStore
@@ -67,20 +68,6 @@ class _Delivery:
 
     runs: dict[str, _Held] = field(default_factory=dict)
     messages: list[tuple[DispatchMessage, int | None]] = field(default_factory=list)
-
-
-def _with_events(previous: Snapshot, stored: Snapshot, new: Snapshot) -> Snapshot | None:
-    """``new`` with the events that reached ``stored`` since ``previous``, or None when more
-    than events changed the run (a step, a cancel, a retry: the delivery's steps lost)."""
-    if (
-        stored.is_terminal
-        or stored.branches
-        or stored.last_step_version != previous.last_step_version
-    ):
-        return None
-    added = (stored.inbox or [])[len(previous.inbox or []) :]
-    inbox = [*(new.inbox or []), *added] or None
-    return new.model_copy(update={"inbox": inbox, "version": stored.version + 1})
 
 
 class HeldWrites:
@@ -177,7 +164,7 @@ class HeldWrites:
                 return snapshot
             except VersionConflict as exc:
                 stored = await self.kv.load(snapshot.run_id)
-                merged = _with_events(previous, stored, snapshot)
+                merged = with_events(held.loaded, stored, previous, snapshot)
                 if merged is None:
                     raise StoreError(
                         f"run {snapshot.run_id!r} changed in KV while a delivery ran its steps "
