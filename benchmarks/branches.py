@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable
@@ -36,7 +34,7 @@ from refluxo.core import Dispatcher, DispatchMessage, NodeDefinition, Snapshot, 
 from refluxo.core.memory import MemoryScheduler, MemoryStateStore
 from refluxo.core.ports import StateStore
 
-ROOT = Path(__file__).resolve().parent.parent
+from .common import ROOT, load_module
 
 
 class Counting(StateStore):
@@ -167,13 +165,7 @@ class open_store:
 
 
 def _emulators() -> Any:
-    path = ROOT / "tests" / "gcp" / "emulators.py"
-    spec = importlib.util.spec_from_file_location("_refluxo_bench_emulators", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROOT / "tests" / "gcp" / "emulators.py", "_refluxo_bench_emulators")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,6 @@ The bundles are byte-compiled first, as the SDKs in site-packages are.
 from __future__ import annotations
 
 import compileall
-import importlib.util
 import json
 import os
 import subprocess
@@ -32,10 +31,9 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from .common import ROOT, Config, Figure, SectionResult, fmt_us, median
+from .common import ROOT, Config, Figure, SectionResult, fmt_us, load_module, median
 
 SECTION = "coldstart"
 TITLE = "4. Cold start (imports of the deployable entries vs their SDKs)"
@@ -159,25 +157,17 @@ class Target:
     python: str = sys.executable
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _gcp_bundle(out: Path) -> Path:
-    deploy: Any = _load(ROOT / "deploy" / "gcp" / "deploy.py", "_refluxo_bench_gcp_deploy")
+    deploy: Any = load_module(ROOT / "deploy" / "gcp" / "deploy.py", "_refluxo_bench_gcp_deploy")
     bundle: Path = deploy.build(out, "refluxo.demo")
     return bundle
 
 
 def _worker_bundle(out: Path) -> Path:
     """The Worker's ``src`` directory, as deploy/cloudflare's build() writes it."""
-    deploy: Any = _load(ROOT / "deploy" / "cloudflare" / "deploy.py", "_refluxo_bench_cf_deploy")
+    deploy: Any = load_module(
+        ROOT / "deploy" / "cloudflare" / "deploy.py", "_refluxo_bench_cf_deploy"
+    )
     bundle: Path = deploy.build(out, deploy.BundleConfig())
     return bundle / "src"
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,3 +206,15 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """The Python file at ``path`` imported as module ``name`` (a file that is no package's:
+    the deploy scripts, the tests' emulator helpers)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

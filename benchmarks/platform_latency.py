@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import os
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from unittest import mock
 
 from refluxo.core import DispatchMessage, RunService
 
-from .common import ROOT, Config, Figure, SectionResult, fmt_us, median, now, spread
+from .common import ROOT, Config, Figure, SectionResult, fmt_us, load_module, median, now, spread
 from .workflows import loop_workflow
 
 SECTION = "platform"
@@ -67,14 +65,7 @@ def sizes(cfg: Config) -> Sizes:
 
 
 def _emulators() -> ModuleType:
-    path = ROOT / "tests" / "gcp" / "emulators.py"
-    spec = importlib.util.spec_from_file_location("_refluxo_bench_emulators", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROOT / "tests" / "gcp" / "emulators.py", "_refluxo_bench_emulators")
 
 
 class _Parts:
@@ -269,7 +260,7 @@ def _end_to_end(
         if executable
         else "the project venv (.tools/gcp-function is missing: make setup-gcp)"
     )
-    deploy: Any = _load_module(ROOT / "deploy" / "gcp" / "deploy.py", "_refluxo_bench_gcp_deploy2")
+    deploy: Any = load_module(ROOT / "deploy" / "gcp" / "deploy.py", "_refluxo_bench_gcp_deploy2")
     results: dict[str, list[dict[str, Any]]] = {}
     tasks = emulators.CloudTasksEmulator(queue_path=E2E_QUEUE, max_retries=3)
     tasks.start()
@@ -343,16 +334,6 @@ def _function_server(
             return {**inherited, **env, "REFLUXO_FUNCTION_URL": self.url}
 
     return BundleFunction("refluxo", bundle / "main.py", executable=executable, cwd=bundle)
-
-
-def _load_module(path: Any, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(cfg: Config) -> SectionResult:

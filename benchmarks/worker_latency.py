@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .common import ROOT, Config, Figure, SectionResult, median
+from .common import ROOT, Config, Figure, SectionResult, load_module, median
 
 SECTION = "worker"
 TITLE = "5b. Worker end to end: one run of N steps (Pyodide in Node over Miniflare KV/D1/Queues)"
@@ -169,14 +169,8 @@ def _problem() -> str | None:
 
 
 def _limits() -> Any:
-    import importlib.util
-
     path = ROOT / "adapters" / "cloudflare" / "refluxo" / "cloudflare" / "limits.py"
-    spec = importlib.util.spec_from_file_location("_refluxo_bench_cf_limits", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(path, "_refluxo_bench_cf_limits")
 
 
 def run(cfg: Config) -> SectionResult:
