@@ -818,10 +818,9 @@ class WorkflowEngine:
         )
 
     async def _error(
-        self, base: Snapshot, failed_ctx: NodeContext, message: str, start: int, retryable: bool
+        self, base: Snapshot, ctx: NodeContext, message: str, start: int, retryable: bool
     ) -> Snapshot:
-        """The snapshot after a failed attempt; ``failed_ctx`` is what ``on_node_error`` gets."""
-        ctx = failed_ctx
+        """The snapshot after a failed attempt; ``ctx`` is what ``on_node_error`` gets."""
         node_id = ctx.node.id
         attempt = ctx.attempt
         message = redact(message, ctx.globals)
@@ -829,7 +828,7 @@ class WorkflowEngine:
             message = message[: MAX_ERROR_CHARS - 1] + "…"
         entry = NodeResult(output=None, timestamp=self.clock(), error=message, attempt=attempt)
         new_context, counts = self._record(base, node_id, entry)
-        await self._hook("on_node_error", lambda p: p.on_node_error(failed_ctx))
+        await self._hook("on_node_error", lambda p: p.on_node_error(ctx))
         policy = ctx.definition.retry_policy
         if retryable and policy is not None and attempt < policy.max_attempts:
             next_at = self.clock() + policy.delay_ms(attempt, self.rng)
