@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 Status = Literal["active", "paused", "error", "completed", "failed"]
 """A run's status. ``error`` means a retry is pending; ``failed`` is final."""
@@ -60,8 +61,6 @@ def _optional(default: Any = None) -> Any:
 def _prove(raw: str, refuse: Callable[[str], Exception]) -> Any:
     """Raise ``refuse(why)`` unless ``raw`` parses (strictly, within 200 levels) and writing
     what it parsed gives the same bytes; return what it parsed."""
-    from pydantic_core import from_json, to_json
-
     try:
         back = from_json(raw, allow_inf_nan=False)
     except ValueError as exc:
@@ -458,8 +457,6 @@ class Snapshot(WireModel):
                 surrogate, NaN or Infinity, keys that collide, nesting past the parser's
                 limit); ``rule`` is ``round_trip``.
         """
-        from pydantic_core import PydanticSerializationError
-
         try:
             raw = self.model_dump_json(by_alias=True)
         except PydanticSerializationError as exc:
